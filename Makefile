@@ -1,0 +1,40 @@
+# milterman — the two set-up commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SPEC   ?= inet:10025@[127.0.0.1]
+
+.PHONY: run test bench lint clean venv
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing python3-venv (Debian) ..."; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
+	      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; }; \
+	  else echo "error: $(PYTHON) cannot create virtual environments; install python3-venv" >&2; exit 1; fi; }
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/milter-test-client --connection-spec '$(SPEC)'
+
+test: $(STAMP)
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(VPY) bench/run.py $(BENCH_ARGS)
+
+lint: $(STAMP)
+	@$(VPY) -m ruff --version >/dev/null 2>&1 || $(VPY) -m pip install -q --disable-pip-version-check ruff
+	$(VPY) -m ruff check milterman tests bench bin
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	$(MAKE) -C bench clean 2>/dev/null || true

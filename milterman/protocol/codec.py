@@ -1,0 +1,138 @@
+"""Framing: an incremental decoder and the encoder (P-FRM-1 … P-FRM-5).
+
+The decoder is fed whatever the socket returned and hands out complete,
+typed messages. It checks the length field as soon as the four bytes are in
+(never allocating for a hostile length, P-BAD-2) and raises only
+:class:`ProtocolError` subclasses, whatever the input (P-BAD).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterator
+
+from .errors import FramingError, MalformedPacket
+from .flags import MAX_DATA_SIZE_1M
+from .messages import COMMAND_TYPES, REPLY_TYPES, Command, Message, Reply
+
+_LENGTH = struct.Struct(">I")
+
+
+def encode(message: Message) -> bytes:
+    """The complete packet for ``message`` (length, letter, payload)."""
+    return message.encode()
+
+
+class Decoder:
+    """Incremental packet reader for one direction of one connection.
+
+    ``types`` maps command letters to message types (commands for a milter,
+    replies for an MTA). ``max_data_size`` is the receive cap of P-FRM-4
+    (default 1 MiB − 1 on both sides); ``strict`` selects strict or
+    libmilter-compatible (lenient) payload reading.
+    """
+
+    __slots__ = ("_buffer", "_position", "_types", "max_data_size", "strict", "_eof")
+
+    def __init__(self, types: dict[str, type[Message]], *, max_data_size: int = MAX_DATA_SIZE_1M,
+                 strict: bool = True) -> None:
+        self._buffer = bytearray()
+        self._position = 0
+        self._types = types
+        self.max_data_size = max_data_size
+        self.strict = strict
+        self._eof = False
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes received from the peer."""
+        if self._position and self._position == len(self._buffer):
+            self._buffer.clear()
+            self._position = 0
+        self._buffer += data
+
+    def feed_eof(self) -> None:
+        """The peer closed; EOF inside a packet is a framing error (P-FRM-5, P-BAD-4)."""
+        self._eof = True
+        if self.pending_bytes:
+            raise FramingError(f"connection closed inside a packet ({self.pending_bytes} bytes pending)",
+                               "P-FRM-5")
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes received but not yet part of a complete packet."""
+        return len(self._buffer) - self._position
+
+    def next_message(self) -> Message | None:
+        """The next complete message, or ``None`` until more bytes arrive."""
+        buffer = self._buffer
+        position = self._position
+        available = len(buffer) - position
+        if available < 4:
+            return None
+        length = _LENGTH.unpack_from(buffer, position)[0]
+        if length == 0:
+            raise FramingError("packet length 0", "P-FRM-2")
+        if length - 1 > self.max_data_size or length >= 0x80000000:
+            raise FramingError(f"packet of {length - 1} data bytes is above the limit of {self.max_data_size}",
+                               "P-FRM-4")
+        if available < 4 + length:
+            return None
+        letter = chr(buffer[position + 4])
+        payload = bytes(buffer[position + 5:position + 4 + length])
+        end = position + 4 + length
+        if end == len(buffer):
+            buffer.clear()
+            self._position = 0
+        elif end > 65536:
+            del buffer[:end]
+            self._position = 0
+        else:
+            self._position = end
+        message_type = self._types.get(letter)
+        if message_type is None:
+            raise MalformedPacket(f"unknown command letter {letter!r} (0x{ord(letter):02x})", "P-BAD-5")
+        return message_type.from_payload(payload, self.strict)  # type: ignore[attr-defined]
+
+    def __iter__(self) -> Iterator[Message]:
+        """Every complete message buffered so far."""
+        while True:
+            message = self.next_message()
+            if message is None:
+                return
+            yield message
+
+
+class CommandDecoder(Decoder):
+    """Reads what an MTA sends (the milter side's input)."""
+
+    __slots__ = ()
+
+    def __init__(self, *, max_data_size: int = MAX_DATA_SIZE_1M, strict: bool = True) -> None:
+        super().__init__(COMMAND_TYPES, max_data_size=max_data_size, strict=strict)
+
+    def next_message(self) -> Command | None:  # type: ignore[override]
+        return super().next_message()  # type: ignore[return-value]
+
+
+class ReplyDecoder(Decoder):
+    """Reads what a milter sends (the MTA side's input)."""
+
+    __slots__ = ()
+
+    def __init__(self, *, max_data_size: int = MAX_DATA_SIZE_1M, strict: bool = True) -> None:
+        super().__init__(REPLY_TYPES, max_data_size=max_data_size, strict=strict)
+
+    def next_message(self) -> Reply | None:  # type: ignore[override]
+        return super().next_message()  # type: ignore[return-value]
+
+
+def decode_one(data: bytes, types: dict[str, type[Message]], *, strict: bool = True) -> Message:
+    """Decode exactly one complete packet (for tests and tools reading recorded traffic)."""
+    decoder = Decoder(types, strict=strict)
+    decoder.feed(data)
+    message = decoder.next_message()
+    if message is None:
+        raise FramingError(f"incomplete packet ({len(data)} bytes)", "P-FRM-5")
+    if decoder.pending_bytes:
+        raise FramingError(f"{decoder.pending_bytes} bytes after the packet", "P-FRM-1")
+    return message

@@ -1,0 +1,156 @@
+"""Option negotiation on both sides (P-NEG-*).
+
+:func:`answer_offer` computes a milter's reply from the MTA's offer and what the
+application wants (P-NEG-8); :func:`check_reply` validates a milter's reply on
+the MTA side (P-NEG-9). Both produce the same :class:`Options`, from which each
+side derives which events are sent and which are answered (P-NEG-10, P-NEG-11).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import NegotiationError
+from .flags import (CAPABILITY_STEPS, MACRO_STAGE_LETTERS, MAX_DATA_SIZE_1M, MAX_DATA_SIZE_256K,
+                    MAX_DATA_SIZE_DEFAULT, MAX_VERSION, MDS_STEPS, NO_REPLY_STEPS, SKIP_STEPS, Action,
+                    MacroStage, Step)
+from .messages import Negotiate, NegotiateReply, strip_braces
+
+#: letter → (skip bit, no-reply bit, lowest version that defines the event) (P-CMD-0, P-NEG-11)
+EVENT_FLAGS: dict[str, tuple[int, int, int]] = {
+    "C": (Step.NO_CONNECT, Step.NO_REPLY_CONNECT, 2),
+    "H": (Step.NO_HELO, Step.NO_REPLY_HELO, 2),
+    "M": (Step.NO_MAIL, Step.NO_REPLY_MAIL, 2),
+    "R": (Step.NO_RCPT, Step.NO_REPLY_RCPT, 2),
+    "T": (Step.NO_DATA, Step.NO_REPLY_DATA, 4),
+    "L": (Step.NO_HEADERS, Step.NO_REPLY_HEADER, 2),
+    "N": (Step.NO_END_OF_HEADER, Step.NO_REPLY_END_OF_HEADER, 2),
+    "B": (Step.NO_BODY, Step.NO_REPLY_BODY, 2),
+    "U": (Step.NO_UNKNOWN, Step.NO_REPLY_UNKNOWN, 3),
+}
+_MACRO_NAME_SPLIT = re.compile(r"[\s,]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The settled result of a negotiation, fixed for the life of the socket (P-NEG-9)."""
+
+    version: int
+    actions: Action
+    protocol: Step
+    macro_lists: tuple[tuple[int, str], ...] = ()
+    #: letters of the events the MTA sends (P-NEG-10)
+    sent: frozenset[str] = field(init=False, repr=False, compare=False)
+    #: letters of the commands the milter answers
+    answered: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sent = {"O", "D", "E", "A", "Q"}
+        if self.version >= 6:
+            sent.add("K")
+        answered = {"O", "E"}
+        for letter, (skip_bit, no_reply_bit, since) in EVENT_FLAGS.items():
+            if self.version >= since and not self.protocol & skip_bit:
+                sent.add(letter)
+                if not self.protocol & no_reply_bit:
+                    answered.add(letter)
+        object.__setattr__(self, "sent", frozenset(sent))
+        object.__setattr__(self, "answered", frozenset(answered))
+
+    @property
+    def max_data_size(self) -> int:
+        """The negotiated packet data limit (P-FRM-3, P-NEG-12); body chunks stay at 65535."""
+        if self.protocol & Step.MDS_1M:
+            return MAX_DATA_SIZE_1M
+        if self.protocol & Step.MDS_256K:
+            return MAX_DATA_SIZE_256K
+        return MAX_DATA_SIZE_DEFAULT
+
+    @property
+    def header_leading_space(self) -> bool:
+        """Header values travel with their leading space (P-MOD-6)."""
+        return bool(self.protocol & Step.HEADER_LEADING_SPACE)
+
+    @property
+    def skip_allowed(self) -> bool:
+        return bool(self.protocol & Step.SKIP)
+
+    @property
+    def rcpt_rejected(self) -> bool:
+        return bool(self.protocol & Step.RCPT_REJECTED)
+
+    def macro_request(self, letter: str) -> tuple[str, ...] | None:
+        """Macro names (without braces) the milter asked for at ``letter``'s stage; ``None`` = MTA default (P-NEG-14).
+
+        An empty string means "send none", as Sendmail reads it. Unknown stage
+        numbers were skipped when the reply was checked.
+        """
+        for stage, names in self.macro_lists:
+            if MACRO_STAGE_LETTERS.get(stage) == letter:
+                return tuple(strip_braces(name) for name in _MACRO_NAME_SPLIT.split(names) if name)
+        return None
+
+
+def answer_offer(offer: Negotiate, *, actions: int = Action.NONE, protocol: int = Step.NONE,
+                 macro_lists: tuple[tuple[int, str], ...] = (), required_actions: int = Action.NONE,
+                 max_version: int = MAX_VERSION) -> tuple[NegotiateReply, Options]:
+    """The milter's reply to ``offer`` and the options it settles (P-NEG-8).
+
+    ``actions``/``protocol`` are what the application would like; bits the MTA
+    did not offer are dropped (the runner answers unwanted events itself with
+    ``c``), except ``required_actions``, whose absence makes negotiation fail.
+    Raises :class:`NegotiationError` when the connection must be closed.
+    """
+    if offer.version < 2:
+        raise NegotiationError(f"MTA offers protocol version {offer.version}; at least 2 is needed", "P-BAD-7")
+    version = min(max_version, offer.version)
+    offered_actions = offer.actions or Action.V1
+    offered_protocol = offer.protocol or Step.V1
+    if required_actions & ~offered_actions:
+        missing = Action(required_actions & ~offered_actions)
+        raise NegotiationError(f"MTA does not offer the required actions {missing!r}", "P-BAD-8")
+    reply_actions = actions & offered_actions
+    lists: tuple[tuple[int, str], ...] = ()
+    if macro_lists and offered_actions & Action.SET_SYMBOL_LIST and version >= 6:
+        lists = tuple((int(stage), names) for stage, names in macro_lists)
+        reply_actions |= Action.SET_SYMBOL_LIST
+    wanted = protocol & ~MDS_STEPS
+    reply_protocol = wanted & offered_protocol & (SKIP_STEPS | NO_REPLY_STEPS | CAPABILITY_STEPS)
+    for bit in (Step.MDS_1M, Step.MDS_256K):
+        if protocol & bit and offered_protocol & bit:
+            reply_protocol |= bit
+            break
+    reply = NegotiateReply(version, int(reply_actions), int(reply_protocol), lists)
+    return reply, Options(version, Action(reply_actions), Step(reply_protocol), lists)
+
+
+def check_reply(offer: Negotiate, reply: NegotiateReply, *, strict: bool = True) -> tuple[Options, list[str]]:
+    """Validate a milter's negotiation reply against our offer (P-NEG-9, P-BAD-31..34).
+
+    Returns the options and a list of warnings (masked bits in lenient mode,
+    skipped unknown macro stages). Raises :class:`NegotiationError` when the
+    milter must be failed.
+    """
+    warnings: list[str] = []
+    if reply.version < 2 or reply.version > offer.version:
+        raise NegotiationError(f"milter answered protocol version {reply.version} to an offer of "
+                               f"{offer.version}", "P-BAD-31")
+    extra_actions = reply.actions & ~offer.actions
+    if extra_actions:
+        raise NegotiationError(f"milter requests actions 0x{extra_actions:x} that were not offered", "P-BAD-32")
+    protocol = reply.protocol
+    extra_protocol = protocol & ~offer.protocol
+    if extra_protocol:
+        if strict:
+            raise NegotiationError(f"milter requests protocol bits 0x{extra_protocol:x} that were not offered",
+                                   "P-BAD-33")
+        warnings.append(f"masked protocol bits 0x{extra_protocol:x} that were not offered (P-BAD-33)")
+        protocol &= offer.protocol
+    lists = []
+    for stage, names in reply.macro_lists:
+        if stage not in MacroStage._value2member_map_:
+            warnings.append(f"skipped macro list for unknown stage {stage} (P-BAD-34)")
+            continue
+        lists.append((stage, names))
+    return Options(reply.version, Action(reply.actions), Step(protocol), tuple(lists)), warnings

@@ -1,0 +1,372 @@
+"""The two session state machines (P-SM-*): one for each side of a milter socket.
+
+:class:`MilterState` is what a milter (our test client, the manager's MTA-facing
+side) runs: it accepts commands only where the grammar of P-SM-1 allows them,
+says which need a reply under the negotiated no-reply bits, and refuses replies
+our own code must never send. :class:`MtaState` is the mirror for the side that
+plays the MTA (our test server, the manager's child side).
+
+Neither does I/O; both raise :class:`UnexpectedMessage` for a peer's mistake and
+:class:`LocalProtocolError` for ours.
+"""
+
+from __future__ import annotations
+
+from .errors import LocalProtocolError, UnexpectedMessage
+from .flags import Step
+from .macros import MacroStore
+from .messages import (Command, ConnectionFailure, Discard, Macro, Modification, Negotiate, NegotiateReply,
+                       Progress, Quarantine, ReplaceBody, Reply, ReplyCode, Skip)
+from .negotiation import EVENT_FLAGS, Options, answer_offer, check_reply
+from .replycode import parse_reply_text
+from .errors import MalformedPacket
+
+# Connection phases
+INIT = "init"                 # waiting for OPTNEG
+NEGOTIATED = "negotiated"     # options settled, no SMTP-connection command yet (also after K)
+CONNECTED = "connected"       # connection context running
+REFUSED = "refused"           # a connection-level decision ended it: only D, A, Q, K may follow
+CLOSED = "closed"             # QUIT seen
+
+#: message step of each message command, and whether it may repeat (P-SM-1)
+MESSAGE_STEPS = {"M": (1, False), "R": (2, True), "T": (3, False), "L": (4, True), "N": (5, False),
+                 "B": (6, True), "E": (7, False)}
+END_OF_MESSAGE_STEP = 7
+#: final replies that end the message when they answer these commands (P-SM-6); RCPT is per recipient
+_MESSAGE_ENDING = {"M", "T", "L", "N", "B", "E"}
+
+
+def _next_message_step(step: int, letter: str, mail_skipped: bool) -> int | None:
+    """The message step after ``letter``, or ``None`` when the move goes backwards (P-SM-8)."""
+    order, repeats = MESSAGE_STEPS[letter]
+    if letter == "M":
+        return order  # a new MAIL inside a message implies an abort
+    if step == 0:
+        return order if mail_skipped else None
+    if step < order or (step == order and repeats):
+        return order
+    return None
+
+
+def _decision_effect(letter: str, reply: Reply, message_step: int) -> tuple[bool, int]:
+    """(connection refused?, new message step) after final ``reply`` to ``letter`` (P-SM-6)."""
+    if reply.LETTER == "c" or reply.LETTER == "s":
+        return False, 0 if letter == "E" else message_step
+    if reply.LETTER == "4" or (reply.LETTER == "y" and reply.text[:3] == "421"):
+        return True, 0  # the MTA answers 421 and ends the SMTP session (P-RPL-11, P-CODE-8)
+    if letter in ("C", "H"):
+        if reply.LETTER == "d":
+            return False, message_step
+        return True, 0
+    if letter == "R":
+        if reply.LETTER in ("a", "d"):
+            return False, 0
+        return False, message_step  # reject/tempfail refuse this recipient only
+    if letter in _MESSAGE_ENDING:
+        return False, 0
+    return False, message_step  # UNKNOWN: the MTA's own error stands
+
+
+class MilterState:
+    """Milter-side session state: legal commands, replies owed, replies allowed (P-SM-8)."""
+
+    __slots__ = ("phase", "message_step", "options", "macros", "awaiting", "strict", "_body_replaced",
+                 "_modified_after_body", "warnings")
+
+    def __init__(self, *, strict: bool = True) -> None:
+        self.phase = INIT
+        self.message_step = 0
+        self.options: Options | None = None
+        self.macros = MacroStore()
+        #: the letter of the command that still needs our final reply, if any
+        self.awaiting: str | None = None
+        self.strict = strict
+        self._body_replaced = False
+        self._modified_after_body = False
+        #: notes about tolerated peer mistakes (P-BAD-18, P-BAD-22), for the log; cleared by the reader
+        self.warnings: list[str] = []
+
+    @property
+    def in_message(self) -> bool:
+        return self.message_step != 0
+
+    def receive(self, command: Command) -> bool:
+        """Account for one command from the MTA; ``True`` when it needs a reply.
+
+        Raises :class:`UnexpectedMessage` for a command the grammar forbids here
+        (P-BAD-9, P-BAD-21), and when a command arrives while our reply is owed.
+        """
+        letter = command.LETTER
+        phase = self.phase
+        if phase == CLOSED:
+            raise UnexpectedMessage(f"command {letter!r} after QUIT", "P-SM-4")
+        if self.awaiting is not None:
+            raise UnexpectedMessage(f"command {letter!r} arrived while the reply to {self.awaiting!r} is owed",
+                                    "P-RPL-1")
+        if phase == INIT:
+            if letter != "O":
+                raise UnexpectedMessage(f"command {letter!r} before option negotiation", "P-NEG-1")
+            self.awaiting = "O"
+            self.macros.clear()
+            return True
+        if letter == "D":
+            assert isinstance(command, Macro)
+            if not self.macros.define(command.stage, command.macros):
+                self.warnings.append(f"ignored macros for unknown stage {command.stage!r} (P-BAD-18)")
+            if command.dropped:
+                self.warnings.append(f"ignored malformed macro data: {command.dropped} (P-BAD-18)")
+            return False
+        if letter == "O":
+            raise UnexpectedMessage("second option negotiation on one connection", "P-BAD-9")
+        if letter == "A":
+            self.message_step = 0
+            self.macros.command_arrived("A")
+            return False
+        if letter == "Q":
+            self.phase = CLOSED
+            self.message_step = 0
+            self.macros.clear()
+            return False
+        if letter == "K":
+            if self.options is not None and self.options.version < 6:
+                self.warnings.append("QUIT_NC on a connection negotiated below version 6 (P-NEG-11)")
+            self.phase = NEGOTIATED
+            self.message_step = 0
+            self.macros.clear()
+            return False
+        if phase == REFUSED:
+            raise UnexpectedMessage(f"command {letter!r} after the connection was refused or accepted",
+                                    "P-SM-6")
+        options = self.options
+        assert options is not None
+        suppressed = letter not in options.sent
+        if suppressed:
+            self.warnings.append(f"MTA sent {letter!r} although negotiation suppressed it (P-BAD-22)")
+        if letter == "C":
+            if phase != NEGOTIATED:
+                raise UnexpectedMessage("CONNECT after the connection context started", "P-SM-8")
+            self.phase = CONNECTED
+            self.macros.command_arrived("C")
+        elif letter in MESSAGE_STEPS:
+            self.phase = CONNECTED
+            step = _next_message_step(self.message_step, letter, bool(options.protocol & Step.NO_MAIL))
+            if step is None:
+                where = f"message step {self.message_step}" if self.message_step else "no open message"
+                raise UnexpectedMessage(f"command {letter!r} out of order ({where})", "P-BAD-21")
+            if letter == "M" or letter == "E":  # each end of message has its own modifications (P-MOD-11)
+                self._body_replaced = False
+                self._modified_after_body = False
+            self.message_step = step
+            if letter in "MR":
+                self.macros.command_arrived(letter)
+        elif letter == "H":
+            self.phase = CONNECTED
+            self.message_step = 0  # HELO inside a message implies an abort (P-SM-8)
+            self.macros.command_arrived("H")
+        else:  # "U"
+            self.phase = CONNECTED
+        if letter == "E" or letter in options.answered or (
+                suppressed and not options.protocol & EVENT_FLAGS[letter][1]):
+            # a suppressed event sent anyway is processed and answered unless its no-reply bit is set (P-BAD-22)
+            self.awaiting = letter
+            return True
+        return False
+
+    def negotiate(self, offer: Negotiate, **wanted) -> NegotiateReply:
+        """Answer the pending OPTNEG with :func:`answer_offer` and settle the options."""
+        if self.awaiting != "O":
+            raise LocalProtocolError("no negotiation is pending", "P-NEG-1")
+        reply, options = answer_offer(offer, **wanted)
+        self.options = options
+        self.awaiting = None
+        self.phase = NEGOTIATED
+        return reply
+
+    def check_send(self, reply: Reply) -> None:
+        """Refuse a reply our side may not send now (P-RPL-*, P-MOD-1, P-MOD-2); update state on a final one."""
+        awaiting = self.awaiting
+        if awaiting is None:
+            raise LocalProtocolError(f"reply {reply.LETTER!r} sent while no command awaits one", "P-RPL-1")
+        if isinstance(reply, NegotiateReply) or awaiting == "O":
+            raise LocalProtocolError("negotiation replies go through negotiate()", "P-NEG-3")
+        options = self.options
+        assert options is not None
+        if not reply.FINAL:
+            if awaiting != "E":
+                raise LocalProtocolError(f"{type(reply).__name__} outside end of message", "P-MOD-1")
+            if isinstance(reply, Modification):
+                if not options.actions & reply.ACTION:
+                    raise LocalProtocolError(f"{type(reply).__name__} needs an action that was not negotiated",
+                                             "P-MOD-2")
+                if isinstance(reply, ReplaceBody):
+                    if self._modified_after_body:
+                        raise LocalProtocolError("replace-body packets must be consecutive", "P-MOD-11")
+                    self._body_replaced = True
+                elif self._body_replaced:
+                    self._modified_after_body = True
+            elif not isinstance(reply, Progress):
+                raise LocalProtocolError(f"unexpected non-final reply {reply!r}", "P-RPL-1")
+            return
+        if isinstance(reply, Skip) and (awaiting != "B" or not options.skip_allowed):
+            raise LocalProtocolError("skip is only sent for body chunks with SKIP negotiated", "P-RPL-8")
+        if isinstance(reply, Discard) and awaiting in ("C", "H", "U"):
+            raise LocalProtocolError("discard is meaningless at connect, helo and unknown", "P-RPL-6")
+        if isinstance(reply, ConnectionFailure):
+            raise LocalProtocolError("connection-failure is accepted by no MTA", "P-RPL-12")
+        if isinstance(reply, ReplyCode):
+            try:
+                parse_reply_text(reply.text)
+            except MalformedPacket as error:
+                raise LocalProtocolError(f"invalid reply text: {error}", error.rule) from None
+        self.awaiting = None
+        refused, self.message_step = _decision_effect(awaiting, reply, self.message_step)
+        if refused:
+            self.phase = REFUSED
+
+
+class MtaState:
+    """MTA-side session state: what we may send, which replies are owed and legal (P-SM-9, P-SM-10)."""
+
+    __slots__ = ("offer", "strict", "phase", "message_step", "options", "awaiting", "skipped",
+                 "_body_replaced", "_modified_after_body", "warnings")
+
+    def __init__(self, offer: Negotiate, *, strict: bool = True) -> None:
+        self.offer = offer
+        self.strict = strict
+        self.phase = INIT
+        self.message_step = 0
+        self.options: Options | None = None
+        self.awaiting: str | None = None
+        #: event letters the milter answered with skip in this message (Postfix style, P-RPL-8)
+        self.skipped: set[str] = set()
+        self._body_replaced = False
+        self._modified_after_body = False
+        self.warnings: list[str] = []
+
+    def will_send(self, letter: str) -> bool:
+        """Whether the event should go to this milter now (skip bits, version, earlier skip replies)."""
+        options = self.options
+        if options is None or self.phase in (REFUSED, CLOSED):
+            return False
+        if letter in MESSAGE_STEPS and letter != "M" and self.message_step == 0:
+            if not options.protocol & Step.NO_MAIL:
+                return False  # the message is over for this milter (P-SM-6)
+        return letter in options.sent and letter not in self.skipped
+
+    def send(self, command: Command) -> bool:
+        """Account for a command we are about to send; ``True`` when a reply must be awaited.
+
+        Raises :class:`LocalProtocolError` for a command the options or the
+        grammar forbid (P-NEG-10, P-NEG-11, P-SM-1).
+        """
+        letter = command.LETTER
+        if self.awaiting is not None:
+            raise LocalProtocolError(f"sending {letter!r} while the reply to {self.awaiting!r} is awaited",
+                                     "P-RPL-1")
+        phase = self.phase
+        if phase == CLOSED:
+            raise LocalProtocolError(f"sending {letter!r} after QUIT", "P-SM-4")
+        if phase == INIT:
+            if command != self.offer:
+                raise LocalProtocolError("the first command must be our negotiation offer", "P-NEG-1")
+            self.awaiting = "O"
+            return True
+        if letter == "O":
+            raise LocalProtocolError("a second negotiation on one socket", "P-NEG-1")
+        if letter == "D":
+            return False
+        if letter == "A":
+            self.message_step = 0
+            self.skipped.clear()
+            return False
+        if letter == "Q":
+            self.phase = CLOSED
+            return False
+        options = self.options
+        assert options is not None
+        if letter == "K":
+            if options.version < 6:
+                raise LocalProtocolError("QUIT_NC needs protocol version 6", "P-NEG-11")
+            self.phase = NEGOTIATED
+            self.message_step = 0
+            self.skipped.clear()
+            return False
+        if phase == REFUSED:
+            raise LocalProtocolError(f"sending {letter!r} after the milter ended the connection", "P-SM-6")
+        if letter not in options.sent:
+            raise LocalProtocolError(f"event {letter!r} is suppressed by the negotiated options", "P-NEG-10")
+        if letter in self.skipped:
+            raise LocalProtocolError(f"the milter skipped further {letter!r} events", "P-RPL-8")
+        if letter == "C":
+            if phase != NEGOTIATED:
+                raise LocalProtocolError("CONNECT after the connection context started", "P-SM-1")
+        elif letter in MESSAGE_STEPS:
+            step = _next_message_step(self.message_step, letter, bool(options.protocol & Step.NO_MAIL))
+            if step is None:
+                raise LocalProtocolError(f"event {letter!r} out of order", "P-SM-1")
+            if letter == "M":
+                self.skipped.clear()
+            if letter == "M" or letter == "E":  # each end of message has its own modifications (P-MOD-11)
+                self._body_replaced = False
+                self._modified_after_body = False
+            self.message_step = step
+        elif letter == "H":
+            self.message_step = 0
+        self.phase = CONNECTED
+        if letter == "E" or letter in options.answered:
+            self.awaiting = letter
+            return True
+        return False
+
+    def receive(self, reply: Reply) -> bool:
+        """Account for one packet from the milter; ``True`` when it was the final reply.
+
+        Raises :class:`UnexpectedMessage` (or :class:`NegotiationError`) when the
+        milter must be failed (P-BAD-31 … P-BAD-45).
+        """
+        awaiting = self.awaiting
+        if awaiting is None:
+            raise UnexpectedMessage(f"reply {reply.LETTER!r} while no reply is awaited", "P-BAD-45")
+        if awaiting == "O":
+            if not isinstance(reply, NegotiateReply):
+                raise UnexpectedMessage(f"reply {reply.LETTER!r} instead of the negotiation reply", "P-BAD-31")
+            self.options, self.warnings = check_reply(self.offer, reply, strict=self.strict)
+            self.awaiting = None
+            self.phase = NEGOTIATED
+            return True
+        if isinstance(reply, NegotiateReply):
+            raise UnexpectedMessage("negotiation reply outside negotiation", "P-BAD-31")
+        options = self.options
+        assert options is not None
+        if isinstance(reply, ConnectionFailure):
+            raise UnexpectedMessage("connection-failure reply", "P-BAD-35")
+        if not reply.FINAL:
+            if isinstance(reply, Progress):
+                return False
+            assert isinstance(reply, Modification)
+            if not options.actions & reply.ACTION:
+                raise UnexpectedMessage(f"{type(reply).__name__} without the negotiated action", "P-BAD-38")
+            if isinstance(reply, Quarantine):
+                return False  # accepted after any command, as Postfix does (P-BAD-44)
+            if awaiting != "E":
+                raise UnexpectedMessage(f"{type(reply).__name__} outside end of message", "P-BAD-37")
+            if isinstance(reply, ReplaceBody):
+                if self._modified_after_body:
+                    raise UnexpectedMessage("replace-body interleaved with other modifications", "P-BAD-43")
+                self._body_replaced = True
+            elif self._body_replaced:
+                self._modified_after_body = True
+            return False
+        if isinstance(reply, Skip):
+            if not options.skip_allowed:
+                raise UnexpectedMessage("skip without SMFIP_SKIP negotiated", "P-RPL-8")
+            if awaiting in ("E", "C", "H", "U"):
+                raise UnexpectedMessage(f"skip in reply to {awaiting!r}", "P-RPL-8")
+            self.skipped.add(awaiting)
+        self.awaiting = None
+        refused, self.message_step = _decision_effect(awaiting, reply, self.message_step)
+        if refused:
+            self.phase = REFUSED
+        elif awaiting == "E" or self.message_step == 0:
+            self.skipped.clear()
+        return True
