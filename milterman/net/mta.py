@@ -1,0 +1,346 @@
+"""The MTA side of a milter socket: send commands, collect replies, apply timeouts (P-SM-9, P-SM-12).
+
+:class:`MtaClient` is the low-level exchange that the manager's child side and the
+test server share; :func:`play_transaction` plays one whole SMTP transaction the way
+milter-test-server does (tools.md §1.5, §1.7) and returns every reply and
+modification.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+
+from ..protocol import (ABORT, DATA, END_OF_HEADER, END_OF_MESSAGE, QUIT, Accept, Body, Command, Connect,
+                        ConnectionFailure, Continue, Discard, Header, Helo, Macro, Mail, Modification, MtaState,
+                        Negotiate, Options, ProtocolError, Quarantine, Rcpt, Reject, Reply, ReplyCode,
+                        ReplyDecoder, Shutdown, Skip, TempFail, Unknown, strip_braces)
+from ..protocol.flags import MAX_DATA_SIZE_1M
+from .spec import ConnectionSpec
+from .sockets import connect as open_connection
+
+
+class MilterIOError(Exception):
+    """The milter could not be talked to: timeout, closed connection or socket error.
+
+    ``kind`` is one of ``connection timeout``, ``writing timeout``, ``reading timeout``,
+    ``end-of-message timeout``, ``closed`` or ``io``; ``str()`` is the message the tools print.
+    """
+
+    def __init__(self, kind: str, message: str | None = None) -> None:
+        super().__init__(message or kind)
+        self.kind = kind
+
+
+@dataclass(slots=True)
+class Timeouts:
+    """Per-phase timeouts in seconds, as the test server names them (tools.md §1.2)."""
+
+    connection: float = 300.0
+    writing: float = 10.0
+    reading: float = 10.0
+    end_of_message: float = 300.0
+
+
+@dataclass(slots=True)
+class Response:
+    """Everything the milter sent for one command: the final reply and what preceded it."""
+
+    final: Reply
+    modifications: list[Reply] = field(default_factory=list)
+    progress: int = 0
+
+
+class MtaClient:
+    """One milter socket driven from the MTA side.
+
+    Writes are batched: macros queue until their command is sent, and both leave
+    in one write. Reads honour the per-phase timeout; PROGRESS restarts it (P-SM-12).
+    """
+
+    def __init__(self, sock, offer: Negotiate, *, timeouts: Timeouts | None = None, strict: bool = True,
+                 max_data_size: int = MAX_DATA_SIZE_1M) -> None:
+        self.sock = sock
+        self.timeouts = timeouts or Timeouts()
+        self.state = MtaState(offer, strict=strict)
+        self.decoder = ReplyDecoder(max_data_size=max_data_size, strict=strict)
+        self._pending: list[bytes] = []
+        #: seconds spent waiting for replies (the manager's per-child elapsed time)
+        self.waited = 0.0
+
+    @classmethod
+    def open(cls, spec: ConnectionSpec, offer: Negotiate, *, timeouts: Timeouts | None = None,
+             strict: bool = True) -> "MtaClient":
+        """Connect within the connection timeout (``MilterIOError`` on failure)."""
+        timeouts = timeouts or Timeouts()
+        try:
+            sock = open_connection(spec, timeouts.connection)
+        except socket.timeout:
+            raise MilterIOError("connection timeout") from None
+        except OSError as error:
+            raise MilterIOError("io", f"Failed to connect to {spec}: {error.strerror or error}") from None
+        return cls(sock, offer, timeouts=timeouts, strict=strict)
+
+    @property
+    def options(self) -> Options | None:
+        return self.state.options
+
+    def negotiate(self) -> Options:
+        """Send our offer and validate the milter's answer (P-NEG-9)."""
+        self.send(self.state.offer)
+        assert self.state.options is not None
+        return self.state.options
+
+    def will_send(self, letter: str) -> bool:
+        return self.state.will_send(letter)
+
+    def queue_macros(self, stage: str, macros: dict[str, str] | list[tuple[str, str]]) -> None:
+        """Queue a macro packet for ``stage``, filtered by the milter's macro-list request (P-NEG-14).
+
+        Names are sent sorted, braced when longer than one character (tools.md §0.4).
+        """
+        items = macros.items() if isinstance(macros, dict) else macros
+        options = self.state.options
+        requested = options.macro_request(stage) if options is not None else None
+        normalized = {strip_braces(name): value for name, value in items}
+        if requested is not None:
+            wanted = {strip_braces(name) for name in requested}
+            normalized = {name: value for name, value in normalized.items() if name in wanted}
+        if not normalized:
+            return
+        pairs = tuple(sorted(normalized.items()))
+        self._pending.append(Macro(stage, pairs).encode())
+
+    def send(self, command: Command) -> Response | None:
+        """Send ``command`` (after any queued macros); wait for its reply when one is owed."""
+        expects_reply = self.state.send(command)
+        self._pending.append(command.encode())
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._write(data)
+        if not expects_reply:
+            return None
+        return self._read_response(command.LETTER)
+
+    def _write(self, data: bytes) -> None:
+        self.sock.settimeout(self.timeouts.writing)
+        try:
+            self.sock.sendall(data)
+        except socket.timeout:
+            raise MilterIOError("writing timeout") from None
+        except OSError as error:
+            raise MilterIOError("io", f"write failed: {error.strerror or error}") from None
+
+    def _read_response(self, letter: str) -> Response:
+        eom = letter == "E"
+        timeout = self.timeouts.end_of_message if eom else self.timeouts.reading
+        kind = "end-of-message timeout" if eom else "reading timeout"
+        modifications: list[Reply] = []
+        progress = 0
+        decoder = self.decoder
+        state = self.state
+        started = time.monotonic()
+        try:
+            while True:
+                reply = decoder.next_message()
+                if reply is None:
+                    self.sock.settimeout(timeout)
+                    try:
+                        data = self.sock.recv(262144)
+                    except socket.timeout:
+                        raise MilterIOError(kind) from None
+                    except OSError as error:
+                        raise MilterIOError("io", f"read failed: {error.strerror or error}") from None
+                    if not data:
+                        decoder.feed_eof()
+                        raise MilterIOError("closed", "connection closed by the milter")
+                    decoder.feed(data)
+                    continue
+                if state.receive(reply):
+                    return Response(reply, modifications, progress)
+                if reply.LETTER == "p":
+                    progress += 1
+                else:
+                    modifications.append(reply)
+        finally:
+            self.waited += time.monotonic() - started
+
+    def close(self, send_quit: bool = True) -> None:
+        """Send QUIT (when still possible) and close the socket."""
+        try:
+            if send_quit and self.state.phase not in ("init", "closed") and self.state.awaiting is None:
+                self.send(QUIT)
+        except (MilterIOError, ProtocolError):
+            pass
+        finally:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+
+# ------------------------------------------------------------------------------ whole transactions
+
+
+@dataclass(slots=True)
+class Transaction:
+    """One SMTP transaction as milter commands (tools.md §1.5); macros per stage letter."""
+
+    connect: Connect
+    helo: str
+    sender: str
+    recipients: list[str]
+    headers: list[tuple[str, str]]
+    body: list[bytes]
+    unknown: str | None = None
+    macros: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: macros added to the RCPT stage per recipient (e.g. ``rcpt_addr``)
+    recipient_macros: list[dict[str, str]] | None = None
+
+
+@dataclass(slots=True)
+class TransactionResult:
+    """What a milter did to one transaction."""
+
+    status: str = "pass"
+    reply_code: ReplyCode | None = None
+    last_stage: str = "start"
+    responses: list[tuple[Command, Response]] = field(default_factory=list)
+    modifications: list[Reply] = field(default_factory=list)
+    quarantine_reason: str | None = None
+    accepted_recipients: list[str] = field(default_factory=list)
+    rejected_recipients: list[str] = field(default_factory=list)
+    options: Options | None = None
+    error: str | None = None
+    elapsed: float = 0.0
+
+
+STAGE_NAMES = {"O": "negotiate", "C": "connect", "H": "helo", "M": "envelope-from", "R": "envelope-recipient",
+               "U": "unknown", "T": "data", "L": "header", "N": "end-of-header", "B": "body",
+               "E": "end-of-message"}
+
+
+def reply_status(reply: Reply) -> str:
+    """The status nick of a final reply (tools.md §0.2, §1.7)."""
+    if isinstance(reply, (Continue, Skip)):
+        return "pass"
+    if isinstance(reply, Accept):
+        return "accept"
+    if isinstance(reply, Reject):
+        return "reject"
+    if isinstance(reply, TempFail):
+        return "temporary-failure"
+    if isinstance(reply, ReplyCode):
+        return "temporary-failure" if reply.is_temporary else "reject"
+    if isinstance(reply, Discard):
+        return "discard"
+    if isinstance(reply, Shutdown):
+        return "abort"
+    if isinstance(reply, ConnectionFailure):
+        return "error"
+    return "error"
+
+
+class _Stop(Exception):
+    """Internal: the transaction ends here."""
+
+
+def play_transaction(client: MtaClient, transaction: Transaction) -> TransactionResult:
+    """Negotiate and play ``transaction`` (tools.md §1.5, §1.7); never raises for milter failures.
+
+    Errors (timeouts, protocol errors, a closed connection) end up in
+    ``result.error`` with ``status`` ``error``.
+    """
+    result = TransactionResult()
+    started = time.monotonic()
+    in_message = False
+
+    def exchange(command: Command) -> Reply | None:
+        result.last_stage = STAGE_NAMES.get(command.LETTER, result.last_stage)
+        response = client.send(command)
+        if response is None:
+            return None
+        result.responses.append((command, response))
+        for modification in response.modifications:
+            if isinstance(modification, Quarantine):
+                result.quarantine_reason = modification.reason
+        if isinstance(response.final, ReplyCode):
+            result.reply_code = response.final
+        return response.final
+
+    def step(letter: str, command: Command, macros: dict[str, str] | None = None) -> Reply | None:
+        if not client.will_send(letter):
+            return None
+        stage_macros = transaction.macros.get(letter, {})
+        if macros:
+            stage_macros = {**stage_macros, **macros}
+        if stage_macros:
+            client.queue_macros(letter, stage_macros)
+        return exchange(command)
+
+    def decide(reply: Reply | None) -> None:
+        if reply is None or isinstance(reply, (Continue, Skip)):
+            return
+        result.status = reply_status(reply)
+        raise _Stop
+
+    try:
+        result.last_stage = "negotiate"
+        result.options = client.negotiate()
+        decide(step("C", transaction.connect))
+        decide(step("H", Helo(transaction.helo)))
+        in_message = True
+        decide(step("M", Mail(transaction.sender)))
+        remaining = 0
+        last_refusal: Reply | None = None
+        for index, recipient in enumerate(transaction.recipients):
+            extra = transaction.recipient_macros[index] if transaction.recipient_macros else None
+            reply = step("R", Rcpt(recipient), extra)
+            if isinstance(reply, (Reject, TempFail, ReplyCode)):
+                result.rejected_recipients.append(recipient)
+                last_refusal = reply
+                continue
+            decide(reply)
+            result.accepted_recipients.append(recipient)
+            remaining += 1
+        if transaction.recipients and remaining == 0 and last_refusal is not None:
+            decide(last_refusal)
+        if transaction.unknown is not None and result.options.version >= 3:
+            decide(step("U", Unknown(transaction.unknown)))
+        decide(step("T", DATA))
+        for name, value in transaction.headers:
+            decide(step("L", Header(name, value)))
+        decide(step("N", END_OF_HEADER))
+        for chunk in transaction.body:
+            reply = step("B", Body(chunk))
+            if isinstance(reply, Skip):
+                break
+            decide(reply)
+        reply = step("E", END_OF_MESSAGE)
+        in_message = False
+        if result.responses and result.responses[-1][0].LETTER == "E":
+            result.modifications = [m for m in result.responses[-1][1].modifications
+                                    if isinstance(m, Modification) and not isinstance(m, Quarantine)]
+        decide(reply)
+        if result.quarantine_reason is not None:
+            result.status = "quarantine"
+    except _Stop:
+        pass
+    except MilterIOError as error:
+        result.status = "error"
+        result.error = str(error)
+    except ProtocolError as error:
+        result.status = "error"
+        result.error = str(error)
+    finally:
+        result.elapsed = time.monotonic() - started
+    try:
+        if result.error is None:
+            if in_message or client.state.message_step:
+                client.send(ABORT)
+            client.send(QUIT)
+    except (MilterIOError, ProtocolError):
+        pass
+    client.close(send_quit=False)
+    return result

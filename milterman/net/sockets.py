@@ -1,0 +1,113 @@
+"""Listening and connecting sockets for milter traffic (D-13, design: net owns the socket details).
+
+:func:`bind_listener` uses the standard library only so the pre-fork master can
+call it before gevent exists in any process; the worker wraps the result with
+gevent. Every TCP socket gets TCP_NODELAY (D-13).
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import socket
+import stat
+
+from .spec import ConnectionSpec
+
+DEFAULT_BACKLOG = 1024
+
+
+class ListenError(OSError):
+    """Binding the listening socket failed; the message names the spec and the reason."""
+
+    def __str__(self) -> str:
+        # the message alone, without OSError's "[Errno N] " prefix: it is what the tools print
+        return self.strerror or super().__str__()
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    """Turn Nagle's algorithm off on a TCP socket (D-13); a no-op for unix sockets."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def remove_stale_unix_socket(path: str) -> None:
+    """Remove ``path`` only if it is a socket: never delete a regular file by mistake."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ListenError(errno.EEXIST, f"failed to listen on unix:{path}: the path exists and is not a socket")
+    os.unlink(path)
+
+
+def resolve_group(group: str | int) -> int:
+    """A group name or numeric id → gid, with an error naming the value."""
+    if isinstance(group, int) or str(group).isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ListenError(errno.EINVAL, f"unknown group: <{group}>") from None
+
+
+def bind_listener(spec: ConnectionSpec, *, backlog: int = DEFAULT_BACKLOG, unix_mode: int = 0o660,
+                  unix_group: str | int | None = None) -> socket.socket:
+    """Create, bind and listen on a standard-library socket for ``spec``.
+
+    A unix socket is created with ``unix_mode`` and ``unix_group`` (a stale socket
+    file is removed first, only if it is a socket); errors raise
+    :class:`ListenError` with the spec in the message (port in use, no permission).
+    """
+    sock = socket.socket(spec.socket_family, socket.SOCK_STREAM)
+    try:
+        if spec.family == "unix":
+            remove_stale_unix_socket(spec.path)
+            old_umask = os.umask(0o777 & ~unix_mode)
+            try:
+                sock.bind(spec.path)
+            finally:
+                os.umask(old_umask)
+            os.chmod(spec.path, unix_mode)
+            if unix_group is not None:
+                os.chown(spec.path, -1, resolve_group(unix_group))
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if spec.family == "inet6":
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            set_nodelay(sock)
+            sock.bind(spec.sockaddr)
+        sock.listen(backlog)
+    except ListenError:
+        sock.close()
+        raise
+    except OSError as error:
+        sock.close()
+        raise ListenError(error.errno, f"failed to listen on {spec}: {error.strerror or error}") from None
+    return sock
+
+
+def remove_unix_socket(spec: ConnectionSpec) -> None:
+    """Remove our unix socket file at shutdown (only if it still is a socket)."""
+    if spec.family == "unix":
+        try:
+            remove_stale_unix_socket(spec.path)
+        except OSError:
+            pass
+
+
+def connect(spec: ConnectionSpec, timeout: float | None = None):
+    """Open a gevent socket to ``spec`` within ``timeout`` seconds, TCP_NODELAY set (D-13)."""
+    from gevent import socket as gsocket
+
+    sock = gsocket.socket(spec.socket_family, gsocket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(spec.sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    set_nodelay(sock)
+    return sock
