@@ -135,9 +135,15 @@ class _Empty:
         return hash(type(self))
 
 
-def _singleton(cls):
+def _empty_type(name: str, base: type, letter: str, doc: str, *, final: bool = True) -> type:
+    """Make a payload-less packet type with a singleton ``INSTANCE`` and a cached wire form."""
+    namespace = {"__slots__": (), "__doc__": doc, "__module__": __name__, "LETTER": letter,
+                 "WIRE": _HEADER.pack(1, ord(letter)),
+                 "NO_DATA_RULE": "P-RPL-14" if base is Reply else "P-CMD-16"}
+    if base is Reply:
+        namespace["FINAL"] = final
+    cls = type(name, (_Empty, base), namespace)
     cls.INSTANCE = cls()
-    cls.WIRE = _HEADER.pack(1, ord(cls.LETTER))
     return cls
 
 
@@ -330,12 +336,7 @@ class Rcpt(_Envelope):
     LETTER: ClassVar[str] = "R"
 
 
-@_singleton
-class Data(_Empty, Command):
-    """SMFIC_DATA (P-CMD-7)."""
-
-    __slots__ = ()
-    LETTER: ClassVar[str] = "T"
+Data = _empty_type("Data", Command, "T", "SMFIC_DATA (P-CMD-7).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,12 +364,7 @@ class Header(Command):
         return cls(to_str(parts[0]), to_str(parts[1]))
 
 
-@_singleton
-class EndOfHeader(_Empty, Command):
-    """SMFIC_EOH (P-CMD-9)."""
-
-    __slots__ = ()
-    LETTER: ClassVar[str] = "N"
+EndOfHeader = _empty_type("EndOfHeader", Command, "N", "SMFIC_EOH (P-CMD-9).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,28 +412,14 @@ class EndOfMessage(Command):
 END_OF_MESSAGE = EndOfMessage()
 
 
-@_singleton
-class Abort(_Empty, Command):
-    """SMFIC_ABORT: ends the current message only (P-CMD-12, P-SM-3)."""
-
-    __slots__ = ()
-    LETTER: ClassVar[str] = "A"
+Abort = _empty_type("Abort", Command, "A", "SMFIC_ABORT: ends the current message only (P-CMD-12, P-SM-3).")
 
 
-@_singleton
-class Quit(_Empty, Command):
-    """SMFIC_QUIT (P-CMD-13)."""
-
-    __slots__ = ()
-    LETTER: ClassVar[str] = "Q"
+Quit = _empty_type("Quit", Command, "Q", "SMFIC_QUIT (P-CMD-13).")
 
 
-@_singleton
-class QuitNewConnection(_Empty, Command):
-    """SMFIC_QUIT_NC: a new SMTP connection follows on this socket (P-CMD-14, D-4)."""
-
-    __slots__ = ()
-    LETTER: ClassVar[str] = "K"
+QuitNewConnection = _empty_type("QuitNewConnection", Command, "K",
+                                "SMFIC_QUIT_NC: a new SMTP connection follows on this socket (P-CMD-14, D-4).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,86 +481,33 @@ class NegotiateReply(Reply):
         return cls(version, actions, protocol, tuple(lists))
 
 
-@_singleton
-class Continue(_Empty, Reply):
-    """SMFIR_CONTINUE (P-RPL-2)."""
-
-    __slots__ = ()
-    LETTER: ClassVar[str] = "c"
-    NO_DATA_RULE: ClassVar[str] = "P-RPL-14"
+Continue = _empty_type("Continue", Reply, "c", "SMFIR_CONTINUE (P-RPL-2).")
 
 
-@_singleton
-class Accept(_Empty, Reply):
-    """SMFIR_ACCEPT (P-RPL-3)."""
-
-    __slots__ = ()
-    LETTER: ClassVar[str] = "a"
-    NO_DATA_RULE: ClassVar[str] = "P-RPL-14"
+Accept = _empty_type("Accept", Reply, "a", "SMFIR_ACCEPT (P-RPL-3).")
 
 
-@_singleton
-class Reject(_Empty, Reply):
-    """SMFIR_REJECT (P-RPL-4)."""
-
-    __slots__ = ()
-    LETTER: ClassVar[str] = "r"
-    NO_DATA_RULE: ClassVar[str] = "P-RPL-14"
+Reject = _empty_type("Reject", Reply, "r", "SMFIR_REJECT (P-RPL-4).")
 
 
-@_singleton
-class TempFail(_Empty, Reply):
-    """SMFIR_TEMPFAIL (P-RPL-5)."""
-
-    __slots__ = ()
-    LETTER: ClassVar[str] = "t"
-    NO_DATA_RULE: ClassVar[str] = "P-RPL-14"
+TempFail = _empty_type("TempFail", Reply, "t", "SMFIR_TEMPFAIL (P-RPL-5).")
 
 
-@_singleton
-class Discard(_Empty, Reply):
-    """SMFIR_DISCARD (P-RPL-6)."""
-
-    __slots__ = ()
-    LETTER: ClassVar[str] = "d"
-    NO_DATA_RULE: ClassVar[str] = "P-RPL-14"
+Discard = _empty_type("Discard", Reply, "d", "SMFIR_DISCARD (P-RPL-6).")
 
 
-@_singleton
-class Skip(_Empty, Reply):
-    """SMFIR_SKIP (P-RPL-8)."""
-
-    __slots__ = ()
-    LETTER: ClassVar[str] = "s"
-    NO_DATA_RULE: ClassVar[str] = "P-RPL-14"
+Skip = _empty_type("Skip", Reply, "s", "SMFIR_SKIP (P-RPL-8).")
 
 
-@_singleton
-class Shutdown(_Empty, Reply):
-    """SMFIR_SHUTDOWN, Postfix only (P-RPL-11)."""
-
-    __slots__ = ()
-    LETTER: ClassVar[str] = "4"
-    NO_DATA_RULE: ClassVar[str] = "P-RPL-14"
+Shutdown = _empty_type("Shutdown", Reply, "4", "SMFIR_SHUTDOWN, Postfix only (P-RPL-11).")
 
 
-@_singleton
-class ConnectionFailure(_Empty, Reply):
-    """SMFIR_CONN_FAIL: decodable, but no MTA accepts it and we never send it (P-RPL-12)."""
-
-    __slots__ = ()
-    LETTER: ClassVar[str] = "f"
-    NO_DATA_RULE: ClassVar[str] = "P-RPL-14"
+ConnectionFailure = _empty_type("ConnectionFailure", Reply, "f",
+                                "SMFIR_CONN_FAIL: decodable; no MTA accepts it and we never send it (P-RPL-12).")
 
 
-@_singleton
-class Progress(_Empty, Reply):
-    """SMFIR_PROGRESS: not final, restarts the reader's timeout (P-RPL-9)."""
-
-    __slots__ = ()
-    LETTER: ClassVar[str] = "p"
-    NO_DATA_RULE: ClassVar[str] = "P-RPL-14"
-    FINAL: ClassVar[bool] = False
+Progress = _empty_type("Progress", Reply, "p", "SMFIR_PROGRESS: not final, restarts the reader's timeout (P-RPL-9).",
+                       final=False)
 
 
 @dataclass(frozen=True, slots=True)
