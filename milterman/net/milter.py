@@ -15,11 +15,11 @@ import itertools
 import socket
 import traceback
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from ..log import DEBUG, ERROR, TRACE, Logger, logger as default_logger
 from ..protocol import (CONTINUE, PROGRESS, Action, AddHeader, AddRcpt, AddRcptWithParameters, ChangeFrom,
-                        ChangeHeader, Command, CommandDecoder, DeleteRcpt, InsertHeader, MilterState, Negotiate,
+                        ChangeHeader, CommandDecoder, DeleteRcpt, InsertHeader, MilterState, Negotiate,
                         Options, ProtocolError, Quarantine, RemoteProtocolError, ReplaceBody, Reply, Step,
                         chunk_body)
 from ..protocol.flags import MAX_DATA_SIZE_1M
@@ -223,7 +223,7 @@ class MilterSession:
             while not self.closed:
                 try:
                     data = self.sock.recv(262144)
-                except socket.timeout:
+                except TimeoutError:
                     log.error(f"[{self.id}] [milter][error][timeout] no command for {self.idle_timeout:g} s")
                     break
                 if not data:

@@ -8,17 +8,42 @@ modification.
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass, field
 
-from ..protocol import (ABORT, DATA, END_OF_HEADER, END_OF_MESSAGE, QUIT, Accept, Body, Command, Connect,
-                        ConnectionFailure, Continue, Discard, Header, Helo, Macro, Mail, Modification, MtaState,
-                        Negotiate, Options, ProtocolError, Quarantine, Rcpt, Reject, Reply, ReplyCode,
-                        ReplyDecoder, Shutdown, Skip, TempFail, Unknown, strip_braces)
+from ..protocol import (
+    ABORT,
+    DATA,
+    END_OF_HEADER,
+    END_OF_MESSAGE,
+    QUIT,
+    Body,
+    Command,
+    Connect,
+    Continue,
+    Header,
+    Helo,
+    Macro,
+    Mail,
+    Modification,
+    MtaState,
+    Negotiate,
+    Options,
+    ProtocolError,
+    Quarantine,
+    Rcpt,
+    Reject,
+    Reply,
+    ReplyCode,
+    ReplyDecoder,
+    Skip,
+    TempFail,
+    Unknown,
+    strip_braces,
+)
 from ..protocol.flags import MAX_DATA_SIZE_1M
-from .spec import ConnectionSpec
 from .sockets import connect as open_connection
+from .spec import ConnectionSpec
 
 
 class MilterIOError(Exception):
@@ -76,7 +101,7 @@ class MtaClient:
         timeouts = timeouts or Timeouts()
         try:
             sock = open_connection(spec, timeouts.connection)
-        except socket.timeout:
+        except TimeoutError:
             raise MilterIOError("connection timeout") from None
         except OSError as error:
             raise MilterIOError("io", f"Failed to connect to {spec}: {error.strerror or error}") from None
@@ -127,7 +152,7 @@ class MtaClient:
         self.sock.settimeout(self.timeouts.writing)
         try:
             self.sock.sendall(data)
-        except socket.timeout:
+        except TimeoutError:
             raise MilterIOError("writing timeout") from None
         except OSError as error:
             raise MilterIOError("io", f"write failed: {error.strerror or error}") from None
@@ -148,7 +173,7 @@ class MtaClient:
                     self.sock.settimeout(timeout)
                     try:
                         data = self.sock.recv(262144)
-                    except socket.timeout:
+                    except TimeoutError:
                         raise MilterIOError(kind) from None
                     except OSError as error:
                         raise MilterIOError("io", f"read failed: {error.strerror or error}") from None
@@ -221,25 +246,16 @@ STAGE_NAMES = {"O": "negotiate", "C": "connect", "H": "helo", "M": "envelope-fro
                "E": "end-of-message"}
 
 
+#: status nick of each final reply letter (tools.md §0.2, §1.7); ``y`` depends on its code
+REPLY_STATUS = {"c": "pass", "s": "pass", "a": "accept", "r": "reject", "t": "temporary-failure",
+                "d": "discard", "4": "abort", "f": "error"}
+
+
 def reply_status(reply: Reply) -> str:
     """The status nick of a final reply (tools.md §0.2, §1.7)."""
-    if isinstance(reply, (Continue, Skip)):
-        return "pass"
-    if isinstance(reply, Accept):
-        return "accept"
-    if isinstance(reply, Reject):
-        return "reject"
-    if isinstance(reply, TempFail):
-        return "temporary-failure"
     if isinstance(reply, ReplyCode):
         return "temporary-failure" if reply.is_temporary else "reject"
-    if isinstance(reply, Discard):
-        return "discard"
-    if isinstance(reply, Shutdown):
-        return "abort"
-    if isinstance(reply, ConnectionFailure):
-        return "error"
-    return "error"
+    return REPLY_STATUS.get(reply.LETTER, "error")
 
 
 class _Stop(Exception):

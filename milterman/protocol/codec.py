@@ -9,7 +9,7 @@ typed messages. It checks the length field as soon as the four bytes are in
 from __future__ import annotations
 
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 from .errors import FramingError, MalformedPacket
 from .flags import MAX_DATA_SIZE_1M

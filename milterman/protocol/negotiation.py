@@ -12,9 +12,20 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import NegotiationError
-from .flags import (CAPABILITY_STEPS, MACRO_STAGE_LETTERS, MAX_DATA_SIZE_1M, MAX_DATA_SIZE_256K,
-                    MAX_DATA_SIZE_DEFAULT, MAX_VERSION, MDS_STEPS, NO_REPLY_STEPS, SKIP_STEPS, Action,
-                    MacroStage, Step)
+from .flags import (
+    CAPABILITY_STEPS,
+    MACRO_STAGE_LETTERS,
+    MAX_DATA_SIZE_1M,
+    MAX_DATA_SIZE_256K,
+    MAX_DATA_SIZE_DEFAULT,
+    MAX_VERSION,
+    MDS_STEPS,
+    NO_REPLY_STEPS,
+    SKIP_STEPS,
+    Action,
+    MacroStage,
+    Step,
+)
 from .messages import Negotiate, NegotiateReply, strip_braces
 
 #: letter → (skip bit, no-reply bit, lowest version that defines the event) (P-CMD-0, P-NEG-11)

@@ -12,14 +12,26 @@ Neither does I/O; both raise :class:`UnexpectedMessage` for a peer's mistake and
 
 from __future__ import annotations
 
-from .errors import LocalProtocolError, UnexpectedMessage
+from .errors import LocalProtocolError, MalformedPacket, UnexpectedMessage
 from .flags import Step
 from .macros import MacroStore
-from .messages import (Command, ConnectionFailure, Discard, Macro, Modification, Negotiate, NegotiateReply,
-                       Progress, Quarantine, ReplaceBody, Reply, ReplyCode, Skip)
+from .messages import (
+    Command,
+    ConnectionFailure,
+    Discard,
+    Macro,
+    Modification,
+    Negotiate,
+    NegotiateReply,
+    Progress,
+    Quarantine,
+    ReplaceBody,
+    Reply,
+    ReplyCode,
+    Skip,
+)
 from .negotiation import EVENT_FLAGS, Options, answer_offer, check_reply
 from .replycode import parse_reply_text
-from .errors import MalformedPacket
 
 # Connection phases
 INIT = "init"                 # waiting for OPTNEG

@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from ..log import Logger, logger as default_logger
 
@@ -27,9 +27,17 @@ def select_event_loop(name: str) -> None:
     """Choose gevent's loop before the hub exists (D-15): ``libev`` (default) or ``libuv``."""
     if name not in EVENT_LOOP_BACKENDS:
         raise BackendError(f"unknown event loop backend: <{name}> available values: [libev|libuv]")
+    import importlib
+
     import gevent
 
-    gevent.config.loop = EVENT_LOOP_BACKENDS[name]
+    implementation = EVENT_LOOP_BACKENDS[name]
+    module = "gevent.libuv.loop" if implementation.startswith("libuv") else "gevent.libev.corecext"
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise BackendError(f"event loop backend <{name}> cannot be loaded: {error}") from None
+    gevent.config.loop = implementation
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Command-line front ends: docopt usage texts and option handling; nothing imports this package."""
