@@ -55,7 +55,7 @@ def test_lookup_searches_newest_stage_first_P_MAC_6():
     for letter in "CHMRTNE":
         store.define(letter, (("x", letter),))
     assert store.get("x") == "E"
-    for letter, expected in zip("ENTRMH", "NTRMHC"):
+    for letter, expected in zip("ENTRMH", "NTRMHC", strict=True):
         store.define(letter, ())          # empty the newest stage: the next older one shows through
         assert store.get("x") == expected
     assert store.get("missing", "dflt") == "dflt"
