@@ -28,31 +28,39 @@ Options:
   --unix-socket-group=GROUP         Group of the unix socket.
   --socket-group-name=GROUP         Deprecated alias of --unix-socket-group.
   --unix-socket-mode=MODE           Mode of the unix socket, octal [default: 0660].
-  --n-workers=N                     Worker processes, 0-1000; 0 serves in one process [default: 0].
+  --n-workers=N                     Worker processes, 0-1000; 0 serves in the master process [default: 0].
   --event-loop-backend=BACKEND      gevent loop: libev or libuv [default: libev].
   --packet-buffer-size=SIZE         Flush reply packets once SIZE bytes are queued; 0 = one write per
                                     command [default: 0].
-  --pid-file=FILE                   Write the process id to FILE.
+  --pid-file=FILE                   Write the (master) process id to FILE; removed at exit.
   --max-pending-finished-sessions=N Log the finished-sessions line every N+1 sessions [default: 0].
+  --max-connections=N               Sessions per process before accepting pauses; 0 = unlimited [default: 0].
+  --max-file-descriptors=N          Set RLIMIT_NOFILE to N at start; 0 = system default [default: 0].
+  --graceful-timeout=SEC            SIGTERM: how long sessions may take to finish [default: 30].
+  --worker-timeout=SEC              Replace a worker silent for SEC seconds [default: 60].
+  --maintenance-interval=N          Garbage collection (and the memory line) every N sessions;
+                                    0 = never [default: 10].
   -h, --help                        Show this help.
   --version                         Print the version.
 
-Exit status: 0 after a shutdown signal (SIGTERM graceful, SIGINT fast); 1 when an option is
-wrong or the socket cannot be listened on.
+Signals: SIGTERM lets sessions finish, then exits; SIGINT/SIGQUIT stop at once; SIGHUP restarts the
+workers; SIGUSR1 reopens the log file; SIGTTIN/SIGTTOU add/remove a worker.
+
+Exit status: 0 after a shutdown signal (with --daemon: 0 once listening); 1 when an option is wrong
+or the server cannot start (bad spec, port in use, no permission, unknown user or group,
+unwritable pid file), with a message naming the value.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 from .. import __version__
 from ..log import logger
-from .common import UsageError, configure_logging, fail, integer, parse_arguments
+from .common import UsageError, configure_logging, fail, integer, number, parse_arguments
 
 DEFAULT_SPEC = "inet:10025@[127.0.0.1]"
-NOT_YET = ("--daemon", "--user", "--user-id", "--user-name", "--group", "--group-id", "--group-name")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,10 +72,46 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(error))
 
 
+class TestClientApplication:
+    """milter-test-client as a served application: its configuration is its command line."""
+
+    name = "milter-test-client"
+
+    def __init__(self, server_config, client_settings) -> None:
+        self.server_config = server_config
+        self.client_settings = client_settings
+
+    def load(self):
+        """Nothing to reload from disk: SIGHUP restarts the workers with the same settings."""
+        return self.client_settings, self.server_config
+
+    def make_handler(self, settings):
+        from ..net import MilterSession
+        from ..tools.test_client import TestClient
+
+        client = TestClient(settings)
+
+        def handle(sock, address) -> None:
+            MilterSession(sock, client.handler_factory, packet_buffer_size=settings.packet_buffer_size).run()
+
+        return handle
+
+
+def _user_option(arguments: dict, kind: str) -> str | None:
+    """--user / --user-id / --user-name (and the group trio): the last one given wins."""
+    values = [arguments[f"--{kind}"], arguments[f"--{kind}-id"], arguments[f"--{kind}-name"]]
+    given = [value for value in values if value is not None]
+    if arguments[f"--{kind}-id"] is not None and not arguments[f"--{kind}-id"].isdigit():
+        raise UsageError(f"--{kind}-id: invalid {'UID' if kind == 'user' else 'GID'}: <{arguments[f'--{kind}-id']}>")
+    return given[-1] if given else None
+
+
 def run(arguments: dict) -> int:
-    from ..net import ListenError, MilterSession, SpecError, bind_listener, parse_spec, remove_unix_socket
-    from ..server.worker import BackendError, ServeSettings, select_event_loop, serve
-    from ..tools.test_client import ClientSettings, TestClient
+    from ..net import SpecError, parse_spec
+    from ..server.app import ServerConfig
+    from ..server.master import run_application
+    from ..server.worker import BackendError, check_event_loop
+    from ..tools.test_client import ClientSettings
 
     spec_text = arguments["--connection-spec"]
     if spec_text.startswith("$MILTER_DEFAULT_CONNECTION_SPEC"):
@@ -77,18 +121,8 @@ def run(arguments: dict) -> int:
     except SpecError as error:
         raise UsageError(f"--connection-spec: {error}") from None
     configure_logging(arguments)
-    n_workers = integer("--n-workers", arguments["--n-workers"], minimum=0, maximum=1000)
-    if arguments["--daemon"] and arguments["--no-daemon"]:
-        arguments["--daemon"] = False
-    for option in NOT_YET:
-        if arguments.get(option):
-            raise UsageError(f"{option}: not available yet: daemon mode and privilege dropping arrive with "
-                             f"the pre-forking server")
-    if n_workers:
-        raise UsageError(f"--n-workers: not available yet: <{n_workers}>: worker processes arrive with the "
-                         f"pre-forking server; 0 serves in this process")
     try:
-        select_event_loop(arguments["--event-loop-backend"])
+        check_event_loop(arguments["--event-loop-backend"])
     except BackendError as error:
         raise UsageError(f"--event-loop-backend: {error}") from None
     try:
@@ -105,42 +139,30 @@ def run(arguments: dict) -> int:
                                               arguments["--max-pending-finished-sessions"], minimum=0),
         packet_buffer_size=integer("--packet-buffer-size", arguments["--packet-buffer-size"], minimum=0),
     )
-    pid_file = arguments["--pid-file"]
-    # A shutdown signal that arrives once the socket listens but before serve() has installed its own
-    # handlers must still end the process with status 0 (TC-SIG-1): remember it, re-send it when ready.
-    early_signals: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(signum, lambda number, frame: early_signals.append(number))
-    try:
-        listener = bind_listener(spec, unix_mode=mode, unix_group=group)
-    except (ListenError, OSError) as error:
-        fail(str(error))
-    try:
-        if pid_file:
-            try:
-                with open(pid_file, "w") as handle:
-                    handle.write(f"{os.getpid()}\n")
-            except OSError as error:
-                fail(f"--pid-file: cannot write <{pid_file}>: {error.strerror}")
-        client = TestClient(settings)
+    daemon = bool(arguments["--daemon"]) and not arguments["--no-daemon"]
+    server_config = ServerConfig(
+        spec=spec,
+        n_workers=integer("--n-workers", arguments["--n-workers"], minimum=0, maximum=1000),
+        unix_socket_mode=mode, unix_socket_group=group,
+        user=_user_option(arguments, "user"), group=_user_option(arguments, "group"),
+        daemon=daemon, pid_file=arguments["--pid-file"],
+        graceful_timeout=number("--graceful-timeout", arguments["--graceful-timeout"], 30.0),
+        max_connections=integer("--max-connections", arguments["--max-connections"], minimum=0),
+        max_file_descriptors=integer("--max-file-descriptors", arguments["--max-file-descriptors"], minimum=0),
+        worker_timeout=number("--worker-timeout", arguments["--worker-timeout"], 60.0),
+        event_loop_backend=arguments["--event-loop-backend"],
+        maintenance_interval=integer("--maintenance-interval", arguments["--maintenance-interval"], minimum=0),
+        report_memory_statistics=settings.report_memory_profile,
+        process_name="milter-test-client",
+    )
 
-        def handle(sock, address) -> None:
-            MilterSession(sock, client.handler_factory, packet_buffer_size=settings.packet_buffer_size).run()
+    def detached() -> None:
+        """After daemonizing, standard output is /dev/null: log to syslog unless a log file was given (D-11)."""
+        if logger.path is None:
+            logger.use_syslog(level=logger.level)
+            logger.set_level(0)
 
-        def ready() -> None:
-            for number in early_signals:
-                os.kill(os.getpid(), number)
-
-        logger.info(f"[client][listen] {spec}")
-        return serve(listener, handle, settings=ServeSettings(), on_ready=ready)
-    finally:
-        listener.close()
-        remove_unix_socket(spec)
-        if pid_file:
-            try:
-                os.unlink(pid_file)
-            except OSError:
-                pass
+    return run_application(TestClientApplication(server_config, settings), on_detached=detached)
 
 
 if __name__ == "__main__":

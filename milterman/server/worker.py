@@ -1,42 +1,53 @@
 """One serving process: a gevent accept loop that runs a milter session per connection.
 
-The listening socket is bound beforehand with the standard library
-(:func:`milterman.net.bind_listener`), so a pre-forking master can bind once and
-hand the same socket to every worker; gevent is imported only here, inside the
-serving process, and never monkey-patches anything.
+The listening socket is bound beforehand with the standard library, so the
+pre-fork master binds once and every worker accepts on the same socket. gevent
+is imported only here, inside the serving process (a worker after fork, or the
+single process with ``n_workers = 0``), and never monkey-patches anything.
+
+Signals (D-5): SIGTERM stops accepting and lets sessions finish within the
+graceful timeout; SIGINT and SIGQUIT stop at once; SIGUSR1 reopens the log;
+SIGHUP calls ``on_hangup`` (the single-process reload). A worker also stops
+gracefully when the master dies (its pipe reads EOF), and shows it is alive by
+touching its heartbeat file.
 """
 
 from __future__ import annotations
 
+import gc
+import importlib.util
 import os
 import signal
 import socket
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from ..log import Logger, logger as default_logger
+from ..log import STATISTICS, Logger
+from ..log import logger as default_logger
+from . import memory
 
 EVENT_LOOP_BACKENDS = {"default": "libev-cext", "libev": "libev-cext", "libuv": "libuv-cffi"}
 
 
 class BackendError(ValueError):
-    """An event-loop backend name we do not offer (D-15)."""
+    """An event-loop backend name we do not offer, or one that cannot load here (D-15)."""
+
+
+def check_event_loop(name: str) -> str:
+    """Validate a backend name without importing gevent (the master may call this); return gevent's name."""
+    if name not in EVENT_LOOP_BACKENDS:
+        raise BackendError(f"unknown event loop backend: <{name}> available values: [libev|libuv]")
+    implementation = EVENT_LOOP_BACKENDS[name]
+    if implementation.startswith("libuv") and importlib.util.find_spec("_cffi_backend") is None:
+        raise BackendError(f"event loop backend <{name}> cannot be loaded: cffi is not installed")
+    return implementation
 
 
 def select_event_loop(name: str) -> None:
-    """Choose gevent's loop before the hub exists (D-15): ``libev`` (default) or ``libuv``."""
-    if name not in EVENT_LOOP_BACKENDS:
-        raise BackendError(f"unknown event loop backend: <{name}> available values: [libev|libuv]")
-    import importlib
-
+    """Choose gevent's loop before this process's hub exists (D-15)."""
+    implementation = check_event_loop(name)
     import gevent
 
-    implementation = EVENT_LOOP_BACKENDS[name]
-    module = "gevent.libuv.loop" if implementation.startswith("libuv") else "gevent.libev.corecext"
-    try:
-        importlib.import_module(module)
-    except ImportError as error:
-        raise BackendError(f"event loop backend <{name}> cannot be loaded: {error}") from None
     gevent.config.loop = implementation
 
 
@@ -44,29 +55,50 @@ def select_event_loop(name: str) -> None:
 class ServeSettings:
     """How a serving process treats its connections."""
 
-    max_connections: int = 0          # 0: unlimited; otherwise accept pauses at the limit (D-6)
+    max_connections: int = 0          # 0: unlimited; otherwise accepting pauses at the limit (D-6, M-ACC-1)
     graceful_timeout: float = 30.0    # SIGTERM: how long sessions may take to finish (D-5)
+    heartbeat_interval: float = 1.0
+    maintenance_interval: int = 0     # sessions between maintenance runs; 0: none (D-12)
+    report_memory_statistics: bool = False
 
 
 def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
           settings: ServeSettings | None = None, logger: Logger = default_logger,
-          on_ready: Callable[[], None] | None = None) -> int:
-    """Serve ``listener`` until SIGTERM (graceful), SIGINT or SIGQUIT (fast); return the exit status.
+          on_ready: Callable[[], None] | None = None, on_hangup: Callable[[], None] | None = None,
+          heartbeat_fd: int | None = None, master_fd: int | None = None) -> int:
+    """Serve ``listener`` until told to stop; return the exit status (0).
 
     ``handle(sock, address)`` runs in its own greenlet for each accepted connection.
     """
     import gevent
     from gevent import socket as gsocket
+    from gevent.event import Event
     from gevent.pool import Pool
     from gevent.server import StreamServer
 
     settings = settings or ServeSettings()
     sock = gsocket.socket(listener.family, listener.type, listener.proto, fileno=os.dup(listener.fileno()))
-    from gevent.event import Event
-
     # A pool even without a limit: stopping waits for the pool's sessions (graceful SIGTERM).
+    # At max_connections the server stops accepting until a session ends (D-6, M-ACC-1).
     pool = Pool(settings.max_connections if settings.max_connections > 0 else None)
-    server = StreamServer(sock, handle, spawn=pool)
+    sessions = [0]
+
+    def counted(client, address) -> None:
+        try:
+            handle(client, address)
+        finally:
+            sessions[0] += 1
+            interval = settings.maintenance_interval
+            if interval and sessions[0] % interval == 0:
+                maintain()
+
+    def maintain() -> None:
+        """Maintenance on a session count, never merely because the process went idle (D-12, M-MNT-1)."""
+        gc.collect()
+        if settings.report_memory_statistics and logger.enabled(STATISTICS):
+            logger.statistics(memory.maintenance_line(sessions[0]))
+
+    server = StreamServer(sock, counted, spawn=pool)
     stopped = Event()
     stopping: list[bool] = []
 
@@ -76,16 +108,54 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
         finally:
             stopped.set()
 
-    def stop(graceful: bool) -> None:
+    def stop(graceful: bool, reason: str) -> None:
         if stopping:
+            if not graceful and stopping[0]:
+                stopping[0] = False
+                pool.kill(block=False)
             return
         stopping.append(graceful)
-        logger.message(f"[server][stop] {'graceful' if graceful else 'fast'} stop requested")
+        logger.info(f"[server][stop] {'graceful' if graceful else 'fast'} stop: {reason}")
         gevent.spawn(finish, settings.graceful_timeout if graceful else 0)
 
-    handlers = [gevent.signal_handler(signal.SIGTERM, stop, True),
-                gevent.signal_handler(signal.SIGINT, stop, False),
-                gevent.signal_handler(signal.SIGQUIT, stop, False)]
+    def heartbeat() -> None:
+        parent = os.getppid()
+        mode = 0
+        while not stopped.is_set():
+            if heartbeat_fd is not None:
+                mode ^= 1
+                try:
+                    os.fchmod(heartbeat_fd, mode)
+                except OSError:
+                    pass
+            if master_fd is not None and os.getppid() != parent:
+                stop(True, "the master process is gone")
+            stopped.wait(settings.heartbeat_interval)
+
+    def watch_master() -> None:
+        """The master holds the other end of this pipe; EOF means it died (D-5)."""
+        try:
+            gsocket.wait_read(master_fd)
+            os.read(master_fd, 1)
+        except OSError:
+            pass
+        stop(True, "the master process is gone")
+
+    def reopen_log() -> None:
+        logger.reopen()
+
+    def hangup() -> None:
+        if on_hangup is not None:
+            on_hangup()
+
+    handlers = [gevent.signal_handler(signal.SIGTERM, stop, True, "SIGTERM"),
+                gevent.signal_handler(signal.SIGINT, stop, False, "SIGINT"),
+                gevent.signal_handler(signal.SIGQUIT, stop, False, "SIGQUIT"),
+                gevent.signal_handler(signal.SIGUSR1, reopen_log),
+                gevent.signal_handler(signal.SIGHUP, hangup)]
+    helpers = [gevent.spawn(heartbeat)]
+    if master_fd is not None:
+        helpers.append(gevent.spawn(watch_master))
     try:
         server.start()
         if on_ready is not None:
@@ -94,6 +164,7 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
     finally:
         for handler in handlers:
             handler.cancel()
+        gevent.killall(helpers, block=False)
         try:
             sock.close()
         except OSError:

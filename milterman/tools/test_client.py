@@ -7,7 +7,6 @@ and memory lines go through the logger (logging.md §6, ST-FINISHED).
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from typing import TextIO
@@ -15,6 +14,7 @@ from typing import TextIO
 from ..log import STATISTICS, Logger, logger as default_logger
 from ..net import MilterHandler, MilterSession, Wanted
 from ..protocol import Family, Negotiate, Step, action_names, step_names
+from ..server import memory
 
 
 def render_connect_address(command) -> str:
@@ -26,29 +26,6 @@ def render_connect_address(command) -> str:
     if command.family == Family.UNIX:
         return f"unix:{command.address}"
     return "unknown"
-
-
-_process = None
-
-
-def memory_report(session_id: int) -> str:
-    """One memory line for the serving process (design card: psutil per session).
-
-    ``MILTER_MEMORY_PROFILE=yes`` adds USS, PSS and swap from ``memory_full_info``.
-    """
-    global _process
-    if _process is None:
-        import psutil
-
-        _process = psutil.Process()
-    process = _process
-    info = process.memory_info()
-    line = f"[session][memory]({session_id}) rss={info.rss // 1024}KB vms={info.vms // 1024}KB"
-    if os.environ.get("MILTER_MEMORY_PROFILE", "").lower() in ("yes", "true", "1"):
-        full = process.memory_full_info()
-        line += (f" uss={full.uss // 1024}KB pss={getattr(full, 'pss', 0) // 1024}KB"
-                 f" swap={getattr(full, 'swap', 0) // 1024}KB")
-    return line
 
 
 @dataclass
@@ -93,7 +70,7 @@ class TestClient:
                                        f"{self.processing}")
             self.pending_finished = 0
         if self.settings.report_memory_profile and self.logger.enabled(STATISTICS):
-            self.logger.statistics(memory_report(session_id))
+            self.logger.statistics(memory.session_line(session_id))
 
 
 class TestClientHandler(MilterHandler):

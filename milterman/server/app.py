@@ -1,0 +1,57 @@
+"""What a served program plugs into the server: configuration loading and a connection handler.
+
+The master calls :meth:`Application.load` at start and on SIGHUP (standard
+library only, so it may run in the master); the serving process calls
+:meth:`Application.make_handler` after gevent has started there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..net.spec import ConnectionSpec
+
+Handler = Callable[[object, object], None]
+
+
+class ConfigurationError(Exception):
+    """A configuration that cannot be used; the message names the file and the key (``FILE: KEY: …``)."""
+
+
+@dataclass
+class ServerConfig:
+    """How the server runs, whichever application it serves (D-5, D-6, M-ACC-1, M-FD-1, M-MNT-1)."""
+
+    spec: ConnectionSpec
+    n_workers: int = 0
+    unix_socket_mode: int = 0o660
+    unix_socket_group: str | None = None
+    user: str | None = None
+    group: str | None = None
+    daemon: bool = False
+    pid_file: str | None = None
+    graceful_timeout: float = 30.0
+    max_connections: int = 0
+    max_file_descriptors: int = 0
+    #: a worker whose heartbeat is older than this is killed and replaced
+    worker_timeout: float = 60.0
+    event_loop_backend: str = "libev"
+    #: maintenance (gc and the memory line) every this many sessions; 0: never (D-12)
+    maintenance_interval: int = 10
+    report_memory_statistics: bool = False
+    process_name: str = "milterman"
+
+
+class Application:
+    """Base class of served programs (milter-test-client now, milter-manager next)."""
+
+    name = "milterman"
+
+    def load(self) -> tuple[object, ServerConfig]:
+        """Load and validate the configuration; raise :class:`ConfigurationError` naming file and key."""
+        raise ConfigurationError(f"{type(self).__name__} does not define load()")
+
+    def make_handler(self, configuration: object) -> Handler:
+        """In the serving process: the function that serves one accepted connection."""
+        raise ConfigurationError(f"{type(self).__name__} does not define make_handler()")

@@ -1,0 +1,452 @@
+"""The pre-forking master (D-5): bind, drop privileges, daemonize, fork workers, supervise.
+
+Standard library only: the master never imports gevent. Signal handlers only
+queue the signal and wake the loop through a pipe; all work happens in
+:meth:`Master._loop`:
+
+* SIGTERM: workers finish their sessions (bounded by the graceful timeout), then exit 0;
+* SIGINT, SIGQUIT: the same without waiting;
+* SIGHUP: reload and validate the configuration; on success new workers start with it
+  and the old ones finish their sessions; on failure the error is logged and the old
+  configuration keeps serving;
+* SIGUSR1: reopen log files here and in every worker;
+* SIGTTIN / SIGTTOU: one worker more / fewer;
+* SIGCHLD: a worker died; it is replaced (with a back-off when workers die at start).
+
+With ``n_workers = 0`` the master serves in its own process (:func:`worker.serve`) with
+the same signals.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+
+from ..log import Logger
+from ..log import logger as default_logger
+from ..net.sockets import ListenError, bind_listener, remove_unix_socket
+from .app import Application, ConfigurationError, ServerConfig
+from .process import (PidFile, StartupError, activated_sockets, daemonize, drop_privileges, ensure_standard_fds,
+                      set_file_descriptor_limit, set_process_title, systemd_notify)
+from .worker import BackendError, check_event_loop
+
+QUEUED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGTTIN,
+                  signal.SIGTTOU, signal.SIGCHLD)
+#: a worker that dies sooner than this after its start counts as a start failure (back-off)
+QUICK_DEATH = 2.0
+MAX_BACKOFF = 10.0
+FAST_STOP_TIMEOUT = 2.0
+
+
+@dataclass
+class WorkerProcess:
+    pid: int
+    generation: int
+    heartbeat_fd: int
+    started: float
+    stop_sent: float | None = None
+
+
+def describe_status(status: int) -> str:
+    """How a child ended, for the log: an exit code or a signal name."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = str(number)
+        return f"killed by signal {name}"
+    return f"exited with status {os.WEXITSTATUS(status)}"
+
+
+class Master:
+    """Runs an :class:`Application` under the process model of D-5."""
+
+    def __init__(self, app: Application, *, logger: Logger = default_logger) -> None:
+        self.app = app
+        self.logger = logger
+        self.configuration: object = None
+        self.config: ServerConfig | None = None
+        self.listener = None
+        self.bound_by_us = False
+        self.pid_file: PidFile | None = None
+        self.workers: dict[int, WorkerProcess] = {}
+        self.generation = 0
+        self.n_workers = 0
+        self.stopping: str | None = None      # "graceful" or "fast"
+        self.stop_deadline = 0.0
+        self.signals: list[int] = []
+        self.quick_deaths = 0
+        self.next_spawn = 0.0
+        self._wake_read = self._wake_write = -1
+        self._master_read = self._master_write = -1
+
+    # -------------------------------------------------------------------------- start-up
+
+    def start(self, on_detached=None) -> None:
+        """Everything before serving (M-DAE-1 order, D-5); raises StartupError / ConfigurationError."""
+        ensure_standard_fds()
+        self.configuration, self.config = self.app.load()
+        config = self.config
+        check_event_loop(config.event_loop_backend)
+        if not 0 <= config.n_workers <= 1000:
+            raise StartupError(f"--n-workers: must be 0..1000: <{config.n_workers}>")
+        set_file_descriptor_limit(config.max_file_descriptors)
+        activated = activated_sockets()
+        if activated:
+            self.listener = activated[0]
+            self.logger.info(f"[server][listen] using the socket passed by systemd (fd {self.listener.fileno()})")
+        else:
+            try:
+                self.listener = bind_listener(config.spec, unix_mode=config.unix_socket_mode,
+                                              unix_group=config.unix_socket_group)
+            except ListenError as error:
+                raise StartupError(str(error)) from None
+            self.bound_by_us = True
+        self.listener.set_inheritable(True)
+        self.pid_file = PidFile(config.pid_file)
+        drop_privileges(config.user, config.group)
+        if config.daemon:
+            daemonize()
+            if on_detached is not None:
+                on_detached()
+        self.pid_file.write(os.getpid())
+        self.n_workers = config.n_workers
+
+    def run(self, on_detached=None) -> int:
+        """Start, serve until stopped, clean up; the exit status."""
+        # From the first moment, signals are only queued: one that arrives during start-up is
+        # handled once serving begins, instead of killing a half-started server.
+        for number in QUEUED_SIGNALS:
+            signal.signal(number, self._queue_signal)
+        try:
+            self.start(on_detached)
+            if self.n_workers == 0:
+                return self._serve_single()
+            return self._supervise()
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self.listener is not None:
+            try:
+                self.listener.close()
+            except OSError:
+                pass
+            if self.bound_by_us and self.config is not None:
+                remove_unix_socket(self.config.spec)
+        if self.pid_file is not None:
+            self.pid_file.remove()
+
+    def _title(self, role: str) -> str:
+        config = self.config
+        return f"{config.process_name}: {role} [{config.spec}]"
+
+    # -------------------------------------------------------------------------- n_workers = 0
+
+    def _serve_single(self) -> int:
+        """Serve in this process; SIGHUP reloads the configuration for new sessions."""
+        from .worker import select_event_loop, serve
+
+        config = self.config
+        set_process_title(self._title("master"))
+        select_event_loop(config.event_loop_backend)
+        current = {"handle": self.app.make_handler(self.configuration)}
+
+        def handle(sock, address) -> None:
+            current["handle"](sock, address)
+
+        def hangup() -> None:
+            loaded = self._reload_configuration()
+            if loaded is not None:
+                current["handle"] = self.app.make_handler(loaded[0])
+                self.configuration, self.config = loaded
+                systemd_notify("READY=1")
+
+        def ready() -> None:
+            self.logger.message(f"[server][listen] {config.spec}")
+            systemd_notify(f"READY=1\nMAINPID={os.getpid()}")
+            early, self.signals = [n for n in self.signals if n not in (signal.SIGCHLD, signal.SIGTTIN,
+                                                                         signal.SIGTTOU)], []
+            for number in early:
+                os.kill(os.getpid(), number)  # now handled by serve()'s own handlers
+
+        for ignored in (signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(ignored, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        return serve(self.listener, handle, settings=self._serve_settings(config), logger=self.logger,
+                     on_ready=ready, on_hangup=hangup)
+
+    @staticmethod
+    def _serve_settings(config: ServerConfig):
+        from .worker import ServeSettings
+
+        return ServeSettings(max_connections=config.max_connections, graceful_timeout=config.graceful_timeout,
+                             heartbeat_interval=max(0.05, min(1.0, config.worker_timeout / 4)),
+                             maintenance_interval=config.maintenance_interval,
+                             report_memory_statistics=config.report_memory_statistics)
+
+    # -------------------------------------------------------------------------- supervision
+
+    def _supervise(self) -> int:
+        self.logger.with_pid = True
+        set_process_title(self._title("master"))
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._master_read, self._master_write = os.pipe()
+        signal.set_wakeup_fd(self._wake_write)
+        for number in QUEUED_SIGNALS:
+            signal.signal(number, self._queue_signal)
+        self.logger.message(f"[server][listen] {self.config.spec} with {self.n_workers} workers")
+        self._spawn_missing()
+        systemd_notify(f"READY=1\nMAINPID={os.getpid()}")
+        try:
+            self._loop()
+        finally:
+            signal.set_wakeup_fd(-1)
+            for number in QUEUED_SIGNALS:
+                signal.signal(number, signal.SIG_DFL)
+            for fd in (self._wake_read, self._wake_write, self._master_read, self._master_write):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.logger.message("[server][stop] all workers finished")
+        return 0
+
+    def _queue_signal(self, number: int, frame) -> None:
+        self.signals.append(number)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                select.select([self._wake_read], [], [], 0.25)
+            except InterruptedError:
+                pass
+            try:
+                while os.read(self._wake_read, 4096):
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
+            while self.signals:
+                self._handle_signal(self.signals.pop(0))
+            self._reap()
+            now = time.monotonic()
+            if self.stopping:
+                if not self.workers:
+                    return
+                if now >= self.stop_deadline:
+                    for pid in list(self.workers):
+                        self._kill(pid, signal.SIGKILL)
+                    self.stop_deadline = now + 5.0
+                continue
+            self._check_heartbeats(now)
+            self._retire_old_generations(now)
+            self._spawn_missing()
+
+    def _handle_signal(self, number: int) -> None:
+        if number == signal.SIGCHLD:
+            return
+        if number == signal.SIGTERM:
+            self._begin_stop("graceful", signal.SIGTERM, self.config.graceful_timeout)
+        elif number in (signal.SIGINT, signal.SIGQUIT):
+            self._begin_stop("fast", signal.SIGQUIT, FAST_STOP_TIMEOUT)
+        elif number == signal.SIGHUP:
+            self._reload()
+        elif number == signal.SIGUSR1:
+            self.logger.reopen()
+            for pid in list(self.workers):
+                self._kill(pid, signal.SIGUSR1)
+        elif number == signal.SIGTTIN:
+            if self.n_workers < 1000:
+                self.n_workers += 1
+            self.logger.message(f"[server][workers] {self.n_workers} workers (SIGTTIN)")
+        elif number == signal.SIGTTOU:
+            if self.n_workers > 1:
+                self.n_workers -= 1
+                current = [worker for worker in self.workers.values() if worker.generation == self.generation]
+                if len(current) > self.n_workers:
+                    newest = max(current, key=lambda worker: worker.started)
+                    self._stop_worker(newest, time.monotonic())
+            self.logger.message(f"[server][workers] {self.n_workers} workers (SIGTTOU)")
+
+    def _begin_stop(self, how: str, worker_signal: int, timeout: float) -> None:
+        if self.stopping == "fast" or (self.stopping == "graceful" and how == "graceful"):
+            return
+        self.stopping = how
+        self.stop_deadline = time.monotonic() + timeout + 1.0
+        self.logger.message(f"[server][stop] {how} stop of {len(self.workers)} workers")
+        systemd_notify("STOPPING=1")
+        for pid in list(self.workers):
+            self._kill(pid, worker_signal)
+
+    def _reload_configuration(self) -> tuple[object, ServerConfig] | None:
+        """Load the configuration again; ``None`` (and the error logged) when it is unusable."""
+        try:
+            configuration, config = self.app.load()
+            check_event_loop(config.event_loop_backend)
+        except (ConfigurationError, StartupError, BackendError) as error:
+            self.logger.error(f"[server][reload][error] {error}; the previous configuration stays in use")
+            return None
+        if str(config.spec) != str(self.config.spec):
+            self.logger.warning(f"[server][reload][warning] the connection spec changed to {config.spec}; "
+                                f"it takes effect after a restart")
+            config.spec = self.config.spec
+        self.logger.message("[server][reload] configuration reloaded")
+        return configuration, config
+
+    def _reload(self) -> None:
+        systemd_notify("RELOADING=1")
+        loaded = self._reload_configuration()
+        if loaded is not None:
+            self.configuration, self.config = loaded
+            self.n_workers = self.config.n_workers or self.n_workers
+            self.generation += 1
+            self._spawn_missing(force=True)
+        systemd_notify("READY=1")
+
+    def _retire_old_generations(self, now: float) -> None:
+        """Once the new generation is up, old workers finish their sessions and go (D-5)."""
+        current = sum(1 for worker in self.workers.values() if worker.generation == self.generation)
+        if current < self.n_workers:
+            return
+        for worker in list(self.workers.values()):
+            if worker.generation != self.generation and worker.stop_sent is None:
+                self._stop_worker(worker, now)
+        for worker in list(self.workers.values()):
+            if worker.stop_sent is not None and now - worker.stop_sent > self.config.graceful_timeout + 1.0:
+                self.logger.warning(f"[server][worker][kill] pid {worker.pid} did not finish within the "
+                                    f"graceful timeout")
+                self._kill(worker.pid, signal.SIGKILL)
+
+    def _stop_worker(self, worker: WorkerProcess, now: float) -> None:
+        worker.stop_sent = now
+        self._kill(worker.pid, signal.SIGTERM)
+
+    def _kill(self, pid: int, number: int) -> None:
+        try:
+            os.kill(pid, number)
+        except ProcessLookupError:
+            pass
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            os.close(worker.heartbeat_fd)
+            how = describe_status(status)
+            lifetime = time.monotonic() - worker.started
+            expected = self.stopping or worker.stop_sent is not None
+            if expected:
+                self.logger.info(f"[server][worker][exit] pid {pid} {how}")
+                continue
+            self.logger.error(f"[server][worker][exit] pid {pid} {how} after {lifetime:.1f} s; starting a new one")
+            if lifetime < QUICK_DEATH:
+                self.quick_deaths += 1
+                delay = min(MAX_BACKOFF, 0.1 * 2 ** self.quick_deaths)
+                self.next_spawn = time.monotonic() + delay
+                self.logger.warning(f"[server][worker][backoff] workers die at start; next start in {delay:.1f} s")
+            else:
+                self.quick_deaths = 0
+
+    def _check_heartbeats(self, now: float) -> None:
+        limit = self.config.worker_timeout
+        wall = time.time()
+        for worker in list(self.workers.values()):
+            if now - worker.started < limit:
+                continue
+            try:
+                last = os.fstat(worker.heartbeat_fd).st_ctime
+            except OSError:
+                continue
+            if wall - last > limit:
+                self.logger.error(f"[server][worker][timeout] pid {worker.pid} silent for {wall - last:.1f} s "
+                                  f"(limit {limit:g} s); killing it")
+                self._kill(worker.pid, signal.SIGKILL)
+
+    def _spawn_missing(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self.next_spawn:
+            return
+        current = sum(1 for worker in self.workers.values() if worker.generation == self.generation)
+        for _ in range(self.n_workers - current):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        fd, path = tempfile.mkstemp(prefix="milterman-heartbeat-")
+        os.unlink(path)
+        generation = self.generation
+        pid = os.fork()
+        if pid == 0:
+            self._become_worker(fd)
+        self.workers[pid] = WorkerProcess(pid, generation, fd, time.monotonic())
+        self.logger.info(f"[server][worker][start] pid {pid} (generation {generation})")
+
+    def _become_worker(self, heartbeat_fd: int) -> None:
+        """In the child after fork: never returns."""
+        status = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for number in QUEUED_SIGNALS:
+                signal.signal(number, signal.SIG_DFL)
+            for ignored in (signal.SIGTTIN, signal.SIGTTOU):
+                signal.signal(ignored, signal.SIG_IGN)
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+            os.close(self._master_write)
+            for worker in self.workers.values():
+                os.close(worker.heartbeat_fd)
+            self.workers = {}
+            config = self.config
+            set_process_title(self._title("worker"))
+            from .worker import select_event_loop, serve
+
+            select_event_loop(config.event_loop_backend)
+            handle = self.app.make_handler(self.configuration)
+            status = serve(self.listener, handle, settings=self._serve_settings(config), logger=self.logger,
+                           heartbeat_fd=heartbeat_fd, master_fd=self._master_read)
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else 1
+        except BaseException:
+            try:
+                self.logger.critical(f"[server][worker][crash] {traceback.format_exc()}")
+            except BaseException:
+                pass
+        finally:
+            try:
+                sys.stdout.flush()
+            except BaseException:
+                pass
+            os._exit(status)
+
+
+def run_application(app: Application, *, logger: Logger = default_logger, on_detached=None) -> int:
+    """Run ``app`` and turn start-up failures into a message on stdout and exit status 1."""
+    master = Master(app, logger=logger)
+    try:
+        return master.run(on_detached)
+    except (StartupError, ConfigurationError, BackendError) as error:
+        sys.stdout.write(f"{error}\n")
+        sys.stdout.flush()
+        return 1
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EADDRINUSE):
+            sys.stdout.write(f"{error}\n")
+            sys.stdout.flush()
+            return 1
+        raise
