@@ -131,6 +131,8 @@ class MilterSession:
         self._methods: dict[str, Callable] = {}
         self._bind_methods()
         self.closed = False
+        #: the MTA's negotiation offer (a handler made after QUIT_NC needs it again, D-4)
+        self.offer: Negotiate | None = None
         self._handler_used = True
         #: the letter of the command being handled (the macro context of P-MAC / tools.md §2.3)
         self.current: str | None = None
@@ -160,7 +162,8 @@ class MilterSession:
         """libmilter's lookup: newest stage first, ``x`` and ``{x}`` alike (P-MAC-5)."""
         return self.state.macros.get(name)
 
-    def _queue(self, reply: Reply) -> None:
+    def queue(self, reply: Reply) -> None:
+        """Queue a reply or modification (checked against the protocol state) for the next write."""
         self.state.check_send(reply)
         data = reply.encode()
         self._outgoing.append(data)
@@ -170,32 +173,32 @@ class MilterSession:
                 self.flush()
 
     def add_header(self, name: str, value: str) -> None:
-        self._queue(AddHeader(name, value))
+        self.queue(AddHeader(name, value))
 
     def insert_header(self, index: int, name: str, value: str) -> None:
-        self._queue(InsertHeader(index, name, value))
+        self.queue(InsertHeader(index, name, value))
 
     def change_header(self, name: str, index: int, value: str) -> None:
         """Change (or with an empty value delete) the ``index``-th header named ``name`` (P-MOD-5)."""
-        self._queue(ChangeHeader(index, name, value))
+        self.queue(ChangeHeader(index, name, value))
 
     def add_recipient(self, recipient: str, args: str | None = None) -> None:
-        self._queue(AddRcpt(recipient) if args is None else AddRcptWithParameters(recipient, args))
+        self.queue(AddRcpt(recipient) if args is None else AddRcptWithParameters(recipient, args))
 
     def delete_recipient(self, recipient: str) -> None:
-        self._queue(DeleteRcpt(recipient))
+        self.queue(DeleteRcpt(recipient))
 
     def change_from(self, sender: str, args: str | None = None) -> None:
-        self._queue(ChangeFrom(sender, args))
+        self.queue(ChangeFrom(sender, args))
 
     def replace_body(self, body: bytes) -> None:
         """Replace the body; split into 65535-byte packets (P-MOD-11)."""
         chunks = chunk_body(body) or [b""]
         for chunk in chunks:
-            self._queue(ReplaceBody(chunk))
+            self.queue(ReplaceBody(chunk))
 
     def quarantine(self, reason: str) -> None:
-        self._queue(Quarantine(reason))
+        self.queue(Quarantine(reason))
 
     def progress(self) -> None:
         """Tell the MTA we are still working (P-RPL-9); sent at once, end of message only."""
@@ -272,7 +275,7 @@ class MilterSession:
                 else:
                     reply = method(command)
                 if needs_reply:
-                    self._queue(reply or CONTINUE)
+                    self.queue(reply or CONTINUE)
                 continue
             if letter == "D":
                 continue
@@ -291,6 +294,7 @@ class MilterSession:
                 self._bind_methods()
 
     def _negotiate(self, offer: Negotiate) -> None:
+        self.offer = offer
         wanted = self.handler.negotiate(offer)
         reply = self.state.negotiate(offer, actions=wanted.actions, protocol=wanted.protocol,
                                      macro_lists=wanted.macro_lists, required_actions=wanted.required_actions)

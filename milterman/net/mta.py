@@ -85,18 +85,23 @@ class MtaClient:
     """
 
     def __init__(self, sock, offer: Negotiate, *, timeouts: Timeouts | None = None, strict: bool = True,
-                 max_data_size: int = MAX_DATA_SIZE_1M) -> None:
+                 max_data_size: int = MAX_DATA_SIZE_1M, check_reply_text: bool = True) -> None:
         self.sock = sock
         self.timeouts = timeouts or Timeouts()
         self.state = MtaState(offer, strict=strict)
-        self.decoder = ReplyDecoder(max_data_size=max_data_size, strict=strict)
+        self.decoder = ReplyDecoder(max_data_size=max_data_size, strict=strict, check_reply_text=check_reply_text)
         self._pending: list[bytes] = []
+        self._deadline = 0.0
+        self._timeout = self.timeouts.reading
         #: seconds spent waiting for replies (the manager's per-child elapsed time)
         self.waited = 0.0
+        #: called for each PROGRESS / modification as it arrives (the manager relays them at once)
+        self.on_progress = None
+        self.on_modification = None
 
     @classmethod
     def open(cls, spec: ConnectionSpec, offer: Negotiate, *, timeouts: Timeouts | None = None,
-             strict: bool = True) -> "MtaClient":
+             strict: bool = True, check_reply_text: bool = True) -> "MtaClient":
         """Connect within the connection timeout (``MilterIOError`` on failure)."""
         timeouts = timeouts or Timeouts()
         try:
@@ -105,7 +110,7 @@ class MtaClient:
             raise MilterIOError("connection timeout") from None
         except OSError as error:
             raise MilterIOError("io", f"Failed to connect to {spec}: {error.strerror or error}") from None
-        return cls(sock, offer, timeouts=timeouts, strict=strict)
+        return cls(sock, offer, timeouts=timeouts, strict=strict, check_reply_text=check_reply_text)
 
     @property
     def options(self) -> Options | None:
@@ -139,14 +144,25 @@ class MtaClient:
 
     def send(self, command: Command) -> Response | None:
         """Send ``command`` (after any queued macros); wait for its reply when one is owed."""
+        if not self.begin(command):
+            return None
+        return self.collect(command.LETTER)
+
+    def begin(self, command: Command) -> bool:
+        """Write ``command`` (after any queued macros) without waiting; ``True`` when a reply is owed.
+
+        The reply's deadline starts now, so a caller that fans one command out to several
+        milters and then collects the replies one by one still gives each its own timeout.
+        """
         expects_reply = self.state.send(command)
         self._pending.append(command.encode())
         data = b"".join(self._pending)
         self._pending.clear()
         self._write(data)
-        if not expects_reply:
-            return None
-        return self._read_response(command.LETTER)
+        if expects_reply:
+            self._timeout = self.timeouts.end_of_message if command.LETTER == "E" else self.timeouts.reading
+            self._deadline = time.monotonic() + self._timeout
+        return expects_reply
 
     def _write(self, data: bytes) -> None:
         self.sock.settimeout(self.timeouts.writing)
@@ -157,10 +173,9 @@ class MtaClient:
         except OSError as error:
             raise MilterIOError("io", f"write failed: {error.strerror or error}") from None
 
-    def _read_response(self, letter: str) -> Response:
-        eom = letter == "E"
-        timeout = self.timeouts.end_of_message if eom else self.timeouts.reading
-        kind = "end-of-message timeout" if eom else "reading timeout"
+    def collect(self, letter: str) -> Response:
+        """Read until the final reply to the command begun last; PROGRESS restarts the timer (P-SM-12)."""
+        kind = "end-of-message timeout" if letter == "E" else "reading timeout"
         modifications: list[Reply] = []
         progress = 0
         decoder = self.decoder
@@ -170,7 +185,10 @@ class MtaClient:
             while True:
                 reply = decoder.next_message()
                 if reply is None:
-                    self.sock.settimeout(timeout)
+                    remaining = self._deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise MilterIOError(kind)
+                    self.sock.settimeout(remaining)
                     try:
                         data = self.sock.recv(262144)
                     except TimeoutError:
@@ -186,8 +204,13 @@ class MtaClient:
                     return Response(reply, modifications, progress)
                 if reply.LETTER == "p":
                     progress += 1
+                    self._deadline = time.monotonic() + self._timeout
+                    if self.on_progress is not None:
+                        self.on_progress()
                 else:
                     modifications.append(reply)
+                    if self.on_modification is not None:
+                        self.on_modification(reply)
         finally:
             self.waited += time.monotonic() - started
 

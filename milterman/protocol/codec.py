@@ -13,9 +13,16 @@ from collections.abc import Iterator
 
 from .errors import FramingError, MalformedPacket
 from .flags import MAX_DATA_SIZE_1M
-from .messages import COMMAND_TYPES, REPLY_TYPES, Command, Message, Reply
+from .messages import COMMAND_TYPES, REPLY_TYPES, Command, Message, Reply, ReplyCode
 
 _LENGTH = struct.Struct(">I")
+
+
+class _UncheckedReplyCode:
+    from_payload = ReplyCode.from_payload_unchecked
+
+
+_UNCHECKED_REPLY_TYPES = {**REPLY_TYPES, "y": _UncheckedReplyCode}
 
 
 def encode(message: Message) -> bytes:
@@ -119,8 +126,12 @@ class ReplyDecoder(Decoder):
 
     __slots__ = ()
 
-    def __init__(self, *, max_data_size: int = MAX_DATA_SIZE_1M, strict: bool = True) -> None:
-        super().__init__(REPLY_TYPES, max_data_size=max_data_size, strict=strict)
+    def __init__(self, *, max_data_size: int = MAX_DATA_SIZE_1M, strict: bool = True,
+                 check_reply_text: bool = True) -> None:
+        """``check_reply_text=False`` accepts any NUL-terminated SMFIR_REPLYCODE text (P-BAD-40 is then
+        the reader's job: the manager relays a valid text and falls back to plain r/t otherwise, M-RC-2)."""
+        types = REPLY_TYPES if check_reply_text else _UNCHECKED_REPLY_TYPES
+        super().__init__(types, max_data_size=max_data_size, strict=strict)
 
     def next_message(self) -> Reply | None:  # type: ignore[override]
         return super().next_message()  # type: ignore[return-value]

@@ -530,6 +530,11 @@ class ReplyCode(Reply):
         parse_reply_text(text)
         return cls(text)
 
+    @classmethod
+    def from_payload_unchecked(cls, data: bytes, strict: bool = True) -> "ReplyCode":
+        """Only the NUL framing is checked: for a reader that judges the text itself (M-RC-2)."""
+        return cls(_one_string(data, "reply text", "P-CODE-1"))
+
     @property
     def parsed(self) -> ParsedReply:
         """Code, enhanced code and line texts (P-CODE-2..5)."""

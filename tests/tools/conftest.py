@@ -131,14 +131,14 @@ class ScriptedSession(MilterSession):
                                         strict=self.decoder.strict)
         record.session = self
 
-    def _queue(self, reply: Reply) -> None:
+    def queue(self, reply: Reply) -> None:
         if isinstance(reply, ConnectionFailure):
             # P-RPL-12 forbids a real milter to send `f`; the script sends it anyway to test the MTA side
             # (TS-REPLY-6, P-BAD-35), so the state check is bypassed for this one reply.
             self.state.awaiting = None
             self._outgoing.append(reply.encode())
             return
-        super()._queue(reply)
+        super().queue(reply)
 
 
 class ScriptedHandler(MilterHandler):

@@ -1,0 +1,187 @@
+"""One child milter as one MTA session sees it: its connection, options and standing (M-SES-3, M-ERR-*).
+
+The child side speaks as an MTA would, through :class:`milterman.net.MtaClient`;
+every failure (timeout, protocol error, closed socket) becomes :class:`ChildFailure`,
+and the leader then counts the child's fallback status (M-ERR-1, D-14).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..log import Logger
+from ..net import ConnectionSpec, MilterIOError, MtaClient, Response, Timeouts
+from ..net.milter import next_id
+from ..protocol import ABORT, QUIT, Command, Negotiate, Options, ProtocolError
+from .status import Status
+
+STAGE_NAMES = {"O": "negotiate", "C": "connect", "H": "helo", "M": "envelope-from", "R": "envelope-recipient",
+               "T": "data", "U": "unknown", "L": "header", "N": "end-of-header", "B": "body", "E": "end-of-message"}
+
+
+@dataclass(frozen=True)
+class ChildDefinition:
+    """What the manager needs to know about one configured child milter ([[milter]], B3)."""
+
+    name: str
+    spec: ConnectionSpec
+    fallback_status: Status = Status.ACCEPT
+    evaluation_mode: bool = False
+    timeouts: Timeouts = field(default_factory=lambda: Timeouts(297.0, 7.0, 7.0, 297.0))
+    #: condition objects with ``stop(context, stage, argument) -> bool`` (M-AC-*), in attachment order
+    conditions: tuple = ()
+    retry_delay: float = 5.0
+    #: called (without arguments) to start the milter when it cannot be reached (M-LAU-1), or None
+    launch: object = None
+
+
+class ChildFailure(Exception):
+    """The child cannot go on for this MTA session (M-ERR-1); its fallback status applies."""
+
+
+class Child:
+    """One child of one MTA session."""
+
+    __slots__ = ("definition", "id", "logger", "client", "quitted", "in_message", "recipients_accepted",
+                 "last_status", "stage", "end_status", "skip_body", "macros_extra", "started", "failure",
+                 "negotiated", "sent_headers", "sent_end_of_header", "sent_body", "ended")
+
+    def __init__(self, definition: ChildDefinition, logger: Logger) -> None:
+        self.definition = definition
+        self.id = next_id()
+        self.logger = logger
+        self.client: MtaClient | None = None
+        self.negotiated = False
+        self.quitted = False
+        #: "processing the current message" (M-ENV-1)
+        self.in_message = False
+        self.recipients_accepted = 0
+        #: the last status recorded for this child (sibling conditions, B5.1 milter_status)
+        self.last_status: str | None = None
+        self.stage = "start"
+        #: final status for the statistics line (ST-MILTER-END)
+        self.end_status = "pass"
+        self.skip_body = False
+        #: macros set by conditions, per stage letter (M-MAC-4)
+        self.macros_extra: dict[str, dict[str, str]] = {}
+        self.started = time.monotonic()
+        self.failure: str | None = None
+        #: how much of the current message this child has been sent (replay, M-MSG-4)
+        self.sent_headers = 0
+        self.sent_end_of_header = False
+        self.sent_body = 0
+        self.ended = False
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def options(self) -> Options | None:
+        return self.client.options if self.client is not None else None
+
+    # ------------------------------------------------------------------ connection
+
+    def connect(self, offer: Negotiate) -> None:
+        """Connect and negotiate with the MTA's original offer (M-NEG-1, D-2); retry once after a launch (M-CON-*)."""
+        definition = self.definition
+        self.stage = "negotiate"
+        attempts = 2 if definition.launch is not None else 1
+        for attempt in range(attempts):
+            try:
+                self.client = MtaClient.open(definition.spec, offer, timeouts=definition.timeouts,
+                                             check_reply_text=False)
+                break
+            except MilterIOError as error:
+                if attempt + 1 < attempts:
+                    self.logger.info(f"[{self.id}] [manager][child][launch] [{self.name}] {error}; launching")
+                    definition.launch()
+                    from gevent import sleep
+
+                    sleep(definition.retry_delay)
+                    continue
+                raise ChildFailure(str(error)) from None
+        try:
+            self.client.negotiate()
+        except (MilterIOError, ProtocolError) as error:
+            self.client.close(send_quit=False)
+            raise ChildFailure(f"negotiation failed: {error}") from None
+        for warning in self.client.state.warnings:
+            self.logger.warning(f"[{self.id}] [manager][child][negotiate] [{self.name}] {warning}")
+        self.negotiated = True
+
+    # ------------------------------------------------------------------ commands
+
+    def will_send(self, letter: str) -> bool:
+        return self.client is not None and not self.quitted and self.client.will_send(letter)
+
+    def answers(self, letter: str) -> bool:
+        """Does this child reply to ``letter``? (its own no-reply bits, honoured: D-2, M-NEG-3a)."""
+        options = self.client.options
+        return letter == "E" or (options is not None and letter in options.answered)
+
+    def begin(self, command: Command, macros: dict[str, str] | None) -> bool:
+        """Write the stage's macros and ``command``; ``True`` when a reply is owed."""
+        letter = command.LETTER
+        self.stage = STAGE_NAMES.get(letter, self.stage)
+        extra = self.macros_extra.get(letter)
+        if extra:
+            macros = {**(macros or {}), **extra}
+        try:
+            if macros:
+                self.client.queue_macros(letter, macros)
+            return self.client.begin(command)
+        except (MilterIOError, ProtocolError) as error:
+            raise ChildFailure(f"{STAGE_NAMES.get(letter, letter)}: {error}") from None
+
+    def collect(self, letter: str) -> Response:
+        try:
+            return self.client.collect(letter)
+        except (MilterIOError, ProtocolError) as error:
+            raise ChildFailure(f"{STAGE_NAMES.get(letter, letter)}: {error}") from None
+
+    def exchange(self, command: Command, macros: dict[str, str] | None) -> Response | None:
+        if not self.begin(command, macros):
+            return None
+        return self.collect(command.LETTER)
+
+    def abort(self) -> None:
+        """Send ``A`` (the child leaves the message); failures only quit the child."""
+        self.in_message = False
+        self.skip_body = False
+        if self.client is None or self.quitted:
+            return
+        try:
+            self.client.begin(ABORT)
+        except (MilterIOError, ProtocolError) as error:
+            self.expire(f"abort: {error}")
+
+    def quit(self) -> None:
+        """Send ``Q`` and close (M-SES-6); idempotent."""
+        if self.quitted:
+            return
+        self.quitted = True
+        self.in_message = False
+        if self.client is None:
+            return
+        try:
+            if self.client.state.awaiting is None and self.client.state.phase not in ("init", "closed"):
+                self.client.begin(QUIT)
+        except (MilterIOError, ProtocolError):
+            pass
+        self.client.close(send_quit=False)
+
+    def expire(self, reason: str) -> None:
+        """M-ERR-1: quitted for the rest of the MTA session (the caller counts the fallback)."""
+        self.failure = reason
+        self.logger.error(f"[{self.id}] [manager][child][error] [{self.name}] {reason}")
+        self.end_status = "error"
+        self.quitted = True
+        self.in_message = False
+        if self.client is not None:
+            self.client.close(send_quit=False)
+
+    @property
+    def waited(self) -> float:
+        return self.client.waited if self.client is not None else 0.0

@@ -1,0 +1,54 @@
+"""What every leader of one serving process shares: the settings it runs with and the counters.
+
+A leader copies the child definitions when its MTA connection negotiates (M-SES-2);
+manager-level settings are read live from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..log import STATISTICS, Logger
+from ..log import logger as default_logger
+from .child import ChildDefinition
+from .status import Status
+
+
+@dataclass
+class ManagerContext:
+    """Settings and counters of one serving process (per worker, M-WRK-1)."""
+
+    definitions: tuple[ChildDefinition, ...] = ()
+    fallback_status: Status = Status.ACCEPT
+    chunk_size: int = 65535
+    #: stage letters some condition or rule reads: never suppressed towards the MTA (D-2)
+    stages_read: frozenset[str] = frozenset()
+    #: macro names conditions and rules read, per stage letter (added to the MTA macro request, D-2)
+    macros_read: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    logger: Logger = default_logger
+    #: (leader, child, stage letter, command) → True when a condition stops the child (M-AC-2)
+    condition_evaluator: Callable | None = None
+    sessions_processing: int = 0
+    sessions_finished: int = 0
+    _pending_finished: int = 0
+    max_pending_finished_sessions: int = 0
+
+    def conditions_stop(self, leader, child, letter: str, command) -> bool:
+        if self.condition_evaluator is None:
+            return False
+        try:
+            return bool(self.condition_evaluator(leader, child, letter, command))
+        except Exception as error:  # M-AC-2: a stopper that raises means "don't stop"
+            self.logger.error(f"[{child.id}] [manager][condition][error] [{child.name}] {error!r}")
+            return False
+
+    def session_finished(self) -> None:
+        """ST-FINISHED (logging.md §6), batched by max_pending_finished_sessions (M-FIN-1)."""
+        self.sessions_finished += 1
+        self._pending_finished += 1
+        if self._pending_finished > self.max_pending_finished_sessions or not self.max_pending_finished_sessions:
+            if self.logger.enabled(STATISTICS):
+                self.logger.statistics(f"[sessions][finished] {self.sessions_finished}(+{self._pending_finished}) "
+                                       f"{self.sessions_processing}")
+            self._pending_finished = 0

@@ -1,0 +1,786 @@
+"""The leader: one MTA connection, its children, and the one answer the MTA gets (manager.md §2–§13).
+
+Parallel stages (connect, helo, envelope-from, envelope-recipient, data, unknown)
+go to every target child at once and are answered when all have answered (M-ENV-2).
+Message stages (header, end-of-header, body, end-of-message) run through a
+sequential pipeline: the live child gets the MTA's packets, later children a replay
+of the current headers and body at their turn, so each sees the earlier children's
+edits (D-3, M-MSG-*). At the end the MTA gets the header diff, the body, the
+envelope edits and the combined status (M-EOM-1).
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..log import DEBUG, STATISTICS
+from ..net import MilterHandler, MilterSession, Wanted
+from ..protocol import (CONTINUE, END_OF_HEADER, Action, AddHeader, AddRcpt, AddRcptWithParameters, Body,
+                        ChangeFrom, ChangeHeader, Continue, DeleteRcpt, Discard, EndOfMessage, Header,
+                        InsertHeader, LocalProtocolError, MacroStage, Mail, Negotiate, Options, Quarantine,
+                        ReplaceBody, Reply, ReplyCode, Skip, Step)
+from ..protocol.flags import CAPABILITY_STEPS, MDS_STEPS, SKIP_STEPS
+from ..protocol.negotiation import EVENT_FLAGS
+from .child import STAGE_NAMES, Child, ChildFailure
+from .context import ManagerContext
+from .message import Message, header_diff
+from .status import Combined, Status, status_of
+
+#: parallel stages and their letters
+PARALLEL = {"C", "H", "M", "R", "T", "U"}
+
+
+class Leader(MilterHandler):
+    """Serves one SMTP connection context of one MTA connection (D-4: a new one after ``K``)."""
+
+    def __init__(self, session: MilterSession, manager: ManagerContext) -> None:
+        super().__init__(session)
+        self.manager = manager
+        self.logger = manager.logger
+        self.children: list[Child] = []
+        self.offer: Negotiate | None = getattr(session, "offer", None)
+        #: statuses of children that could not be reached or negotiated, counted at connect (D-14)
+        self.pending_fallbacks: list[Status] = []
+        self.message: Message | None = None
+        self.waiting: list[Child] = []
+        self.message_status = Combined()
+        self.started = time.monotonic()
+        self.last_stage = "start"
+        self.last_status = "pass"
+        self.macros: dict[str, dict[str, str]] = {}
+        self.shelf: dict[str, str] = {}
+        self.children_ready = False
+        self.data_done = False
+        self._body_replacer: Child | None = None
+        self.mta_options: Options | None = session.options
+        manager.sessions_processing += 1
+
+    # ================================================================ negotiation (D-2)
+
+    def negotiate(self, offer: Negotiate) -> Wanted:
+        self.session.offer = offer
+        self.offer = offer
+        self.last_stage = "negotiate"
+        self._start_children(offer)
+        return self._wanted(offer)
+
+    def negotiated(self, options: Options) -> None:
+        self.mta_options = options
+
+    def _child_offer(self, offer: Negotiate) -> Negotiate:
+        """Every child gets the MTA's original offer, version capped at 6 (D-2, M-NEG-1)."""
+        return Negotiate(min(offer.version, 6), offer.actions, offer.protocol)
+
+    def _start_children(self, offer: Negotiate) -> None:
+        """Connect and negotiate every enabled child at once (M-SES-2, M-SES-3); failures count per D-14."""
+        import gevent
+
+        child_offer = self._child_offer(offer)
+        children = [Child(definition, self.logger) for definition in self.manager.definitions]
+        self.children = children
+        jobs = [gevent.spawn(child.connect, child_offer) for child in children]
+        gevent.joinall(jobs)
+        for child, job in zip(children, jobs, strict=True):
+            error = job.exception
+            if error is None:
+                continue
+            if not isinstance(error, ChildFailure):
+                error = ChildFailure(f"internal error: {error!r}")
+            child.expire(f"negotiate: {error}")
+            fallback = child.definition.fallback_status
+            if fallback != Status.ACCEPT:
+                self.pending_fallbacks.append(fallback)
+            self._milter_end(child)
+        self.children_ready = True
+
+    def _wanted(self, offer: Negotiate) -> Wanted:
+        """The reply to the MTA, from the children's settled options (D-2)."""
+        alive = [child.options for child in self.children if child.negotiated and not child.quitted]
+        requested_actions = 0
+        for options in alive:
+            requested_actions |= options.actions
+        actions = offer.actions & requested_actions
+        protocol = 0
+        if alive:
+            skips = int(SKIP_STEPS)
+            for options in alive:
+                skips &= options.protocol
+            for letter in self.manager.stages_read:
+                bit = EVENT_FLAGS.get(letter, (0,))[0]
+                skips &= ~bit
+            protocol |= skips
+            for bit in (Step.SKIP, Step.RCPT_REJECTED, Step.HEADER_LEADING_SPACE):
+                if any(options.protocol & bit for options in alive):
+                    protocol |= bit
+        macro_lists = self._macro_lists(alive)
+        if macro_lists:
+            actions |= Action.SET_SYMBOL_LIST & offer.actions
+        return Wanted(actions=actions, protocol=protocol & ~int(MDS_STEPS) & (SKIP_STEPS | CAPABILITY_STEPS),
+                      macro_lists=macro_lists)
+
+    def _macro_lists(self, alive: list[Options]) -> tuple[tuple[int, str], ...]:
+        """Per stage: the union of the children's lists plus what conditions read; none where a child
+        relies on the MTA's defaults (D-2, M-MAC-3)."""
+        lists = []
+        for stage in MacroStage:
+            letter = {0: "C", 1: "H", 2: "M", 3: "R", 4: "T", 5: "E", 6: "N"}[int(stage)]
+            names: list[str] = []
+            for options in alive:
+                requested = options.macro_request(letter)
+                if requested is None:
+                    names = []
+                    break
+                names.extend(name for name in requested if name not in names)
+            else:
+                if alive:
+                    for name in self.manager.macros_read.get(letter, ()):
+                        if name not in names:
+                            names.append(name)
+                    lists.append((int(stage), " ".join(name if len(name) == 1 else "{" + name + "}"
+                                                       for name in names)))
+        return tuple(lists)
+
+    def _ensure_children(self) -> None:
+        """After ``K`` a fresh set of children, negotiated with the MTA's original offer (D-4)."""
+        if not self.children_ready and self.offer is not None:
+            self._start_children(self.offer)
+
+    # ================================================================ macros
+
+    def _stage_macros(self, letter: str) -> dict[str, str] | None:
+        return self.session.macros.stage(letter) or None
+
+    # ================================================================ parallel stages (M-ENV-*)
+
+    def _parallel(self, command, targets: list[Child], combined: Combined, account) -> None:
+        """Send ``command`` to every target, then collect each reply against its own deadline."""
+        letter = command.LETTER
+        macros = self._stage_macros(letter)
+        pending: list[Child] = []
+        for child in targets:
+            if not child.will_send(letter):
+                account(child, CONTINUE, combined)  # M-ENV-3: the child asked not to get this event
+                continue
+            try:
+                if child.begin(command, macros):
+                    pending.append(child)
+                else:
+                    account(child, CONTINUE, combined)  # its own no-reply bit: don't wait (D-2)
+            except ChildFailure as error:
+                self._expire(child, str(error), combined)
+        for child in pending:
+            try:
+                response = child.collect(letter)
+            except ChildFailure as error:
+                self._expire(child, str(error), combined)
+                continue
+            if response.modifications or isinstance(response.final, Skip):
+                odd = response.modifications[0] if response.modifications else response.final
+                self._expire(child, f"{STAGE_NAMES[letter]}: unexpected {type(odd).__name__} outside end of "
+                                    f"message (M-ENV-4)", combined)
+                continue
+            account(child, response.final, combined)
+
+    def _expire(self, child: Child, reason: str, combined: Combined | None) -> None:
+        """M-ERR-1: the child is gone for this MTA session; its fallback is counted (D-14, M-ERR-3)."""
+        child.expire(reason)
+        if combined is not None:
+            combined.add(child.definition.fallback_status)
+        self._milter_end(child)
+
+    def _counted(self, child: Child, reply: Reply) -> Status:
+        """What a child's answer counts as: an evaluation child's refusal counts as accept (M-EVAL-1)."""
+        status = status_of(reply)
+        child.last_status = status.nick
+        if child.definition.evaluation_mode and status.is_refusal:
+            return Status.ACCEPT
+        return status
+
+    def _alive(self) -> list[Child]:
+        return [child for child in self.children if not child.quitted]
+
+    def _manager_fallback(self, reason: str) -> Reply:
+        """M-ERR-7: the manager itself cannot go on; exactly one reply (fix of M-ERR-7a)."""
+        self.logger.error(f"[{self.session.id}] [manager][error] {reason}")
+        combined = Combined()
+        combined.add(self.manager.fallback_status)
+        return self._reply(combined)
+
+    def _reply(self, combined: Combined) -> Reply:
+        reply = combined.reply(self.logger, f"[{self.session.id}] [manager]")
+        letter = self.session.current or ""
+        if letter in ("C", "H", "U") and isinstance(reply, Discard):
+            reply = CONTINUE  # P-RPL-6: discard is meaningless there; children were already quitted
+        self.last_status = _status_nick(reply)
+        return reply
+
+    def _connection_stage(self, command, letter: str) -> Reply:
+        """connect and helo: a child that accepts, refuses or is stopped is gone for the session (M-ENV-4)."""
+        self._ensure_children()
+        self.last_stage = STAGE_NAMES[letter]
+        combined = Combined()
+        for fallback in self.pending_fallbacks:
+            combined.add(fallback)  # D-14: an unreachable child answered its fallback at connect
+        self.pending_fallbacks = []
+        targets = []
+        for child in self._alive():
+            if self._stopped(child, letter, command):
+                child.abort()
+                child.end_status = "stop"
+                child.quit()
+                self._milter_end(child)
+                combined.add(Status.ACCEPT)
+            else:
+                targets.append(child)
+        if not targets and combined.status == Status.NOT_CHANGE:
+            return self._manager_fallback("All milters are no longer alive.")
+
+        def account(child: Child, reply: Reply, combined: Combined) -> None:
+            if isinstance(reply, Discard):
+                self._expire(child, f"{STAGE_NAMES[letter]}: discard is not valid here (P-RPL-6)", combined)
+                return
+            status = self._counted(child, reply)
+            combined.add(status, reply if not child.definition.evaluation_mode else None)
+            if status_of(reply) != Status.CONTINUE:
+                child.end_status = status_of(reply).nick
+                child.quit()
+                self._milter_end(child)
+
+        self._parallel(command, targets, combined, account)
+        return self._reply(combined)
+
+    def connect(self, command):
+        return self._connection_stage(command, "C")
+
+    def helo(self, command):
+        return self._connection_stage(command, "H")
+
+    def envelope_from(self, command: Mail):
+        """MAIL starts a transaction: message state and message accumulators reset (M-AGG-2a fix)."""
+        self._ensure_children()
+        self.last_stage = "envelope-from"
+        self._end_message(abort_children=True)  # a child still inside the previous message gets A
+        self.message_status = Combined()
+        self.shelf = {}
+        combined = Combined()
+        for fallback in self.pending_fallbacks:
+            combined.add(fallback)
+        self.pending_fallbacks = []
+        alive = self._alive()
+        if not alive:
+            return self._manager_fallback("All milters are no longer alive.")
+        targets = []
+        for child in alive:
+            child.recipients_accepted = 0
+            child.skip_body = False
+            if self._stopped(child, "M", command):
+                child.in_message = False  # M-AC-6: not in this message; evaluated again at the next MAIL
+                combined.add(Status.CONTINUE)
+                continue
+            child.in_message = True
+            targets.append(child)
+
+        def account(child: Child, reply: Reply, combined: Combined) -> None:
+            status = self._counted(child, reply)
+            combined.add(status, None if child.definition.evaluation_mode else reply)
+            if status_of(reply) != Status.CONTINUE:
+                child.in_message = False  # accept/refusal at MAIL: the child leaves the message
+
+        self._parallel(command, targets, combined, account)
+        reply = self._reply(combined)
+        if combined.status.is_refusal:
+            self._abort_message()
+        return reply
+
+    def envelope_recipient(self, command):
+        self.last_stage = "envelope-recipient"
+        targets = [child for child in self.children if child.in_message and not child.quitted]
+        if not targets:
+            return self._manager_fallback("None of milters are processing message.")
+        rejected_by_mta = self.session.macros.get("rcpt_mailer") == "error"
+        combined = Combined()
+        sending = []
+        for child in targets:
+            if rejected_by_mta and not (child.options and child.options.rcpt_rejected):
+                continue  # P-PRX-3, M-ENV-8 fix: only children that asked see MTA-rejected recipients
+            if self._stopped(child, "R", command):
+                combined.add(Status.CONTINUE)  # this recipient is not sent to it; it stays (M-AC-6)
+                continue
+            sending.append(child)
+
+        def account(child: Child, reply: Reply, combined: Combined) -> None:
+            status = self._counted(child, reply)
+            combined.add(status, None if child.definition.evaluation_mode else reply)
+            real = status_of(reply)
+            if real == Status.CONTINUE:
+                child.recipients_accepted += 1
+            elif real == Status.ACCEPT:
+                child.recipients_accepted += 1
+                child.in_message = False  # accept at RCPT: the child leaves the message (M-ENV-4)
+            elif real == Status.DISCARD:
+                child.recipients_accepted += 1
+
+        self._parallel(command, sending, combined, account)
+        if combined.status == Status.NOT_CHANGE:
+            combined.add(Status.CONTINUE)
+        reply = self._reply(combined)
+        if combined.status == Status.DISCARD:
+            self._abort_message()  # M-ENV-5: a discard at RCPT ends the message for every child
+        return reply
+
+    def data(self, command):
+        self.last_stage = "data"
+        return self._data_stage(command)
+
+    def _data_stage(self, command) -> Reply:
+        """M-ENV-1: only children with a recipient of their own take part; a data stop leaves the
+        message and counts continue (M-AC-7 fix)."""
+        processing = [child for child in self.children if child.in_message and not child.quitted]
+        if not processing:
+            return self._manager_fallback("None of milters are processing message.")
+        combined = Combined()
+        targets = []
+        for child in processing:
+            if child.recipients_accepted == 0:
+                child.abort()
+                continue
+            if self._stopped(child, "T", command):
+                child.abort()
+                combined.add(Status.CONTINUE)
+                continue
+            targets.append(child)
+        if not targets and combined.status == Status.NOT_CHANGE:
+            combined.add(Status.ACCEPT)
+
+        def account(child: Child, reply: Reply, combined: Combined) -> None:
+            status = self._counted(child, reply)
+            combined.add(status, None if child.definition.evaluation_mode else reply)
+            if status_of(reply) != Status.CONTINUE:
+                child.in_message = False
+
+        self._parallel(command, targets, combined, account)
+        reply = self._reply(combined)
+        self.data_done = True
+        if combined.status.is_refusal:
+            self._abort_message()
+        return reply
+
+    def unknown(self, command):
+        self.last_stage = "unknown"
+        targets = self._alive()
+        if not targets:
+            return self._manager_fallback("All milters are no longer alive.")
+        combined = Combined()
+
+        def account(child: Child, reply: Reply, combined: Combined) -> None:
+            if isinstance(reply, Discard):
+                self._expire(child, "unknown: discard is not valid here (P-RPL-6)", combined)
+                return
+            status = self._counted(child, reply)
+            combined.add(status, None if child.definition.evaluation_mode else reply)
+            if status_of(reply) != Status.CONTINUE:
+                if status_of(reply) == Status.ACCEPT:
+                    self.logger.error(f"[{child.id}] [manager][child][unknown] [{child.name}] accept is not "
+                                      f"valid for an unknown command")
+                child.end_status = status_of(reply).nick
+                child.quit()
+                self._milter_end(child)
+
+        self._parallel(command, targets, combined, account)
+        return self._reply(combined)
+
+    # ================================================================ the message pipeline (M-MSG-*)
+
+    def _pipeline_start(self) -> bool:
+        """First message stage: W = processing children with a recipient of their own (M-MSG-1)."""
+        if self.message is None:
+            self.message = Message()
+            waiting = []
+            for child in self.children:
+                if not child.in_message or child.quitted:
+                    continue
+                if child.recipients_accepted == 0:
+                    child.abort()
+                    continue
+                child.sent_headers = 0
+                child.sent_end_of_header = False
+                child.sent_body = 0
+                waiting.append(child)
+            self.waiting = waiting
+            return True
+        return False
+
+    def _emulate_data(self) -> Reply | None:
+        """M-ENV-7: the MTA skipped DATA although it speaks v4+: run the data stage first."""
+        from ..protocol import DATA
+
+        if (self.data_done or self.mta_options is None or self.mta_options.version < 4
+                or "T" not in self.mta_options.sent):
+            return None
+        reply = self._data_stage(DATA)
+        return None if isinstance(reply, Continue) else reply
+
+    def header(self, command: Header):
+        self.last_stage = "header"
+        if self.message is None:
+            early = self._emulate_data()
+            if early is not None:
+                return early
+            self._pipeline_start()
+        self.message.headers.append(command.name, command.value)
+        return self._advance("L")
+
+    def end_of_header(self, command):
+        self.last_stage = "end-of-header"
+        if self.message is None:
+            early = self._emulate_data()
+            if early is not None:
+                return early
+            self._pipeline_start()
+        self.message.end_of_header = True
+        return self._advance("N")
+
+    def body(self, command: Body):
+        self.last_stage = "body"
+        if self.message is None:
+            early = self._emulate_data()
+            if early is not None:
+                return early
+            self._pipeline_start()
+        self.message.body.append(command.chunk)
+        return self._advance("B", command.chunk)
+
+    def _advance(self, letter: str, chunk: bytes | None = None) -> Reply:
+        """Bring the live child up to date; when it leaves, the next one replays (M-MSG-2, M-MSG-6)."""
+        while self.waiting:
+            child = self.waiting[0]
+            outcome = self._catch_up(child, live_chunk=chunk)
+            if outcome is None:
+                return CONTINUE
+            if isinstance(outcome, Reply):
+                return outcome
+            self.waiting.pop(0)  # the child left: the next one replays everything so far
+            chunk = None
+        return self._reply(self.message_status) if self.message_status.status else self._all_left()
+
+    def _all_left(self) -> Reply:
+        """M-MSG-7: every child left before EOM: the MTA gets the combined status (accept)."""
+        combined = Combined()
+        combined.add(Status.ACCEPT)
+        return self._reply(combined)
+
+    def _catch_up(self, child: Child, live_chunk: bytes | None = None, through_eom: bool = False):
+        """Send ``child`` what it has not seen yet: headers, EOH, body (and EOM when asked).
+
+        Returns ``None`` when the child is up to date and continuing, ``True`` when it left the
+        waiting list (accept, stop, evaluation refusal, expiry with fallback accept), or the
+        reply for the MTA when it refused (every child is then aborted).
+        """
+        message = self.message
+        mta_leading_space = bool(self.mta_options and self.mta_options.header_leading_space)
+        child_leading_space = bool(child.options and child.options.header_leading_space)
+        strip_space = mta_leading_space and not child_leading_space
+        headers = message.headers.items
+        while child.sent_headers < len(headers):
+            name, value = headers[child.sent_headers]
+            child.sent_headers += 1
+            if strip_space and value[:1] == " ":
+                value = value[1:]
+            header = Header(name, value)
+            if self._stopped(child, "L", header):
+                return self._leave(child, "stop")
+            outcome = self._step(child, header)
+            if outcome is not None:
+                return outcome
+        if message.end_of_header and not child.sent_end_of_header:
+            child.sent_end_of_header = True
+            if self._stopped(child, "N", END_OF_HEADER):
+                return self._leave(child, "stop")
+            outcome = self._step(child, END_OF_HEADER)
+            if outcome is not None:
+                return outcome
+        body = message.body
+        if child.sent_body < len(body) and not child.skip_body:
+            if live_chunk is not None and child.sent_body == len(body) - len(live_chunk):
+                pieces = [live_chunk]
+            else:
+                pieces = body.pieces(self.manager.chunk_size)
+            for piece in pieces:
+                child.sent_body += len(piece)
+                if child.skip_body:
+                    continue
+                chunk = Body(piece)
+                if self._stopped(child, "B", chunk):
+                    return self._leave(child, "stop")
+                outcome = self._step(child, chunk)
+                if outcome is not None:
+                    return outcome
+            child.sent_body = len(body)
+        if through_eom:
+            eom = EndOfMessage(message.end_of_message_chunk)
+            if self._stopped(child, "E", eom):
+                return self._leave(child, "stop")
+            return self._step(child, eom)
+        return None
+
+    def _step(self, child: Child, command):
+        """One message-stage command to one child and what its answer means (M-MSG-6)."""
+        letter = command.LETTER
+        if letter != "E" and not child.will_send(letter):
+            return None
+        macros = self._stage_macros(letter)
+        if letter == "E":
+            self._current_eom_child = child
+            child.client.on_modification = lambda modification: self._modification(child, modification)
+            child.client.on_progress = self._relay_progress
+        try:
+            response = child.exchange(command, macros)
+        except ChildFailure as error:
+            return self._pipeline_failure(child, str(error))
+        finally:
+            if child.client is not None:
+                child.client.on_modification = None
+                child.client.on_progress = None
+        if response is None:
+            return None  # the child's own no-reply bit
+        final = response.final
+        if isinstance(final, Skip):
+            if letter != "B":
+                return self._pipeline_failure(child, f"{STAGE_NAMES[letter]}: skip outside body (M-MSG-6)")
+            child.skip_body = True
+            return None
+        if isinstance(final, Continue):
+            if letter == "E":
+                child.end_status = "pass"
+                return True
+            return None
+        real = status_of(final)
+        child.last_status = real.nick
+        if real == Status.ACCEPT or child.definition.evaluation_mode:
+            return self._leave(child, real.nick)  # M-EVAL-3 fix: an evaluation refusal behaves like accept
+        # a refusal: reply at once, abort every child (M-MSG-6); at EOM the edits so far go first
+        combined = Combined()
+        combined.add(real, final)
+        child.end_status = real.nick
+        reply = self._reply(combined)
+        if letter == "E":
+            self._emit_modifications()
+        self._abort_message()
+        self._milter_end(child)
+        return reply
+
+    def _leave(self, child: Child, how: str) -> bool:
+        """The child leaves the waiting list: accept counted, ``A`` for a stopped child (M-AC-6)."""
+        self.message_status.add(Status.ACCEPT)
+        child.end_status = how
+        if how == "stop":
+            child.abort()
+        child.in_message = False
+        return True
+
+    def _pipeline_failure(self, child: Child, reason: str):
+        """M-ERR-3 (fixed): fallback accept → continue with the next child, edits kept; otherwise the
+        fallback answers the MTA at once and every child is aborted."""
+        fallback = child.definition.fallback_status
+        self._expire(child, reason, None)
+        if fallback == Status.ACCEPT:
+            self.message_status.add(Status.ACCEPT)
+            return True
+        combined = Combined()
+        combined.add(fallback)
+        reply = self._reply(combined)
+        if self.session.current == "E":
+            self._emit_modifications()
+        self._abort_message()
+        return reply
+
+    def _relay_progress(self) -> None:
+        """A child's PROGRESS goes to the MTA at once (M-MSG-6)."""
+        try:
+            self.session.progress()
+        except LocalProtocolError:
+            pass
+
+    # ================================================================ end of message (M-EOM-*)
+
+    def end_of_message(self, command: EndOfMessage):
+        self.last_stage = "end-of-message"
+        if self.message is None:
+            early = self._emulate_data()
+            if early is not None:
+                return early
+            self._pipeline_start()
+        message = self.message
+        message.end_of_message_chunk = command.chunk
+        message.original_headers = list(message.headers.items)  # H0 (M-MSG-3)
+        while self.waiting:
+            child = self.waiting[0]
+            outcome = self._catch_up(child, through_eom=True)
+            if isinstance(outcome, Reply):
+                return outcome
+            self.waiting.pop(0)
+            child.in_message = False
+            self._milter_end(child)
+        self._emit_modifications()
+        combined = self.message_status
+        if combined.status == Status.NOT_CHANGE:
+            combined.add(Status.CONTINUE)
+        reply = self._reply(combined)
+        self._end_message(abort_children=False)
+        return reply
+
+    def _modification(self, child: Child, modification: Reply) -> None:
+        """Apply one child's end-of-message request to the message (M-EOM-1, M-EOM-2, M-BODY-3)."""
+        message = self.message
+        if child.definition.evaluation_mode:
+            self.logger.info(f"[{child.id}] [manager][evaluation][ignore] [{child.name}] {modification!r}")
+            if isinstance(modification, (AddHeader, InsertHeader, ChangeHeader)) and modification.value:
+                self._header_statistics(child, modification)
+            return
+        if isinstance(modification, (AddRcpt, AddRcptWithParameters, DeleteRcpt)):
+            self._to_mta(modification)  # forwarded at once, in arrival order (M-EOM-1 step 1)
+            return
+        if isinstance(modification, ReplaceBody):
+            if child is not self._body_replacer:
+                self._body_replacer = child
+                message.body.clear()
+            message.body.append(modification.chunk)
+            message.body_replaced = True
+            return
+        if isinstance(modification, (AddHeader, InsertHeader, ChangeHeader)):
+            value = modification.value
+            mta_leading_space = bool(self.mta_options and self.mta_options.header_leading_space)
+            if mta_leading_space and value and not (child.options and child.options.header_leading_space):
+                if value[:1] != " ":
+                    value = " " + value  # M-MSG-10
+            if isinstance(modification, AddHeader):
+                message.headers.add(modification.name, value)
+            elif isinstance(modification, InsertHeader):
+                message.headers.insert(modification.index, modification.name, value)
+            else:
+                message.headers.change(modification.name, modification.index, value)
+            if modification.value:
+                self._header_statistics(child, modification)
+            return
+        if isinstance(modification, ChangeFrom):
+            message.change_from = modification  # only the last one counts (M-EOM-1 step 4)
+            return
+        if isinstance(modification, Quarantine):
+            message.quarantine_reason = modification.reason
+
+    def _to_mta(self, modification: Reply) -> None:
+        """Queue a modification for the MTA unless it was not granted there (P-PRX-5: drop and log)."""
+        options = self.mta_options
+        if options is None or not options.actions & modification.ACTION:
+            self.logger.warning(f"[{self.session.id}] [manager][modification][drop] {modification!r}: the MTA did "
+                                f"not grant that action")
+            return
+        try:
+            self.session.queue(modification)
+        except LocalProtocolError as error:
+            self.logger.error(f"[{self.session.id}] [manager][modification][drop] {modification!r}: {error}")
+
+    def _emit_modifications(self) -> None:
+        """Everything but the recipients, in the order of M-EOM-1 (steps 2–5)."""
+        message = self.message
+        if message is None:
+            return
+        if message.body_replaced:
+            for piece in message.body.pieces(self.manager.chunk_size) if len(message.body) else [b""]:
+                self._to_mta(ReplaceBody(piece))
+        for edit in header_diff(message.original_headers, message.headers.items):
+            self._to_mta(edit)
+            if self.logger.enabled(STATISTICS) and edit.value:
+                self.logger.statistics(f"[session][header][add]({self.session.id}): <{edit.name}>=<{edit.value}>")
+        if message.change_from is not None:
+            self._to_mta(message.change_from)
+        if message.quarantine_reason is not None:
+            self._to_mta(Quarantine(message.quarantine_reason))
+        message.body_replaced = False
+        message.change_from = None
+        message.quarantine_reason = None
+        message.original_headers = list(message.headers.items)
+
+    def _header_statistics(self, child: Child, modification) -> None:
+        if self.logger.enabled(STATISTICS):
+            self.logger.statistics(f"[milter][header][add]({child.id}): <{modification.name}>=<{modification.value}>: "
+                                   f"{child.name}")
+
+    # ================================================================ abort, quit (M-MSG-8, M-SES-6)
+
+    def _abort_message(self) -> None:
+        """Every child in the message gets ``A``; the message state is dropped."""
+        for child in self.children:
+            if child.in_message and not child.quitted:
+                child.abort()
+        self._end_message(abort_children=False)
+
+    def _end_message(self, abort_children: bool) -> None:
+        if abort_children:
+            for child in self.children:
+                if child.in_message and not child.quitted:
+                    child.abort()
+        if self.message is not None:
+            self.message.close()
+        self.message = None
+        self.waiting = []
+        self._body_replacer = None
+        self.data_done = False
+
+    def abort(self):
+        self._abort_message()
+
+    def close(self):
+        """MTA quit, EOF or error: every child gets ``Q`` (M-SES-6); the statistics lines (D-11)."""
+        self._end_message(abort_children=False)
+        elapsed = time.monotonic() - self.started
+        if self.logger.enabled(STATISTICS):
+            self.logger.statistics(f"[session][end][{self.last_stage}][{self.last_status}][{elapsed:g}]"
+                                   f"({self.session.id})")
+        for child in self.children:
+            if not child.quitted:
+                child.quit()
+                self._milter_end(child)
+        self.children = []
+        self.children_ready = False
+        self.manager.sessions_processing -= 1
+        self.manager.session_finished()
+
+    def protocol_error(self, error):
+        """The MTA broke the protocol: answer with the manager's fallback when a reply is owed."""
+        for child in self.children:
+            if not child.quitted:
+                child.quit()
+        if self.session.state.awaiting is None:
+            return None
+        combined = Combined()
+        combined.add(self.manager.fallback_status)
+        return combined.reply()
+
+    # ================================================================ conditions and statistics
+
+    def _stopped(self, child: Child, letter: str, command) -> bool:
+        """Does one of the child's applicable conditions stop it at this stage? (M-AC-2)"""
+        conditions = child.definition.conditions
+        if not conditions:
+            return False
+        return self.manager.conditions_stop(self, child, letter, command)
+
+    def _milter_end(self, child: Child) -> None:
+        """ST-MILTER-END, once per child per session."""
+        if child.ended:
+            return
+        child.ended = True
+        if self.logger.enabled(STATISTICS):
+            self.logger.statistics(f"[milter][end][{child.stage}][{child.end_status}][{child.waited:g}]"
+                                   f"({child.id}): {child.name}")
+        if self.logger.enabled(DEBUG):
+            self.logger.debug(f"[{child.id}] [manager][child][end] [{child.name}]")
+
+
+def _status_nick(reply: Reply) -> str:
+    if isinstance(reply, ReplyCode):
+        return "temporary-failure" if reply.is_temporary else "reject"
+    return {"c": "pass", "a": "accept", "r": "reject", "t": "temporary-failure", "d": "discard"}.get(
+        reply.LETTER, "pass")
+
