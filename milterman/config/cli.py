@@ -1,0 +1,71 @@
+"""Command-line options of milter-manager that set configuration values (A11), made from the schema.
+
+:func:`overrides_from_options` turns a docopt result into the ``overrides`` that
+:func:`~.loader.load` applies after the files, on every load (C-FILE-4, B6 last
+row); :func:`options_help` writes the matching ``Options:`` lines for ``--help``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .errors import COMMAND_LINE, ConfigurationError, Invalid, Issues
+from .schema import Option, Setting, all_settings
+
+
+def option_table() -> list[tuple[Option, Setting]]:
+    """Every option with the setting it sets, in schema order (A11)."""
+    return [(option, setting) for setting in all_settings() for option in setting.options]
+
+
+def _given(options: Mapping[str, object], option: Option) -> object:
+    """The docopt value of an option under any of its names (None when absent or a false flag)."""
+    for name in option.names:
+        value = options.get(name)
+        if value not in (None, False, 0, []):
+            return value
+    return None
+
+
+def overrides_from_options(options: Mapping[str, object]) -> dict[str, object]:
+    """docopt options → ``{"manager.n_workers": 4, …}``; values are converted, ranges checked by ``load``.
+
+    Options are applied in schema order, so the flag forms come after ``--log-level``
+    (``--verbose``/``--quiet`` win) and ``--no-daemon`` after ``--daemon``.
+    Raises :class:`ConfigurationError` (``command line: --n-workers: …``) for a value of the wrong type.
+    """
+    issues = Issues()
+    overrides: dict[str, object] = {}
+    for option, setting in option_table():
+        value = _given(options, option)
+        if value is None:
+            continue
+        if option.metavar is None:
+            overrides[setting.key] = option.constant
+            continue
+        try:
+            overrides[setting.key] = setting.kind.from_text(str(value))
+        except Invalid as error:
+            issues.add(COMMAND_LINE, option.names[-1], error.message)
+    if issues:
+        raise ConfigurationError(issues.items)
+    return overrides
+
+
+def options_help(width: int = 32) -> str:
+    """docopt ``Options:`` lines for every configuration option (the help text is the schema's)."""
+    lines = []
+    for option, setting in option_table():
+        names = ", ".join(option.names)
+        if option.metavar:
+            names += f"={option.metavar}"
+        text = (option.help or setting.help).replace("`", "")
+        if option.metavar and setting.default not in (None, ()):
+            default = setting.kind.dump(setting.default)
+            # not docopt's "[default: …]": a default there would override the files on every start
+            text += f" (default: {oct(default) if setting.name.endswith('mode') else default})"
+        if option.deprecated:
+            text += " (deprecated)"
+        text += f" ({setting.key})"
+        lines.append(f"  {names:<{width}}  {text}" if len(names) <= width else f"  {names}\n  {'':<{width}}  {text}")
+    return "\n".join(lines)

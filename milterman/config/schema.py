@@ -1,0 +1,334 @@
+"""Every setting, declared once: name, kind (type and range), default, command-line options, help text.
+
+The TOML validation (:mod:`.reader`), ``--help`` (:func:`.cli.options_help`),
+``--show-config`` (:mod:`.render`) and the configuration guide (:mod:`.guide`) are
+all made from these tables (design.md). Section tables (B3/B4) map onto the
+dataclasses of :mod:`.model`; array-of-table keys (``[[milter]]``, ``[[rule]]``…)
+are declared here too, with the predicates of B5.1 in :mod:`.predicates`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from . import model
+from .builtins import TRUST_PATTERN_FLAGS
+from .predicates import CONDITION_STAGES, STAGES
+from .values import (AddressKind, AnyTable, Boolean, Checker, Choice, CommandOptions, Context, DnsblServiceKind,
+                     Domain, EntryPoint, Facility, Integer, Kind, ListOf, LogLevel, Mode, NetworkKind, Number, Path,
+                     RegexKind, Spec, Status, Text)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command-line option of a setting (A11); ``constant`` is the value of a flag without argument."""
+
+    names: tuple[str, ...]
+    metavar: str | None = None
+    constant: object = None
+    help: str = ""
+    deprecated: bool = False
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key: ``table`` is the TOML table ("" for top-level keys), ``accumulate``: B6 list concatenation."""
+
+    table: str
+    name: str
+    kind: Kind
+    default: object = None
+    help: str = ""
+    options: tuple[Option, ...] = ()
+    required: bool = False
+    accumulate: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.table}.{self.name}" if self.table else self.name
+
+
+def _settings(table: str, *rows: tuple) -> tuple[Setting, ...]:
+    """Rows of ``(name, kind, default, help[, options][, extra keyword arguments])``."""
+    result = []
+    for row in rows:
+        name, kind, default, help_text, *rest = row
+        options = rest[0] if rest and isinstance(rest[0], tuple) else ()
+        extra = rest[-1] if rest and isinstance(rest[-1], dict) else {}
+        result.append(Setting(table, name, kind, default, help_text, options, **extra))
+    return tuple(result)
+
+
+_STR = Text()
+_BOOL = Boolean()
+_COUNT = Integer(0)
+_STATUS = Status()
+_GLOBS = ListOf(Text())
+_CONDITION_NAMES = ListOf(Text(), unique=True)
+_ACCUMULATE = {"accumulate": True}
+
+#: D-15: accepted event loop backends; "glib" gets its own refusal message
+EVENT_LOOP_BACKENDS = Choice(("default", "libev", "libuv"),
+                             refused={"glib": "is not available (the GLib loop of the original is not offered, D-15)"})
+
+#: B2 top-level keys (tables and arrays of tables are listed in TABLES / ARRAYS)
+TOP_LEVEL = _settings(
+    "",
+    ("version", Integer(1, 1), None, "Schema version; required in the main file, must be 1.", {"required": True}),
+    ("include", ListOf(Text()), (), "Files or globs merged after this file, sorted; missing ones are ignored "
+     "(C-TOML-3)."),
+    ("include_required", ListOf(Text()), (), "As `include`, but a pattern that matches nothing is an error."),
+    ("remove_milters", _GLOBS, (), "Milter names or globs removed after all merging (B6)."),
+)
+
+SECTIONS: dict[str, tuple[Setting, ...]] = {
+    "package": _settings(
+        "package",
+        ("platform", _STR, None, "Informational: the platform of the milter auto-detection (A2, D-9)."),
+        ("options", _STR, None, "Informational: extra detector input `N=V,N=V` (A2)."),
+    ),
+    "security": _settings(
+        "security",
+        ("privilege_mode", _BOOL, False, "Keep a root launcher for child milter commands (M-LAU-1, D-10)."),
+        ("effective_user", _STR, None, "User to switch to after listening (D-5).",
+         (Option(("-u", "--user"), "USER"), Option(("--user-name",), "NAME"), Option(("--user-id",), "UID"))),
+        ("effective_group", _STR, None, "Group to switch to after listening (D-5).",
+         (Option(("-g", "--group"), "GROUP"), Option(("--group-name",), "NAME"), Option(("--group-id",), "GID"))),
+    ),
+    "log": _settings(
+        "log",
+        ("level", LogLevel(), "default", "Log levels, e.g. `\"default|info\"` or `[\"error\", \"statistics\"]` "
+         "(logging.md §1.1).",
+         (Option(("--log-level",), "LEVEL"), Option(("-v", "--verbose"), constant="all", help="Log everything."),
+          Option(("-q", "--quiet"), constant="none", help="Log nothing."))),
+        ("path", Path(dash_means_stdout=True), None, "Log file, reopened on SIGUSR1; unset or `\"-\"`: standard "
+         "output.", (Option(("--log-path",), "PATH"),)),
+        ("use_syslog", _BOOL, True, "Also log to syslog (logging.md §4).",
+         (Option(("--syslog",), constant=True, help="Also log to syslog."),)),
+        ("syslog_facility", Facility(), "mail", "Syslog facility.", (Option(("--syslog-facility",), "FACILITY"),)),
+    ),
+    "manager": _settings(
+        "manager",
+        ("connection_spec", Spec(), "inet:10025@[127.0.0.1]", "MTA-facing listen socket (packagers override the "
+         "default).", (Option(("-s", "--connection-spec"), "SPEC"),)),
+        ("unix_socket_mode", Mode(), 0o660, "Mode of the unix socket, set before privileges are dropped (D-5).",
+         (Option(("--unix-socket-mode",), "MODE"),)),
+        ("unix_socket_group", _STR, None, "Group of the unix socket.",
+         (Option(("--unix-socket-group",), "GROUP"), Option(("--socket-group-name",), "GROUP", deprecated=True))),
+        ("remove_unix_socket_on_create", _BOOL, True, "Remove a stale unix socket before binding."),
+        ("remove_unix_socket_on_close", _BOOL, True, "Remove the unix socket at shutdown."),
+        ("daemon", _BOOL, False, "Run in the background.",
+         (Option(("--daemon",), constant=True, help="Run in the background."),
+          Option(("--no-daemon",), constant=False, help="Stay in the foreground."))),
+        ("pid_file", Path(), None, "File the process id is written to.", (Option(("--pid-file",), "FILE"),)),
+        ("maintenance_interval", _COUNT, 10, "Run maintenance every this many sessions; 0: never (M-MNT-1, D-12)."),
+        ("suspend_time_on_unacceptable", _COUNT, 5, "Seconds to stop accepting when out of descriptors (M-ACC-2)."),
+        ("max_connections", _COUNT, 0, "Sessions per worker at once; 0: unlimited (M-ACC-1, D-6)."),
+        ("max_file_descriptors", _COUNT, 0, "Descriptor limit to set; 0: system default (M-FD-1)."),
+        ("custom_configuration_directory", Path(), None, "Directory of site configuration written by tools."),
+        ("fallback_status", _STATUS, "accept", "Answer when the manager itself cannot go on (M-ERR-7, D-14)."),
+        ("fallback_status_at_disconnect", _STATUS, "temporary-failure", "Answer when the SMTP client has gone "
+         "(M-ERR-8)."),
+        ("event_loop_backend", EVENT_LOOP_BACKENDS, "default", "gevent loop: default (= libev), libev or libuv "
+         "(D-15).", (Option(("--event-loop-backend",), "BACKEND"),)),
+        ("n_workers", Integer(0, 1000), 0, "Worker processes; 0: serve in the master process (M-WRK-1, D-5).",
+         (Option(("--n-workers",), "N"),)),
+        ("packet_buffer_size", _COUNT, 0, "Bytes of body packets to buffer before sending; 0: off (M-EOM-5).",
+         (Option(("--packet-buffer-size",), "SIZE"),)),
+        ("chunk_size", Integer(1, 65535), 65535, "Largest body chunk sent to a child (M-BODY-2)."),
+        ("max_pending_finished_sessions", _COUNT, 0, "Finished sessions kept before cleanup; 0: only when idle "
+         "(M-FIN-1).", (Option(("--max-pending-finished-sessions",), "N"),)),
+        ("connection_check_interval", _COUNT, 0, "Seconds between SMTP-client disconnect checks; 0: off (M-ERR-8)."),
+        ("connection_checkers", ListOf(Checker(), unique=True), (), "Disconnect checkers: `\"netstat\"` or "
+         "`\"python:module:function\"` (M-ERR-8)."),
+        ("report_memory_statistics", _BOOL, False, "Add the memory line to maintenance (M-MNT-1)."),
+        ("graceful_timeout", Number(0.0, positive=True), 30.0, "Seconds old workers may finish their sessions on "
+         "reload and stop (D-5)."),
+    ),
+    "controller": _settings(
+        "controller",
+        ("connection_spec", Spec(loopback_only=True), None, "Controller socket (unix or loopback inet); unset: no "
+         "controller (D-7)."),
+        ("unix_socket_mode", Mode(), 0o660, "Mode of the controller's unix socket."),
+        ("unix_socket_group", _STR, None, "Group of the controller's unix socket."),
+        ("remove_unix_socket_on_create", _BOOL, True, "Remove a stale controller socket before binding."),
+        ("remove_unix_socket_on_close", _BOOL, True, "Remove the controller socket at shutdown."),
+    ),
+    "hooks": _settings(
+        "hooks",
+        ("maintained", ListOf(EntryPoint()), (), "Functions called at each maintenance (`manager.maintained`)."),
+        ("started", ListOf(EntryPoint()), (), "Functions called once in each worker after its gevent hub starts."),
+    ),
+    "database": _settings(
+        "database",
+        ("type", Choice(("mysql2", "sqlite3", "pg")), None, "Database kind (A10); handed to hooks only."),
+        ("name", _STR, None, "Database name (SQLite: file or `:memory:`)."),
+        ("host", _STR, None, "Database host."),
+        ("port", Integer(1, 65535), None, "Database port."),
+        ("path", _STR, None, "Database socket (SQLite: file when `name` is unset)."),
+        ("user", _STR, None, "Database user."),
+        ("password", _STR, None, "Database password."),
+        ("extra_options", AnyTable(), None, "Further driver options."),
+    ),
+    "s25r": _settings(
+        "s25r",
+        ("check_only_ipv4", _BOOL, True, "Not applied to non-IPv4 clients (M-AC-B1 step 1)."),
+        ("use_default_lists", _BOOL, True, "false: start with empty white and black lists."),
+        ("whitelist", ListOf(RegexKind()), (), "Host regexes never treated as dynamic.", _ACCUMULATE),
+        ("whitelist_hosts", ListOf(Text()), (), "Exact host names never treated as dynamic.", _ACCUMULATE),
+        ("blacklist", ListOf(RegexKind()), (), "Host regexes treated as dynamic.", _ACCUMULATE),
+        ("blacklist_hosts", ListOf(Text()), (), "Exact host names treated as dynamic.", _ACCUMULATE),
+    ),
+    "remote_network": _settings(
+        "remote_network",
+        ("local_addresses", ListOf(NetworkKind()), (), "Extra local networks (M-AC-B2).", _ACCUMULATE),
+        ("remote_addresses", ListOf(NetworkKind()), (), "Networks always remote; checked first.", _ACCUMULATE),
+    ),
+    "stress": _settings(
+        "stress",
+        ("threshold_n_connections", Integer(-1), -1, "Sessions at which a process is stressed; -1: auto-detect, "
+         "0: never (M-AC-B5)."),
+    ),
+    "trust": _settings(
+        "trust",
+        ("use_default_domains", _BOOL, True, "false: drop the default trusted domains (`trust.clear`)."),
+        ("envelope_from_domains", ListOf(Domain()), (), "Trusted domains, exact (lower-cased) (M-AC-B6).",
+         _ACCUMULATE),
+        ("envelope_from_domain_patterns", ListOf(RegexKind(TRUST_PATTERN_FLAGS)), (), "Trusted domain regexes "
+         "(case-insensitive).", _ACCUMULATE),
+        ("envelope_from_domain_files", ListOf(Path()), (), "Files of domains and `/regex/` lines, read at load.",
+         _ACCUMULATE),
+    ),
+    "dnsbl": _settings(
+        "dnsbl",
+        ("use_default_services", _BOOL, True, "false: drop the four default zones (M-AC-B7)."),
+        ("services", ListOf(DnsblServiceKind()), (), "Zones: `{ zone = \"…\", expect = \"127.0.0.2\" }`.",
+         _ACCUMULATE),
+        ("name_servers", ListOf(AddressKind()), (), "Name servers to ask; empty: the system resolver.",
+         _ACCUMULATE),
+        ("timeout", Number(0.0, positive=True), 5.0, "Seconds to wait for each zone."),
+    ),
+}
+
+#: section name → the model dataclass it becomes
+SECTION_CLASSES: Mapping[str, type] = {
+    "package": model.PackageSettings, "security": model.SecuritySettings, "log": model.LogSettings,
+    "manager": model.ManagerSettings, "controller": model.ControllerSettings, "hooks": model.HooksSettings,
+    "database": model.DatabaseSettings, "s25r": model.S25rSettings, "remote_network": model.RemoteNetworkSettings,
+    "stress": model.StressSettings, "trust": model.TrustSettings, "dnsbl": model.DnsblSettings,
+}
+
+_TIMEOUT = Number(0.0, positive=True)
+
+#: B3 ``[[milter]]`` keys
+MILTER = _settings(
+    "milter",
+    ("name", Text(), None, "Unique name; a later table with the same name changes the keys it sets (B6).",
+     {"required": True}),
+    ("connection_spec", Spec(), None, "Where the child listens; required when enabled."),
+    ("description", _STR, None, "Free text."),
+    ("enabled", _BOOL, True, "Disabled milters get no child (M-SES-2)."),
+    ("fallback_status", _STATUS, "accept", "Status counted when this child fails (D-14, M-ERR-3)."),
+    ("evaluation_mode", _BOOL, False, "Observe only: answers count as accept (M-EVAL-1)."),
+    ("applicable_conditions", _CONDITION_NAMES, (), "Condition names (built-in or defined); all must let the "
+     "child run."),
+    ("command", _STR, None, "Program started when the child cannot be reached, never through a shell (D-10)."),
+    ("command_options", CommandOptions(), None, "Arguments: a string, or an array with one word per element."),
+    ("user_name", _STR, None, "User the command runs as (privilege mode)."),
+    ("connection_timeout", _TIMEOUT, 297.0, "Seconds to connect (M-ERR-2)."),
+    ("writing_timeout", _TIMEOUT, 7.0, "Seconds to write a packet (M-ERR-2)."),
+    ("reading_timeout", _TIMEOUT, 7.0, "Seconds to wait for a reply (M-ERR-2)."),
+    ("end_of_message_timeout", _TIMEOUT, 297.0, "Seconds to wait for the end-of-message reply (M-ERR-2)."),
+    ("retry_delay", Number(0.0), 5.0, "Seconds before the one retry to connect (M-CON-5)."),
+)
+
+#: B3 ``[[milter_patch]]`` keys besides the ``[[milter]]`` keys (all but ``name``)
+MILTER_PATCH = _settings(
+    "milter_patch",
+    ("names", ListOf(Text()), None, "Globs over milter names (required).", {"required": True}),
+    ("add_applicable_conditions", _CONDITION_NAMES, (), "Condition names appended (no duplicates)."),
+    ("remove_applicable_conditions", _CONDITION_NAMES, (), "Condition names removed."),
+)
+
+
+class _Placeholder(Kind):
+    """Kinds of keys parsed by dedicated code (match, rule tables…); only their label is used from here."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def parse(self, raw: object, context: Context) -> object:  # pragma: no cover - never called
+        raise NotImplementedError
+
+
+_MACROS = _Placeholder("table: macro name → string")
+
+#: B4 ``[[restrict_accounts]]`` (M-AC-B8)
+RESTRICT_ACCOUNTS = _settings(
+    "restrict_accounts",
+    ("condition_name", Text(), None, "Name of the generated condition; default `Restrict Accounts by List: [...]`."),
+    ("accounts", ListOf(Text()), (), "Addresses compared exactly (angle brackets stripped)."),
+    ("account_patterns", ListOf(RegexKind()), (), "Address regexes (angle brackets stripped)."),
+    ("milters", _GLOBS, ("*",), "Globs of milters the condition is appended to."),
+)
+
+#: B5 ``[[condition]]``
+CONDITION = _settings(
+    "condition",
+    ("name", Text(), None, "Unique; may not reuse a built-in name.", {"required": True}),
+    ("description", _STR, None, "Free text."),
+    ("attach_to", _GLOBS, (), "Globs of milters this condition is appended to (after merging, before patches)."),
+    ("rule", _Placeholder("array of tables"), (), "The rules, `[[condition.rule]]`."),
+)
+
+#: B5 ``[[condition.rule]]``
+CONDITION_RULE = _settings(
+    "condition.rule",
+    ("stage", Choice(CONDITION_STAGES), None,
+     "One stage (not \"unknown\").", {"required": True}),
+    ("match", _Placeholder("table of predicates (B5.1)"), None, "Predicates that must all hold; omitted: always."),
+    ("action", Choice(("stop", "apply")), "stop", "`stop`: child not applied; `apply`: do not stop (C-COND-1)."),
+    ("set_macros", _MACROS, {}, "Macros set on the child when the rule matches (M-MAC-4)."),
+    ("set_flags", ListOf(Text(), unique=True), (), "Transaction-shelf flags set when the rule matches."),
+)
+
+#: B7 ``[[rule]]``
+RULE = _settings(
+    "rule",
+    ("name", _STR, None, "Shown in logs."),
+    ("stage", Choice(STAGES), None, "One stage (C-TOML-5).",
+     {"required": True}),
+    ("match", _Placeholder("table of predicates (B5.1)"), None, "Predicates that must all hold; omitted: always."),
+    ("action", Choice(model.RULE_ACTIONS, aliases={"tempfail": "temporary-failure"}), None,
+     "skip | only | accept | reject | temporary-failure | discard | set-macro (C-RULE-2…4).", {"required": True}),
+    ("milters", ListOf(Text()), (), "Globs of milters, for `skip` and `only` (at least one there)."),
+    ("reply", _Placeholder("{ code = 550, xcode = \"5.7.1\", text = \"…\" }"), None,
+     "Reply for `reject` / `temporary-failure`; the code class must match (C-RULE-3)."),
+    ("set_macros", _MACROS, {}, "Macros added to every child, for `set-macro` (C-RULE-4)."),
+    ("final", _BOOL, False, "true: later rules are not evaluated for this command (C-RULE-1)."),
+)
+
+#: array-of-tables names (B2) → their keys
+ARRAYS: Mapping[str, tuple[Setting, ...]] = {
+    "milter": MILTER, "milter_patch": MILTER_PATCH, "restrict_accounts": RESTRICT_ACCOUNTS,
+    "condition": CONDITION, "rule": RULE,
+}
+
+def section_defaults(section: str) -> dict[str, object]:
+    """The built-in defaults of one section (C-FILE-4: the lowest layer)."""
+    return {setting.name: setting.default for setting in SECTIONS[section]}
+
+
+def all_settings() -> list[Setting]:
+    """Every section setting, in declaration order (for ``--help`` and the command-line mapping)."""
+    return [setting for settings in SECTIONS.values() for setting in settings]
+
+
+def find_setting(key: str) -> Setting | None:
+    """A section setting by dotted key (``manager.n_workers``)."""
+    table, _, name = key.partition(".")
+    for setting in SECTIONS.get(table, ()):
+        if setting.name == name:
+            return setting
+    return None
