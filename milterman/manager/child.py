@@ -45,7 +45,7 @@ class Child:
 
     __slots__ = ("definition", "id", "logger", "client", "quitted", "in_message", "recipients_accepted",
                  "last_status", "stage", "end_status", "skip_body", "macros_extra", "started", "failure",
-                 "negotiated", "sent_headers", "sent_end_of_header", "sent_body", "ended")
+                 "negotiated", "sent_headers", "sent_end_of_header", "sent_body", "ended", "recipients")
 
     def __init__(self, definition: ChildDefinition, logger: Logger) -> None:
         self.definition = definition
@@ -72,6 +72,8 @@ class Child:
         self.sent_end_of_header = False
         self.sent_body = 0
         self.ended = False
+        #: RCPT arguments of this transaction sent to this child and not refused by it (B5.1 recipients)
+        self.recipients: list[str] = []
 
     @property
     def name(self) -> str:

@@ -16,6 +16,20 @@ from .status import Status
 
 
 @dataclass
+class RuleOutcome:
+    """What the manager rule chain decided for one MTA command (B7, C-RULE-1…6)."""
+
+    #: a terminal action: the manager answers the MTA itself with this status (C-RULE-3)
+    terminal: Status | None = None
+    #: the SMTP text for a terminal reject / temporary-failure (``y``), already formatted
+    reply: object = None
+    #: names of the children stopped for this stage by skip / only (C-RULE-2)
+    stopped: frozenset[str] = frozenset()
+    #: macros added to every child for this stage (C-RULE-4)
+    macros: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class ManagerContext:
     """Settings and counters of one serving process (per worker, M-WRK-1)."""
 
@@ -29,6 +43,8 @@ class ManagerContext:
     logger: Logger = default_logger
     #: (leader, child, stage letter, command) → True when a condition stops the child (M-AC-2)
     condition_evaluator: Callable | None = None
+    #: (leader, stage letter, command) → RuleOutcome or None (B7); None when no rule exists
+    rule_evaluator: Callable | None = None
     sessions_processing: int = 0
     sessions_finished: int = 0
     _pending_finished: int = 0
@@ -42,6 +58,15 @@ class ManagerContext:
         except Exception as error:  # M-AC-2: a stopper that raises means "don't stop"
             self.logger.error(f"[{child.id}] [manager][condition][error] [{child.name}] {error!r}")
             return False
+
+    def apply_rules(self, leader, letter: str, command) -> RuleOutcome | None:
+        if self.rule_evaluator is None:
+            return None
+        try:
+            return self.rule_evaluator(leader, letter, command)
+        except Exception as error:  # a rule that cannot be evaluated does not match (C-COND-1)
+            self.logger.error(f"[{leader.session.id}] [manager][rule][error] {error!r}")
+            return None
 
     def session_finished(self) -> None:
         """ST-FINISHED (logging.md §6), batched by max_pending_finished_sessions (M-FIN-1)."""

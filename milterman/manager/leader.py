@@ -52,6 +52,15 @@ class Leader(MilterHandler):
         self.children_ready = False
         self.data_done = False
         self._body_replacer: Child | None = None
+        #: the rule chain's decision for the MTA command in progress (B7)
+        self.rule_stopped: frozenset[str] = frozenset()
+        self.rule_stage = ""
+        # What conditions and rules read (B5.1): the SMTP facts of this session so far
+        self.connect_command = None            # the MTA's Connect
+        self.helo_name: str | None = None
+        self.sender: str | None = None         # raw MAIL argument of the current transaction
+        self.recipients: list[str] = []        # RCPTs the manager accepted in this transaction
+        self.flags: set[str] = set()           # transaction-shelf flags (B5 set_flags)
         self.mta_options: Options | None = session.options
         manager.sessions_processing += 1
 
@@ -218,6 +227,9 @@ class Leader(MilterHandler):
         """connect and helo: a child that accepts, refuses or is stopped is gone for the session (M-ENV-4)."""
         self._ensure_children()
         self.last_stage = STAGE_NAMES[letter]
+        ruled = self._rules(letter, command)
+        if ruled is not None:
+            return ruled
         combined = Combined()
         for fallback in self.pending_fallbacks:
             combined.add(fallback)  # D-14: an unreachable child answered its fallback at connect
@@ -250,9 +262,11 @@ class Leader(MilterHandler):
         return self._reply(combined)
 
     def connect(self, command):
+        self.connect_command = command
         return self._connection_stage(command, "C")
 
     def helo(self, command):
+        self.helo_name = command.name
         return self._connection_stage(command, "H")
 
     def envelope_from(self, command: Mail):
@@ -262,6 +276,14 @@ class Leader(MilterHandler):
         self._end_message(abort_children=True)  # a child still inside the previous message gets A
         self.message_status = Combined()
         self.shelf = {}
+        self.flags = set()
+        self.sender = command.address
+        self.recipients = []
+        for child in self.children:
+            child.recipients = []
+        ruled = self._rules("M", command)
+        if ruled is not None:
+            return ruled
         combined = Combined()
         for fallback in self.pending_fallbacks:
             combined.add(fallback)
@@ -294,6 +316,9 @@ class Leader(MilterHandler):
 
     def envelope_recipient(self, command):
         self.last_stage = "envelope-recipient"
+        ruled = self._rules("R", command)
+        if ruled is not None:
+            return ruled
         targets = [child for child in self.children if child.in_message and not child.quitted]
         if not targets:
             return self._manager_fallback("None of milters are processing message.")
@@ -312,6 +337,8 @@ class Leader(MilterHandler):
             status = self._counted(child, reply)
             combined.add(status, None if child.definition.evaluation_mode else reply)
             real = status_of(reply)
+            if real != Status.TEMPORARY_FAILURE and real != Status.REJECT:
+                child.recipients.append(command.address)
             if real == Status.CONTINUE:
                 child.recipients_accepted += 1
             elif real == Status.ACCEPT:
@@ -324,12 +351,17 @@ class Leader(MilterHandler):
         if combined.status == Status.NOT_CHANGE:
             combined.add(Status.CONTINUE)
         reply = self._reply(combined)
+        if not combined.status.is_refusal:
+            self.recipients.append(command.address)
         if combined.status == Status.DISCARD:
             self._abort_message()  # M-ENV-5: a discard at RCPT ends the message for every child
         return reply
 
     def data(self, command):
         self.last_stage = "data"
+        ruled = self._rules("T", command)
+        if ruled is not None:
+            return ruled
         return self._data_stage(command)
 
     def _data_stage(self, command) -> Reply:
@@ -367,6 +399,9 @@ class Leader(MilterHandler):
 
     def unknown(self, command):
         self.last_stage = "unknown"
+        ruled = self._rules("U", command)
+        if ruled is not None:
+            return ruled
         targets = self._alive()
         if not targets:
             return self._manager_fallback("All milters are no longer alive.")
@@ -422,6 +457,9 @@ class Leader(MilterHandler):
 
     def header(self, command: Header):
         self.last_stage = "header"
+        ruled = self._rules("L", command)
+        if ruled is not None:
+            return ruled
         if self.message is None:
             early = self._emulate_data()
             if early is not None:
@@ -432,6 +470,9 @@ class Leader(MilterHandler):
 
     def end_of_header(self, command):
         self.last_stage = "end-of-header"
+        ruled = self._rules("N", command)
+        if ruled is not None:
+            return ruled
         if self.message is None:
             early = self._emulate_data()
             if early is not None:
@@ -442,6 +483,9 @@ class Leader(MilterHandler):
 
     def body(self, command: Body):
         self.last_stage = "body"
+        ruled = self._rules("B", command)
+        if ruled is not None:
+            return ruled
         if self.message is None:
             early = self._emulate_data()
             if early is not None:
@@ -605,6 +649,9 @@ class Leader(MilterHandler):
 
     def end_of_message(self, command: EndOfMessage):
         self.last_stage = "end-of-message"
+        ruled = self._rules("E", command)
+        if ruled is not None:
+            return ruled
         if self.message is None:
             early = self._emulate_data()
             if early is not None:
@@ -619,8 +666,7 @@ class Leader(MilterHandler):
             if isinstance(outcome, Reply):
                 return outcome
             self.waiting.pop(0)
-            child.in_message = False
-            self._milter_end(child)
+            child.in_message = False  # still alive: its [milter][end] line follows [session][end]
         self._emit_modifications()
         combined = self.message_status
         if combined.status == Status.NOT_CHANGE:
@@ -671,7 +717,7 @@ class Leader(MilterHandler):
     def _to_mta(self, modification: Reply) -> None:
         """Queue a modification for the MTA unless it was not granted there (P-PRX-5: drop and log)."""
         options = self.mta_options
-        if options is None or not options.actions & modification.ACTION:
+        if options is None or not options.action_bits & modification.ACTION:
             self.logger.warning(f"[{self.session.id}] [manager][modification][drop] {modification!r}: the MTA did "
                                 f"not grant that action")
             return
@@ -709,7 +755,9 @@ class Leader(MilterHandler):
     # ================================================================ abort, quit (M-MSG-8, M-SES-6)
 
     def _abort_message(self) -> None:
-        """Every child in the message gets ``A``; the message state is dropped."""
+        """Every child in the message gets ``A``; the message state and the shelf are dropped (M-AC-4)."""
+        self.shelf = {}
+        self.flags = set()
         for child in self.children:
             if child.in_message and not child.quitted:
                 child.abort()
@@ -757,10 +805,63 @@ class Leader(MilterHandler):
         combined.add(self.manager.fallback_status)
         return combined.reply()
 
+    # ================================================================ the manager rule chain (B7)
+
+    def _rules(self, letter: str, command) -> Reply | None:
+        """Run the rule chain for an MTA command (never for replays, C-RULE-5).
+
+        Returns the reply when a terminal rule answered the MTA itself (C-RULE-3); otherwise
+        records which children a skip/only rule stopped and the macros to add (C-RULE-2, -4).
+        """
+        self.rule_stopped = frozenset()
+        self.rule_stage = letter
+        outcome = self.manager.apply_rules(self, letter, command)
+        if outcome is None:
+            return None
+        if outcome.terminal is None:
+            self.rule_stopped = outcome.stopped
+            if outcome.macros:
+                for child in self.children:
+                    child.macros_extra.setdefault(letter, {}).update(outcome.macros)
+            return None
+        return self._terminal(letter, outcome)
+
+    def _terminal(self, letter: str, outcome) -> Reply:
+        """The session goes on as if every targeted child had answered the rule's status (C-RULE-3)."""
+        status = outcome.terminal
+        combined = Combined()
+        combined.add(status, outcome.reply)
+        if letter in ("C", "H"):
+            if status != Status.CONTINUE:
+                for child in self._alive():
+                    child.end_status = status.nick
+                    child.quit()
+                    self._milter_end(child)
+        elif letter in ("M", "T"):
+            if status.is_refusal:
+                self._abort_message()
+            else:
+                for child in self.children:
+                    if child.in_message:
+                        child.abort()
+        elif letter == "R":
+            if status == Status.DISCARD:
+                self._abort_message()
+            elif status == Status.ACCEPT:
+                for child in self.children:
+                    if child.in_message:
+                        child.abort()
+        elif letter in ("L", "N", "B", "E"):
+            self._abort_message()
+        return self._reply(combined)
+
     # ================================================================ conditions and statistics
 
     def _stopped(self, child: Child, letter: str, command) -> bool:
-        """Does one of the child's applicable conditions stop it at this stage? (M-AC-2)"""
+        """Is the child stopped here: by a rule (C-RULE-2, checked first, C-RULE-6) or one of its
+        applicable conditions (M-AC-2)?"""
+        if letter == self.rule_stage and child.name in self.rule_stopped:
+            return True
         conditions = child.definition.conditions
         if not conditions:
             return False

@@ -1,0 +1,103 @@
+"""milter-manager: one milter socket for the MTA, many child milters behind it (manual: doc/milter-manager.md)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .. import __version__
+from ..config import options_help
+from ..log import logger
+from .common import fail, parse_arguments
+
+USAGE = f"""milter-manager: a milter that manages many milters.
+
+Usage:
+  milter-manager [options]
+  milter-manager (-h | --help)
+  milter-manager --version
+
+Options:
+  -c DIR, --config-dir=DIR          Directory of milter-manager.toml (default: $MILTER_MANAGER_CONFIG_DIR,
+                                    then /etc/milter-manager).
+  --show-config                     Print the effective configuration as TOML (with where each milter came
+                                    from) and exit.
+  --check-config                    Load and validate the configuration; exit 0, or 1 with every error.
+  --no-detect                       Do not register the milters installed from Debian's packages (D-9).
+{options_help(32)}
+  -h, --help                        Show this help.
+  --version                         Print the version.
+
+Signals: SIGTERM lets sessions finish, then exits; SIGINT/SIGQUIT stop at once; SIGHUP reloads
+the configuration (a broken one is refused and the old one keeps serving); SIGUSR1 reopens the
+log file; SIGTTIN/SIGTTOU add/remove a worker (doc/server.md).
+
+Exit status: 0 once listening (with --daemon: once detached), or after --show-config or a good
+--check-config; 1 with a message naming the bad value (file and key, or option) otherwise.
+"""
+
+
+def apply_log_settings(configuration) -> None:
+    """log.* (logging.md §5, D-11): levels, file, and syslog (facility mail) unless switched off."""
+    from ..log import LogLevelError, parse_level
+
+    settings = configuration.log
+    level = settings.level if isinstance(settings.level, str) else "|".join(settings.level)
+    try:
+        logger.set_level(parse_level(level))
+    except LogLevelError as error:
+        fail(f"log.level: {error}")
+    if settings.path and settings.path != "-":
+        try:
+            logger.set_path(settings.path)
+        except OSError as error:
+            fail(f"log.path: {error}")
+    if settings.use_syslog:
+        logger.use_syslog(facility=settings.syslog_facility, ident="milter-manager")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of milter-manager."""
+    arguments = parse_arguments(USAGE, argv, f"milter-manager {__version__}")
+    from ..config import ConfigurationError, overrides_from_options, render
+    from ..manager.app import ManagerApplication
+    from ..server.master import run_application
+
+    try:
+        overrides = overrides_from_options(arguments)
+    except ConfigurationError as error:
+        fail(str(error))
+    config_dir = arguments["--config-dir"] or os.environ.get("MILTER_MANAGER_CONFIG_DIR")
+    app = ManagerApplication(config_dir, overrides, detect=not arguments["--no-detect"])
+    if arguments["--show-config"] or arguments["--check-config"]:
+        try:
+            configuration = app.configuration()
+            from ..manager.app import server_config
+
+            server_config(configuration)
+        except ConfigurationError as error:
+            fail(str(error))
+        if arguments["--show-config"]:
+            sys.stdout.write(render(configuration))
+        else:
+            files = ", ".join(str(path) for path in configuration.files)
+            sys.stdout.write(f"configuration OK: {files}\n")
+        return 0
+    try:
+        configuration = app.configuration()
+    except ConfigurationError as error:
+        fail(str(error))
+    apply_log_settings(configuration)
+
+    def detached() -> None:
+        """After daemonizing standard output is /dev/null: only syslog or the log file remain (D-11)."""
+        if logger.path is None:
+            if not logger.syslog_level:
+                logger.use_syslog(level=logger.level, ident="milter-manager")
+            logger.set_level(0)
+
+    return run_application(app, on_detached=detached)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""milter-manager as a served application: configuration → server settings and leaders.
+
+The master loads and validates the configuration (at start and on SIGHUP, D-5, D-8)
+with the standard library only; each serving process then builds the
+:class:`ManagerContext` its leaders share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from .. import config as configuration_module
+from ..config import schema as configuration_schema
+from ..log import Logger
+from ..log import logger as default_logger
+from ..net import Timeouts
+from ..net.spec import SpecError, parse_spec
+from ..server.app import Application, ServerConfig
+from .child import ChildDefinition
+from .status import status_named
+
+DEFAULT_SPEC = "inet:10025@[127.0.0.1]"
+
+
+def detected_milters(root: str = "/") -> list:
+    """Milters installed and enabled from Debian's packages, as configuration entries (D-9)."""
+    try:
+        from .detect import detect
+    except ImportError:
+        return []
+    defaults = {setting.name: setting.default for setting in configuration_schema.MILTER}
+    milters = []
+    for found in detect(root):
+        command = found.command or ()
+        values = dict(defaults)
+        values.update(name=found.name, connection_spec=found.connection_spec, enabled=found.enabled,
+                      description=found.description,
+                      applicable_conditions=tuple(found.applicable_conditions),
+                      command=command[0] if command else None,
+                      command_options=tuple(command[1:]) if len(command) > 1 else None)
+        known = {field.name for field in dataclasses.fields(configuration_module.MilterSettings)}
+        values = {key: value for key, value in values.items() if key in known}
+        milters.append(configuration_module.MilterSettings(**values, source=f"detected from {found.source}"))
+    return milters
+
+
+class ManagerApplication(Application):
+    """What the server runs for milter-manager."""
+
+    name = "milter-manager"
+
+    def __init__(self, config_dir: str | None, overrides: dict, *, detect: bool = True,
+                 logger: Logger = default_logger) -> None:
+        self.config_dir = config_dir
+        self.overrides = overrides
+        self.detect = detect
+        self.logger = logger
+
+    def configuration(self):
+        """Load and validate (raises the configuration's ConfigurationError naming FILE: KEY)."""
+        detected = detected_milters() if self.detect else []
+        return configuration_module.load(self.config_dir, overrides=self.overrides, detected=detected)
+
+    def load(self):
+        configuration = self.configuration()
+        return configuration, server_config(configuration)
+
+    def make_handler(self, configuration):
+        from ..net import MilterSession
+        from .leader import Leader
+
+        context = build_context(configuration, self.logger)
+        packet_buffer_size = configuration.manager.packet_buffer_size
+
+        def handle(sock, address) -> None:
+            MilterSession(sock, lambda session: Leader(session, context),
+                          packet_buffer_size=packet_buffer_size).run()
+
+        return handle
+
+
+def server_config(configuration) -> ServerConfig:
+    """The server part of the configuration (B3 [manager], [security])."""
+    manager = configuration.manager
+    try:
+        spec = parse_spec(manager.connection_spec or DEFAULT_SPEC)
+    except SpecError as error:
+        raise configuration_module.ConfigurationError(
+            [configuration_module.Issue("command line or configuration", "manager.connection_spec", str(error))]
+        ) from None
+    backend = manager.event_loop_backend
+    return ServerConfig(
+        spec=spec, n_workers=manager.n_workers, unix_socket_mode=manager.unix_socket_mode,
+        unix_socket_group=manager.unix_socket_group, user=configuration.security.effective_user,
+        group=configuration.security.effective_group, daemon=manager.daemon, pid_file=manager.pid_file,
+        graceful_timeout=manager.graceful_timeout, max_connections=manager.max_connections,
+        max_file_descriptors=manager.max_file_descriptors,
+        event_loop_backend="libev" if backend == "default" else backend,
+        maintenance_interval=manager.maintenance_interval,
+        report_memory_statistics=manager.report_memory_statistics, process_name="milter-manager")
+
+
+def child_definitions(configuration, conditions_per_milter: dict | None = None) -> tuple[ChildDefinition, ...]:
+    """Enabled milters with a connection spec, in definition order (M-SES-2, M-SES-4)."""
+    definitions = []
+    for milter in configuration.milters:
+        if not milter.enabled or not milter.connection_spec:
+            continue
+        definitions.append(ChildDefinition(
+            name=milter.name, spec=parse_spec(milter.connection_spec),
+            fallback_status=status_named(milter.fallback_status), evaluation_mode=milter.evaluation_mode,
+            timeouts=Timeouts(milter.connection_timeout, milter.writing_timeout, milter.reading_timeout,
+                              milter.end_of_message_timeout),
+            conditions=tuple((conditions_per_milter or {}).get(milter.name, ())),
+            retry_delay=milter.retry_delay))
+    return tuple(definitions)
+
+
+def build_context(configuration, logger: Logger = default_logger):
+    """The ManagerContext a serving process's leaders share."""
+    from .context import ManagerContext
+
+    condition_evaluator = rule_evaluator = None
+    conditions_per_milter: dict = {}
+    stages_read: frozenset[str] = frozenset()
+    macros_read: dict = {}
+    try:
+        from .conditions import build
+    except ImportError:
+        build = None
+    if build is not None:
+        condition_evaluator, rule_evaluator, conditions_per_milter, stages_read, macros_read = build(configuration)
+    manager = configuration.manager
+    return ManagerContext(
+        definitions=child_definitions(configuration, conditions_per_milter),
+        fallback_status=status_named(manager.fallback_status), chunk_size=manager.chunk_size,
+        stages_read=stages_read, macros_read=macros_read, logger=logger,
+        condition_evaluator=condition_evaluator, rule_evaluator=rule_evaluator,
+        max_pending_finished_sessions=manager.max_pending_finished_sessions)
+
+
+def environment_config_dir() -> str | None:
+    return os.environ.get(configuration_module.ENVIRONMENT_VARIABLE)
