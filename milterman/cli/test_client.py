@@ -58,6 +58,7 @@ import sys
 
 from .. import __version__
 from ..log import logger
+from ..server.app import Application
 from .common import UsageError, configure_logging, fail, integer, number, parse_arguments
 
 DEFAULT_SPEC = "inet:10025@[127.0.0.1]"
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(error))
 
 
-class TestClientApplication:
+class TestClientApplication(Application):
     """milter-test-client as a served application: its configuration is its command line."""
 
     name = "milter-test-client"

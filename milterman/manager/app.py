@@ -56,6 +56,7 @@ class ManagerApplication(Application):
         self.overrides = overrides
         self.detect = detect
         self.logger = logger
+        self.launcher_socket = None
 
     def configuration(self):
         """Load and validate (raises the configuration's ConfigurationError naming FILE: KEY)."""
@@ -66,11 +67,27 @@ class ManagerApplication(Application):
         configuration = self.configuration()
         return configuration, server_config(configuration)
 
+    def prepare(self, configuration, config: ServerConfig) -> None:
+        """Fork the launcher before privileges are dropped (M-LAU-1, D-10).
+
+        In privilege mode (and started as root) it keeps root and starts each command as its
+        ``user_name``; otherwise it drops to the manager's user at once.
+        """
+        privileged = configuration.security.privilege_mode and os.geteuid() == 0
+        if not privileged and not any(milter.command for milter in configuration.milters):
+            return
+        from .launcher import start_launcher
+
+        self.launcher_socket = start_launcher(
+            self.logger, drop_to=None if privileged else (config.user, config.group))
+
     def make_handler(self, configuration):
         from ..net import MilterSession
+        from .launcher import LaunchClient
         from .leader import Leader
 
-        context = build_context(configuration, self.logger)
+        launcher = LaunchClient(self.launcher_socket) if self.launcher_socket is not None else None
+        context = build_context(configuration, self.logger, launcher)
         packet_buffer_size = configuration.manager.packet_buffer_size
 
         def handle(sock, address) -> None:
@@ -101,7 +118,25 @@ def server_config(configuration) -> ServerConfig:
         report_memory_statistics=manager.report_memory_statistics, process_name="milter-manager")
 
 
-def child_definitions(configuration, conditions_per_milter: dict | None = None) -> tuple[ChildDefinition, ...]:
+def _launch_function(launcher, milter, logger: Logger):
+    """The callable a child uses to have its command started (M-CON-1/2), or None without a command."""
+    if launcher is None or not milter.command:
+        return None
+    from .launcher import LaunchError, command_line
+
+    line = command_line(milter.command, milter.command_options)
+
+    def launch() -> None:
+        try:
+            launcher.launch(line, milter.user_name)
+        except LaunchError as error:
+            logger.warning(f"[manager][launch][error] [{milter.name}] {error}")
+
+    return launch
+
+
+def child_definitions(configuration, conditions_per_milter: dict | None = None, launcher=None,
+                      logger: Logger = default_logger) -> tuple[ChildDefinition, ...]:
     """Enabled milters with a connection spec, in definition order (M-SES-2, M-SES-4)."""
     definitions = []
     for milter in configuration.milters:
@@ -113,11 +148,11 @@ def child_definitions(configuration, conditions_per_milter: dict | None = None) 
             timeouts=Timeouts(milter.connection_timeout, milter.writing_timeout, milter.reading_timeout,
                               milter.end_of_message_timeout),
             conditions=tuple((conditions_per_milter or {}).get(milter.name, ())),
-            retry_delay=milter.retry_delay))
+            retry_delay=milter.retry_delay, launch=_launch_function(launcher, milter, logger)))
     return tuple(definitions)
 
 
-def build_context(configuration, logger: Logger = default_logger):
+def build_context(configuration, logger: Logger = default_logger, launcher=None):
     """The ManagerContext a serving process's leaders share."""
     from .context import ManagerContext
 
@@ -133,7 +168,7 @@ def build_context(configuration, logger: Logger = default_logger):
         condition_evaluator, rule_evaluator, conditions_per_milter, stages_read, macros_read = build(configuration)
     manager = configuration.manager
     return ManagerContext(
-        definitions=child_definitions(configuration, conditions_per_milter),
+        definitions=child_definitions(configuration, conditions_per_milter, launcher, logger),
         fallback_status=status_named(manager.fallback_status), chunk_size=manager.chunk_size,
         stages_read=stages_read, macros_read=macros_read, logger=logger,
         condition_evaluator=condition_evaluator, rule_evaluator=rule_evaluator,

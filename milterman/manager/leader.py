@@ -87,14 +87,22 @@ class Leader(MilterHandler):
         child_offer = self._child_offer(offer)
         children = [Child(definition, self.logger) for definition in self.manager.definitions]
         self.children = children
-        jobs = [gevent.spawn(child.connect, child_offer) for child in children]
+
+        def connect(child: Child) -> Exception | None:
+            try:
+                child.connect(child_offer)
+            except ChildFailure as failure:
+                return failure
+            except Exception as failure:  # a bug must not leave the MTA without an answer
+                return ChildFailure(f"internal error: {failure!r}")
+            return None
+
+        jobs = [gevent.spawn(connect, child) for child in children]
         gevent.joinall(jobs)
         for child, job in zip(children, jobs, strict=True):
-            error = job.exception
+            error = job.value
             if error is None:
                 continue
-            if not isinstance(error, ChildFailure):
-                error = ChildFailure(f"internal error: {error!r}")
             child.expire(f"negotiate: {error}")
             fallback = child.definition.fallback_status
             if fallback != Status.ACCEPT:

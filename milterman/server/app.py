@@ -52,6 +52,9 @@ class Application:
         """Load and validate the configuration; raise :class:`ConfigurationError` naming file and key."""
         raise ConfigurationError(f"{type(self).__name__} does not define load()")
 
+    def prepare(self, configuration: object, config: ServerConfig) -> None:
+        """In the master, after binding and before privileges are dropped (once, at start)."""
+
     def make_handler(self, configuration: object) -> Handler:
         """In the serving process: the function that serves one accepted connection."""
         raise ConfigurationError(f"{type(self).__name__} does not define make_handler()")

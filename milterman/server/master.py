@@ -35,7 +35,7 @@ from ..net.sockets import ListenError, bind_listener, remove_unix_socket
 from .app import Application, ConfigurationError, ServerConfig
 from .process import (PidFile, StartupError, activated_sockets, daemonize, drop_privileges, ensure_standard_fds,
                       set_file_descriptor_limit, set_process_title, systemd_notify)
-from .worker import BackendError, check_event_loop
+from .worker import SERVE_SIGNALS, BackendError, check_event_loop
 
 QUEUED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGTTIN,
                   signal.SIGTTOU, signal.SIGCHLD)
@@ -112,6 +112,9 @@ class Master:
             self.bound_by_us = True
         self.listener.set_inheritable(True)
         self.pid_file = PidFile(config.pid_file)
+        prepare = getattr(self.app, "prepare", None)
+        if prepare is not None:
+            prepare(self.configuration, config)  # e.g. fork a helper that keeps root (M-LAU-1)
         drop_privileges(config.user, config.group)
         if config.daemon:
             daemonize()
@@ -182,7 +185,7 @@ class Master:
             signal.signal(ignored, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         return serve(self.listener, handle, settings=self._serve_settings(config), logger=self.logger,
-                     on_ready=ready, on_hangup=hangup)
+                     on_ready=ready, on_hangup=hangup, on_stop=lambda: systemd_notify("STOPPING=1"))
 
     @staticmethod
     def _serve_settings(config: ServerConfig):
@@ -391,9 +394,14 @@ class Master:
         fd, path = tempfile.mkstemp(prefix="milterman-heartbeat-")
         os.unlink(path)
         generation = self.generation
+        # The worker starts with the signals serve() handles blocked, and serve() unblocks them once its
+        # handlers are in place: until then a SIGUSR1 (log rotation) would kill it with the default action,
+        # and a SIGTERM would be lost in the master's inherited handler.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, SERVE_SIGNALS)
         pid = os.fork()
         if pid == 0:
             self._become_worker(fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.workers[pid] = WorkerProcess(pid, generation, fd, time.monotonic())
         self.logger.info(f"[server][worker][start] pid {pid} (generation {generation})")
 

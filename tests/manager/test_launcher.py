@@ -1,0 +1,119 @@
+"""The launcher (M-LAU-1, D-10, M-CON-1/5): commands started without a shell, once, as their user."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from milterman.manager.launcher import Launcher, LaunchError, command_line
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_command_line_joins_a_list_shell_escaped_M_LAU_1():
+    assert command_line("/usr/sbin/milter", None) == "/usr/sbin/milter"
+    assert command_line("/usr/sbin/milter", "-p inet:1@x") == "/usr/sbin/milter -p inet:1@x"
+    assert command_line("/usr/sbin/milter", ("-c", "a b.conf")) == "/usr/sbin/milter -c 'a b.conf'"
+
+
+def test_launch_runs_without_a_shell_D_10(tmp_path):
+    marker = tmp_path / "marker"
+    launcher = Launcher(socket.socketpair()[0])
+    # With a shell, ';' would run touch; without one it is just an argument to sleep, which then fails.
+    launcher.launch(f"sleep 0.1 ; touch {marker}", None)
+    process = next(iter(launcher.running.values()))
+    process.wait(timeout=10)
+    assert not marker.exists()
+
+
+def test_duplicate_refused_while_running_and_restarted_after_exit_D_10(tmp_path):
+    launcher = Launcher(socket.socketpair()[0])
+    launcher.launch("sleep 30", None)
+    with pytest.raises(LaunchError, match="already launched"):
+        launcher.launch("sleep 30", None)
+    first = launcher.running["sleep 30"]
+    first.kill()
+    first.wait(timeout=10)
+    launcher.launch("sleep 30", None)  # a launched milter that exited is started again
+    second = launcher.running["sleep 30"]
+    assert second.pid != first.pid
+    second.kill()
+    second.wait(timeout=10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_command_started_as_its_user_name_M_LAU_1(tmp_path):
+    launcher = Launcher(socket.socketpair()[0])
+    launcher.launch("sleep 30", "nobody")
+    process = launcher.running["sleep 30"]
+    try:
+        assert wait_for(lambda: os.stat(f"/proc/{process.pid}").st_uid == pwd.getpwnam("nobody").pw_uid)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def test_unknown_user_is_named_in_the_error():
+    launcher = Launcher(socket.socketpair()[0])
+    with pytest.raises(LaunchError, match="no-such-user-here"):
+        launcher.launch("sleep 1", "no-such-user-here")
+
+
+def test_manager_launches_an_unreachable_child_and_retries_once_M_CON_1(tmp_path):
+    """A child with a command that is down at the first session: started, retried after retry_delay."""
+    child_socket = tmp_path / "child.sock"
+    config = tmp_path / "milter-manager.toml"
+    command = f'"{sys.executable}"'
+    config.write_text(f"""version = 1
+[manager]
+connection_spec = "unix:{tmp_path}/manager.sock"
+[log]
+use_syslog = false
+[[milter]]
+name = "launched"
+connection_spec = "unix:{child_socket}"
+command = {command}
+command_options = ["-m", "milterman.cli.test_client", "-s", "unix:{child_socket}", "--no-report-request", "-q",
+                   "--pid-file", "{tmp_path}/child.pid"]
+retry_delay = 1.0
+""")
+    manager = subprocess.Popen([sys.executable, "-m", "milterman.cli.manager", "-c", str(tmp_path), "--no-detect"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, text=True)
+    try:
+        assert wait_for(lambda: (tmp_path / "manager.sock").exists())
+        run = subprocess.run([sys.executable, "-m", "milterman.cli.test_server", "-s", f"unix:{tmp_path}/manager.sock"],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert run.stdout.splitlines()[0] == "status: pass", run.stdout
+        assert (tmp_path / "child.pid").exists()
+        launched_pid = int((tmp_path / "child.pid").read_text())
+        run = subprocess.run([sys.executable, "-m", "milterman.cli.test_server", "-s", f"unix:{tmp_path}/manager.sock"],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert run.stdout.splitlines()[0] == "status: pass"
+        assert int((tmp_path / "child.pid").read_text()) == launched_pid  # not started twice
+    finally:
+        manager.send_signal(signal.SIGTERM)
+        output, _ = manager.communicate(timeout=20)
+        if (tmp_path / "child.pid").exists():
+            try:
+                os.kill(int((tmp_path / "child.pid").read_text()), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass
+    assert manager.returncode == 0
+    assert output.count("[launcher][launch]") == 1, output
