@@ -5,7 +5,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SPEC   ?= inet:10025@[127.0.0.1]
 
-.PHONY: run test bench lint clean venv
+.PHONY: run demo test bench lint clean venv
 
 venv: $(STAMP)
 
@@ -21,8 +21,14 @@ $(STAMP): setup.cfg pyproject.toml
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@
 
+# milter-manager in the foreground on the bundled default configuration
+# (127.0.0.1:10025, milters detected from Debian's packages). Ctrl-C stops it.
 run: $(STAMP)
-	$(VENV)/bin/milter-test-client --connection-spec '$(SPEC)'
+	$(VENV)/bin/milter-manager --config-dir milterman/data --connection-spec '$(SPEC)'
+
+# The manager with two example child milters, one mail through it, the combined result.
+demo: $(STAMP)
+	$(VPY) -m milterman.tools.demo
 
 test: $(STAMP)
 	$(VPY) -m pytest $(PYTEST_ARGS)
