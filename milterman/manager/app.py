@@ -147,7 +147,7 @@ def child_definitions(configuration, conditions_per_milter: dict | None = None, 
             fallback_status=status_named(milter.fallback_status), evaluation_mode=milter.evaluation_mode,
             timeouts=Timeouts(milter.connection_timeout, milter.writing_timeout, milter.reading_timeout,
                               milter.end_of_message_timeout),
-            conditions=tuple((conditions_per_milter or {}).get(milter.name, ())),
+            conditions=(conditions_per_milter or {}).get(milter.name, ()),
             retry_delay=milter.retry_delay, launch=_launch_function(launcher, milter, logger)))
     return tuple(definitions)
 
@@ -165,7 +165,8 @@ def build_context(configuration, logger: Logger = default_logger, launcher=None)
     except ImportError:
         build = None
     if build is not None:
-        condition_evaluator, rule_evaluator, conditions_per_milter, stages_read, macros_read = build(configuration)
+        condition_evaluator, rule_evaluator, conditions_per_milter, stages_read, macros_read = build(
+            configuration, logger=logger)
     manager = configuration.manager
     return ManagerContext(
         definitions=child_definitions(configuration, conditions_per_milter, launcher, logger),

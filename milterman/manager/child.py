@@ -29,7 +29,7 @@ class ChildDefinition:
     fallback_status: Status = Status.ACCEPT
     evaluation_mode: bool = False
     timeouts: Timeouts = field(default_factory=lambda: Timeouts(297.0, 7.0, 7.0, 297.0))
-    #: condition objects with ``stop(context, stage, argument) -> bool`` (M-AC-*), in attachment order
+    #: the child's applicable conditions in attachment order (a ConditionChain from conditions.build, M-AC-*)
     conditions: tuple = ()
     retry_delay: float = 5.0
     #: called (without arguments) to start the milter when it cannot be reached (M-LAU-1), or None
@@ -139,9 +139,14 @@ class Child:
 
     def collect(self, letter: str) -> Response:
         try:
-            return self.client.collect(letter)
+            response = self.client.collect(letter)
         except (MilterIOError, ProtocolError) as error:
             raise ChildFailure(f"{STAGE_NAMES.get(letter, letter)}: {error}") from None
+        if response.final.LETTER in ("4", "f"):
+            # M-ERR-5 Py: shutdown / connection-failure from a child is a child failure (M-ERR-1, fallback)
+            raise ChildFailure(f"{STAGE_NAMES.get(letter, letter)}: the milter answered "
+                               f"{type(response.final).__name__}")
+        return response
 
     def exchange(self, command: Command, macros: dict[str, str] | None) -> Response | None:
         if not self.begin(command, macros):

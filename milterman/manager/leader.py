@@ -604,6 +604,8 @@ class Leader(MilterHandler):
         if isinstance(final, Continue):
             if letter == "E":
                 child.end_status = "pass"
+                # M-AGG-1: this child's continue beats the accepts of children that left earlier
+                self.message_status.add(Status.CONTINUE)
                 return True
             return None
         real = status_of(final)
@@ -823,6 +825,9 @@ class Leader(MilterHandler):
         """
         self.rule_stopped = frozenset()
         self.rule_stage = letter
+        for child in self.children:
+            if child.macros_extra:
+                child.macros_extra.pop(letter, None)  # M-MAC-4: macros set for the previous command of the stage
         outcome = self.manager.apply_rules(self, letter, command)
         if outcome is None:
             return None
