@@ -30,15 +30,15 @@ from .messages import Negotiate, NegotiateReply, strip_braces
 
 #: letter → (skip bit, no-reply bit, lowest version that defines the event) (P-CMD-0, P-NEG-11)
 EVENT_FLAGS: dict[str, tuple[int, int, int]] = {
-    "C": (Step.NO_CONNECT, Step.NO_REPLY_CONNECT, 2),
-    "H": (Step.NO_HELO, Step.NO_REPLY_HELO, 2),
-    "M": (Step.NO_MAIL, Step.NO_REPLY_MAIL, 2),
-    "R": (Step.NO_RCPT, Step.NO_REPLY_RCPT, 2),
-    "T": (Step.NO_DATA, Step.NO_REPLY_DATA, 4),
-    "L": (Step.NO_HEADERS, Step.NO_REPLY_HEADER, 2),
-    "N": (Step.NO_END_OF_HEADER, Step.NO_REPLY_END_OF_HEADER, 2),
-    "B": (Step.NO_BODY, Step.NO_REPLY_BODY, 2),
-    "U": (Step.NO_UNKNOWN, Step.NO_REPLY_UNKNOWN, 3),
+    "C": (int(Step.NO_CONNECT), int(Step.NO_REPLY_CONNECT), 2),
+    "H": (int(Step.NO_HELO), int(Step.NO_REPLY_HELO), 2),
+    "M": (int(Step.NO_MAIL), int(Step.NO_REPLY_MAIL), 2),
+    "R": (int(Step.NO_RCPT), int(Step.NO_REPLY_RCPT), 2),
+    "T": (int(Step.NO_DATA), int(Step.NO_REPLY_DATA), 4),
+    "L": (int(Step.NO_HEADERS), int(Step.NO_REPLY_HEADER), 2),
+    "N": (int(Step.NO_END_OF_HEADER), int(Step.NO_REPLY_END_OF_HEADER), 2),
+    "B": (int(Step.NO_BODY), int(Step.NO_REPLY_BODY), 2),
+    "U": (int(Step.NO_UNKNOWN), int(Step.NO_REPLY_UNKNOWN), 3),
 }
 _MACRO_NAME_SPLIT = re.compile(r"[\s,]+")
 
@@ -55,8 +55,15 @@ class Options:
     sent: frozenset[str] = field(init=False, repr=False, compare=False)
     #: letters of the commands the milter answers
     answered: frozenset[str] = field(init=False, repr=False, compare=False)
+    #: plain-int copies of the flag words and the one test made per command (IntFlag arithmetic is slow)
+    action_bits: int = field(init=False, repr=False, compare=False)
+    protocol_bits: int = field(init=False, repr=False, compare=False)
+    mail_skipped: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "action_bits", int(self.actions))
+        object.__setattr__(self, "protocol_bits", int(self.protocol))
+        object.__setattr__(self, "mail_skipped", bool(self.protocol & Step.NO_MAIL))
         sent = {"O", "D", "E", "A", "Q"}
         if self.version >= 6:
             sent.add("K")

@@ -13,7 +13,6 @@ Neither does I/O; both raise :class:`UnexpectedMessage` for a peer's mistake and
 from __future__ import annotations
 
 from .errors import LocalProtocolError, MalformedPacket, UnexpectedMessage
-from .flags import Step
 from .macros import MacroStore
 from .messages import (
     Command,
@@ -161,7 +160,7 @@ class MilterState:
             self.macros.command_arrived("C")
         elif letter in MESSAGE_STEPS:
             self.phase = CONNECTED
-            step = _next_message_step(self.message_step, letter, bool(options.protocol & Step.NO_MAIL))
+            step = _next_message_step(self.message_step, letter, options.mail_skipped)
             if step is None:
                 where = f"message step {self.message_step}" if self.message_step else "no open message"
                 raise UnexpectedMessage(f"command {letter!r} out of order ({where})", "P-BAD-21")
@@ -178,7 +177,7 @@ class MilterState:
         else:  # "U"
             self.phase = CONNECTED
         if letter == "E" or letter in options.answered or (
-                suppressed and not options.protocol & EVENT_FLAGS[letter][1]):
+                suppressed and not options.protocol_bits & EVENT_FLAGS[letter][1]):
             # a suppressed event sent anyway is processed and answered unless its no-reply bit is set (P-BAD-22)
             self.awaiting = letter
             return True
@@ -207,7 +206,7 @@ class MilterState:
             if awaiting != "E":
                 raise LocalProtocolError(f"{type(reply).__name__} outside end of message", "P-MOD-1")
             if isinstance(reply, Modification):
-                if not options.actions & reply.ACTION:
+                if not options.action_bits & reply.ACTION:
                     raise LocalProtocolError(f"{type(reply).__name__} needs an action that was not negotiated",
                                              "P-MOD-2")
                 if isinstance(reply, ReplaceBody):
@@ -261,7 +260,7 @@ class MtaState:
         if options is None or self.phase in (REFUSED, CLOSED):
             return False
         if letter in MESSAGE_STEPS and letter != "M" and self.message_step == 0:
-            if not options.protocol & Step.NO_MAIL:
+            if not options.mail_skipped:
                 return False  # the message is over for this milter (P-SM-6)
         return letter in options.sent and letter not in self.skipped
 
@@ -313,7 +312,7 @@ class MtaState:
             if phase != NEGOTIATED:
                 raise LocalProtocolError("CONNECT after the connection context started", "P-SM-1")
         elif letter in MESSAGE_STEPS:
-            step = _next_message_step(self.message_step, letter, bool(options.protocol & Step.NO_MAIL))
+            step = _next_message_step(self.message_step, letter, options.mail_skipped)
             if step is None:
                 raise LocalProtocolError(f"event {letter!r} out of order", "P-SM-1")
             if letter == "M":
@@ -356,7 +355,7 @@ class MtaState:
             if isinstance(reply, Progress):
                 return False
             assert isinstance(reply, Modification)
-            if not options.actions & reply.ACTION:
+            if not options.action_bits & reply.ACTION:
                 raise UnexpectedMessage(f"{type(reply).__name__} without the negotiated action", "P-BAD-38")
             if isinstance(reply, Quarantine):
                 return False  # accepted after any command, as Postfix does (P-BAD-44)
