@@ -643,9 +643,7 @@ class Leader(MilterHandler):
         combined = Combined()
         combined.add(fallback)
         reply = self._reply(combined)
-        if self.session.current == "E":
-            self._emit_modifications()
-        self._abort_message()
+        self._abort_message()  # M-ERR-3: the fallback answers at once, without the edits collected so far
         return reply
 
     def _relay_progress(self) -> None:

@@ -1,13 +1,9 @@
 """Fixtures for the behaviour tests of milter-test-server and milter-test-client (tools.md §1, §2).
 
 ``milter``
-    A scripted milter built on our own :class:`milterman.net.MilterSession` and a
-    :class:`milterman.net.MilterHandler` subclass, served by a gevent
-    ``StreamServer`` inside a background thread that runs its own hub (gevent hubs
-    are per thread; nothing is monkey-patched). It records every packet received
-    (letter, decoded command, the macros of that stage) and the raw bytes, per
-    session. A :class:`Script` decides what it answers, which steps it asks for
-    in negotiation and where it stops answering.
+    The scripted milter of ``tests/support/scripted_milter.py`` (our own
+    MilterSession served from a background thread with its own gevent hub,
+    recording every packet; a :class:`Script` decides what it answers).
 ``run_server``
     Runs ``milter-test-server`` as a real subprocess and returns a :class:`Run`.
 ``start_client``
@@ -18,292 +14,23 @@
 
 from __future__ import annotations
 
-import io
-import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from milterman.log import Logger
-from milterman.net import MilterHandler, MilterSession, Wanted, bind_listener, parse_spec
-from milterman.protocol import CommandDecoder, ConnectionFailure, Macro, Reply
+from tools_support import REPO, Run, clean_env, run_tool, short_dir
 
-from tools_support import REPO, STAGE_LETTERS, Run, Script, clean_env, run_tool, short_dir
+# tests/support/scripted_milter.py, put on sys.path by tools_support
+from scripted_milter import ScriptedMilter  # noqa: E402
 
 # ------------------------------------------------------------------------------------ the scripted milter
-
-
-@dataclass
-class Received:
-    """One packet the milter read: its letter, the decoded command and the macros of its stage."""
-
-    letter: str
-    command: object
-    macros: dict[str, str] = field(default_factory=dict)
-
-
-class SessionRecord:
-    """Everything one milter session saw."""
-
-    def __init__(self) -> None:
-        self.received: list[Received] = []
-        self.raw = bytearray()
-        self.calls: list[str] = []          # handler callbacks: abort, close
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-        self.session: MilterSession | None = None
-
-    def on_command(self, command) -> None:
-        letter = command.LETTER
-        macros = {}
-        if letter in STAGE_LETTERS and self.session is not None:
-            macros = dict(self.session.macros.stage(letter))
-        self.received.append(Received(letter, command, macros))
-
-    # ------------------------------------------------------------ queries used by the tests
-
-    @property
-    def letters(self) -> list[str]:
-        """Command letters in arrival order, macro packets left out."""
-        return [item.letter for item in self.received if item.letter != "D"]
-
-    @property
-    def letters_with_macros(self) -> list[str]:
-        return [item.letter for item in self.received]
-
-    def count(self, letter: str) -> int:
-        return sum(1 for item in self.received if item.letter == letter)
-
-    def commands(self, letter: str) -> list:
-        return [item.command for item in self.received if item.letter == letter]
-
-    def command(self, letter: str):
-        found = self.commands(letter)
-        assert len(found) == 1, f"expected one {letter!r}, got {len(found)}: {self.letters}"
-        return found[0]
-
-    def macros(self, letter: str, index: int = 0) -> dict[str, str]:
-        """Macros of the ``index``-th command ``letter`` (brace-stripped names)."""
-        return [item.macros for item in self.received if item.letter == letter][index]
-
-    @property
-    def macro_packets(self) -> list[Macro]:
-        return [item.command for item in self.received if item.letter == "D"]
-
-
-class RecordingDecoder(CommandDecoder):
-    """The session's command decoder, recording raw bytes and every decoded packet."""
-
-    __slots__ = ("record",)
-
-    def __init__(self, record: SessionRecord, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.record = record
-
-    def feed(self, data: bytes) -> None:
-        self.record.raw += data
-        super().feed(data)
-
-    def __iter__(self):
-        for command in super().__iter__():
-            # The previous packet (a macro packet included) was fully handled before we resume,
-            # so the stage macros of this command are already stored.
-            self.record.on_command(command)
-            yield command
-
-
-class ScriptedSession(MilterSession):
-    """A MilterSession that records what it reads and may send a scripted connection-failure reply."""
-
-    def __init__(self, sock, handler_factory, record: SessionRecord, **kwargs) -> None:
-        self.record = record
-        super().__init__(sock, handler_factory, **kwargs)
-        self.decoder = RecordingDecoder(record, max_data_size=self.decoder.max_data_size,
-                                        strict=self.decoder.strict)
-        record.session = self
-
-    def queue(self, reply: Reply) -> None:
-        if isinstance(reply, ConnectionFailure):
-            # P-RPL-12 forbids a real milter to send `f`; the script sends it anyway to test the MTA side
-            # (TS-REPLY-6, P-BAD-35), so the state check is bypassed for this one reply.
-            self.state.awaiting = None
-            self._outgoing.append(reply.encode())
-            return
-        super().queue(reply)
-
-
-class ScriptedHandler(MilterHandler):
-    def __init__(self, session: ScriptedSession, milter: "ScriptedMilter") -> None:
-        super().__init__(session)
-        self.milter = milter
-        self.script = milter.script
-        self.record = session.record
-        self.seen: Counter[str] = Counter()
-
-    def _maybe_hang(self, letter: str) -> None:
-        if self.script.hang == letter:
-            import gevent
-
-            deadline = time.monotonic() + 60
-            while not self.milter.stopping.is_set() and time.monotonic() < deadline:
-                gevent.sleep(0.02)
-
-    def _answer(self, letter: str, command) -> Reply | None:
-        self._maybe_hang(letter)
-        occurrence = self.seen[letter]
-        self.seen[letter] += 1
-        scripted = self.script.replies.get(letter)
-        if scripted is None:
-            return None
-        if isinstance(scripted, list):
-            return scripted[occurrence] if occurrence < len(scripted) else None
-        if isinstance(scripted, Reply):
-            return scripted
-        return scripted(self.session, command)
-
-    def negotiate(self, offer) -> Wanted:
-        self._maybe_hang("O")
-        script = self.script
-        return Wanted(actions=offer.actions if script.actions is None else script.actions,
-                      protocol=script.protocol, macro_lists=script.macro_lists)
-
-    def connect(self, command):
-        return self._answer("C", command)
-
-    def helo(self, command):
-        return self._answer("H", command)
-
-    def envelope_from(self, command):
-        return self._answer("M", command)
-
-    def envelope_recipient(self, command):
-        return self._answer("R", command)
-
-    def data(self, command):
-        return self._answer("T", command)
-
-    def unknown(self, command):
-        return self._answer("U", command)
-
-    def header(self, command):
-        return self._answer("L", command)
-
-    def end_of_header(self, command):
-        return self._answer("N", command)
-
-    def body(self, command):
-        return self._answer("B", command)
-
-    def end_of_message(self, command):
-        return self._answer("E", command)
-
-    def abort(self) -> None:
-        self.record.calls.append("abort")
-
-    def close(self) -> None:
-        self.record.calls.append("close")
-
-
-class ScriptedMilter:
-    """A milter on a unix socket, served from a background thread with its own gevent hub."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.spec = f"unix:{path}"
-        self.script = Script()
-        self.sessions: list[SessionRecord] = []
-        self.stopping = threading.Event()
-        self.log = io.StringIO()
-        self.logger = Logger(stream=self.log)
-        self._changed = threading.Condition()
-        self._ready = threading.Event()
-        self.thread_error: BaseException | None = None
-        self.listener = bind_listener(parse_spec(self.spec))
-        self.thread = threading.Thread(target=self._serve, name="scripted-milter", daemon=True)
-        self.thread.start()
-        assert self._ready.wait(10), "scripted milter thread did not start"
-
-    def _serve(self) -> None:
-        try:
-            import gevent
-            from gevent import socket as gsocket
-            from gevent.server import StreamServer
-
-            hub = gevent.get_hub()  # this thread's own hub
-            listener = self.listener
-            sock = gsocket.socket(listener.family, listener.type, listener.proto,
-                                  fileno=os.dup(listener.fileno()))
-            server = StreamServer(sock, self._handle)
-
-            def watch() -> None:
-                while not self.stopping.is_set():
-                    gevent.sleep(0.02)
-                server.stop(timeout=2)
-
-            gevent.spawn(watch)
-            self._ready.set()
-            server.serve_forever()
-            sock.close()
-            hub.destroy(destroy_loop=True)
-        except BaseException as error:  # reported at teardown
-            self.thread_error = error
-            self._ready.set()
-
-    def _handle(self, sock, address) -> None:
-        record = SessionRecord()
-        with self._changed:
-            self.sessions.append(record)
-        try:
-            ScriptedSession(sock, self._factory, record, logger=self.logger).run()
-        except Exception as error:
-            record.error = error
-        finally:
-            record.done.set()
-            with self._changed:
-                self._changed.notify_all()
-
-    def _factory(self, session: ScriptedSession) -> ScriptedHandler:
-        return ScriptedHandler(session, self)
-
-    def wait_sessions(self, count: int, timeout: float = 10.0) -> list[SessionRecord]:
-        """The first ``count`` sessions, once each has finished (bounded wait)."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                if len(self.sessions) >= count and all(record.done.is_set() for record in self.sessions[:count]):
-                    return list(self.sessions[:count])
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"expected {count} finished milter sessions, have "
-                                         f"{sum(r.done.is_set() for r in self.sessions)} of {len(self.sessions)}")
-                self._changed.wait(min(remaining, 0.1))
-
-    @property
-    def session(self) -> SessionRecord:
-        """The one session of a single-session test."""
-        records = self.wait_sessions(1)
-        time.sleep(0.05)
-        assert len(self.sessions) == 1, f"expected one milter session, got {len(self.sessions)}"
-        return records[0]
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(10)
-        self.listener.close()
-        try:
-            if self.path.is_socket():
-                self.path.unlink()
-        except OSError:
-            pass
 
 
 @pytest.fixture

@@ -10,24 +10,21 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-#: command letters that carry stage macros (tools.md §1.4)
-STAGE_LETTERS = "CHMRTLNBEU"
+# The scripted milter is shared with tests/manager (tests/support/scripted_milter.py).
+SUPPORT = str(Path(__file__).resolve().parents[1] / "support")
+if SUPPORT not in sys.path:
+    sys.path.insert(0, SUPPORT)
+
+from scripted_milter import STAGE_LETTERS, Script, short_dir  # noqa: E402,F401  (re-exported for the tests)
+
 #: ``[TIMESTAMP]: `` prefix of a logger line (logging.md §2)
 LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z\](?: \[\d+\])?: ")
 ELAPSED_LINE = re.compile(r"^elapsed-time: [0-9.e+-]+ seconds$", re.MULTILINE)
-
-
-def short_dir(tmp_path: Path) -> Path:
-    """``tmp_path``, or a short directory when unix socket paths would get too long (sun_path is 108 bytes)."""
-    if len(str(tmp_path)) < 80:
-        return tmp_path
-    return Path(tempfile.mkdtemp(prefix="mt-", dir="/tmp"))
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -36,24 +33,6 @@ def clean_env(**extra: str) -> dict[str, str]:
            if not key.startswith("MILTER_") and key not in ("TERM", "COLUMNS")}
     env.update(extra)
     return env
-
-
-@dataclass
-class Script:
-    """What the scripted milter does.
-
-    ``replies`` maps a command letter to a reply, a list of replies (one per
-    occurrence, ``None`` = continue; occurrences past the end continue) or a
-    callable ``(session, command) -> reply`` (end-of-message modifications go
-    through ``session``). ``hang`` is a letter (``O`` = negotiation) at which the
-    milter never answers (until the fixture is torn down).
-    """
-
-    protocol: int = 0
-    actions: int | None = None
-    macro_lists: tuple[tuple[int, str], ...] = ()
-    replies: dict[str, object] = field(default_factory=dict)
-    hang: str | None = None
 
 
 @dataclass
