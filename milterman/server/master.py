@@ -275,7 +275,9 @@ class Master:
         elif number == signal.SIGTTOU:
             if self.n_workers > 1:
                 self.n_workers -= 1
-                current = [worker for worker in self.workers.values() if worker.generation == self.generation]
+                # not those already stopping (a previous SIGTTOU): each signal stops one more worker
+                current = [worker for worker in self.workers.values()
+                           if worker.generation == self.generation and worker.stop_sent is None]
                 if len(current) > self.n_workers:
                     newest = max(current, key=lambda worker: worker.started)
                     self._stop_worker(newest, time.monotonic())

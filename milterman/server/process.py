@@ -115,6 +115,15 @@ class PidFile:
 
     def remove(self) -> None:
         """Remove the file if it still holds our pid (never another process's)."""
+        if self._fd is not None:
+            # opened (created or emptied) but start-up failed before the pid was written: no empty file stays
+            os.close(self._fd)
+            self._fd = None
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            return
         if not self.path or self._written_pid is None:
             return
         try:

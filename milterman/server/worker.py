@@ -27,6 +27,8 @@ from ..log import logger as default_logger
 from . import memory
 
 EVENT_LOOP_BACKENDS = {"default": "libev-cext", "libev": "libev-cext", "libuv": "libuv-cffi"}
+#: the signals serve() handles; a new worker starts with them blocked until serve() has its handlers (Master._spawn)
+SERVE_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGHUP)
 
 
 class BackendError(ValueError):
@@ -65,6 +67,7 @@ class ServeSettings:
 def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
           settings: ServeSettings | None = None, logger: Logger = default_logger,
           on_ready: Callable[[], None] | None = None, on_hangup: Callable[[], None] | None = None,
+          on_stop: Callable[[], None] | None = None,
           heartbeat_fd: int | None = None, master_fd: int | None = None) -> int:
     """Serve ``listener`` until told to stop; return the exit status (0).
 
@@ -116,6 +119,8 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
             return
         stopping.append(graceful)
         logger.info(f"[server][stop] {'graceful' if graceful else 'fast'} stop: {reason}")
+        if on_stop is not None:
+            on_stop()
         gevent.spawn(finish, settings.graceful_timeout if graceful else 0)
 
     def heartbeat() -> None:
@@ -153,6 +158,8 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
                 gevent.signal_handler(signal.SIGQUIT, stop, False, "SIGQUIT"),
                 gevent.signal_handler(signal.SIGUSR1, reopen_log),
                 gevent.signal_handler(signal.SIGHUP, hangup)]
+    # handlers in place: deliver what arrived while a new worker was starting (blocked since the fork)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SERVE_SIGNALS)
     helpers = [gevent.spawn(heartbeat)]
     if master_fd is not None:
         helpers.append(gevent.spawn(watch_master))
