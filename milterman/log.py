@@ -122,6 +122,10 @@ class Logger:
         self._lock = threading.Lock()
         self._update_mask()
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (another thread of the parent may have held it)."""
+        self._lock = threading.Lock()
+
     def _update_mask(self) -> None:
         self.mask = self.level | self.syslog_level
 

@@ -57,6 +57,7 @@ class ManagerApplication(Application):
         self.detect = detect
         self.logger = logger
         self.launcher_socket = None
+        self.context = None
 
     def configuration(self):
         """Load and validate (raises the configuration's ConfigurationError naming FILE: KEY)."""
@@ -81,6 +82,20 @@ class ManagerApplication(Application):
         self.launcher_socket = start_launcher(
             self.logger, drop_to=None if privileged else (config.user, config.group))
 
+    def controller_settings(self, configuration):
+        """[controller] (D-7): off unless a connection_spec is set."""
+        controller = configuration.controller
+        if not controller.connection_spec:
+            return None
+        return parse_spec(controller.connection_spec), controller.unix_socket_mode, controller.unix_socket_group
+
+    def render_configuration(self, configuration) -> str:
+        return configuration_module.render(configuration)
+
+    def statistics(self) -> dict:
+        context = self.context
+        return context.statistics() if context is not None else {}
+
     def make_handler(self, configuration):
         from ..net import MilterSession
         from .launcher import LaunchClient
@@ -88,6 +103,7 @@ class ManagerApplication(Application):
 
         launcher = LaunchClient(self.launcher_socket) if self.launcher_socket is not None else None
         context = build_context(configuration, self.logger, launcher)
+        self.context = context
         packet_buffer_size = configuration.manager.packet_buffer_size
 
         def handle(sock, address) -> None:

@@ -49,6 +49,8 @@ class ManagerContext:
     sessions_finished: int = 0
     _pending_finished: int = 0
     max_pending_finished_sessions: int = 0
+    #: child name → final status nick → count (the controller's status, D-7)
+    child_counters: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def conditions_stop(self, leader, child, letter: str, command) -> bool:
         if self.condition_evaluator is None:
@@ -67,6 +69,15 @@ class ManagerContext:
         except Exception as error:  # a rule that cannot be evaluated does not match (C-COND-1)
             self.logger.error(f"[{leader.session.id}] [manager][rule][error] {error!r}")
             return None
+
+    def child_ended(self, name: str, status: str) -> None:
+        counters = self.child_counters.setdefault(name, {})
+        counters[status] = counters.get(status, 0) + 1
+
+    def statistics(self) -> dict:
+        """This process's counters: sessions finished and in progress, each child's end statuses."""
+        return {"sessions_finished": self.sessions_finished, "sessions_processing": self.sessions_processing,
+                "children": {name: dict(counts) for name, counts in self.child_counters.items()}}
 
     def session_finished(self) -> None:
         """ST-FINISHED (logging.md §6), batched by max_pending_finished_sessions (M-FIN-1)."""

@@ -883,6 +883,7 @@ class Leader(MilterHandler):
         if child.ended:
             return
         child.ended = True
+        self.manager.child_ended(child.name, child.end_status)
         if self.logger.enabled(STATISTICS):
             self.logger.statistics(f"[milter][end][{child.stage}][{child.end_status}][{child.waited:g}]"
                                    f"({child.id}): {child.name}")

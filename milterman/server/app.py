@@ -55,6 +55,18 @@ class Application:
     def prepare(self, configuration: object, config: ServerConfig) -> None:
         """In the master, after binding and before privileges are dropped (once, at start)."""
 
+    def controller_settings(self, configuration: object) -> tuple[ConnectionSpec, int, str | None] | None:
+        """(spec, unix socket mode, unix socket group) of the controller socket, or None: off (D-7)."""
+        return None
+
+    def render_configuration(self, configuration: object) -> str:
+        """The effective configuration as text, for the controller's get-configuration."""
+        return ""
+
+    def statistics(self) -> dict:
+        """Counters of this serving process (sessions, per child …) for the controller's status."""
+        return {}
+
     def make_handler(self, configuration: object) -> Handler:
         """In the serving process: the function that serves one accepted connection."""
         raise ConfigurationError(f"{type(self).__name__} does not define make_handler()")

@@ -86,6 +86,8 @@ class Master:
         self.quick_deaths = 0
         self.next_spawn = 0.0
         self._wake_read = self._wake_write = -1
+        self.controller = None
+        self.started_at = time.time()
         self._master_read = self._master_write = -1
 
     # -------------------------------------------------------------------------- start-up
@@ -122,6 +124,43 @@ class Master:
                 on_detached()
         self.pid_file.write(os.getpid())
         self.n_workers = config.n_workers
+        self.started_at = time.time()
+        self._start_controller()
+
+    def _start_controller(self) -> None:
+        """The controller socket (D-7), after privileges are dropped (M-CTL-1), in a thread of the master."""
+        settings = getattr(self.app, "controller_settings", lambda configuration: None)(self.configuration)
+        if settings is None:
+            return
+        from .control import Controller
+
+        spec, mode, group = settings
+        try:
+            self.controller = Controller(
+                spec, status=self._status, reload=lambda: os.kill(os.getpid(), signal.SIGHUP),
+                configuration=lambda: self.app.render_configuration(self.configuration),
+                unix_mode=mode, unix_group=group, logger=self.logger)
+        except (ListenError, OSError) as error:
+            raise StartupError(f"controller.connection_spec: {error}") from None
+        self.controller.start()
+
+    def _status(self) -> dict:
+        """The controller's ``status``: the master, each worker and its published counters."""
+        from .worker import read_published
+
+        now = time.monotonic()
+        workers = []
+        for worker in list(self.workers.values()):
+            entry = {"pid": worker.pid, "generation": worker.generation, "uptime": round(now - worker.started, 3),
+                     "stopping": worker.stop_sent is not None}
+            entry.update(read_published(worker.heartbeat_fd))
+            workers.append(entry)
+        status = {"master": {"pid": os.getpid(), "spec": str(self.config.spec), "n_workers": self.n_workers,
+                             "generation": self.generation, "uptime": round(time.time() - self.started_at, 3)},
+                  "workers": sorted(workers, key=lambda worker: worker["pid"])}
+        if self.n_workers == 0:
+            status["process"] = self.app.statistics()
+        return status
 
     def run(self, on_detached=None) -> int:
         """Start, serve until stopped, clean up; the exit status."""
@@ -138,6 +177,9 @@ class Master:
             self._cleanup()
 
     def _cleanup(self) -> None:
+        if self.controller is not None:
+            self.controller.close()
+            self.controller = None
         if self.listener is not None:
             try:
                 self.listener.close()
@@ -187,14 +229,14 @@ class Master:
         return serve(self.listener, handle, settings=self._serve_settings(config), logger=self.logger,
                      on_ready=ready, on_hangup=hangup, on_stop=lambda: systemd_notify("STOPPING=1"))
 
-    @staticmethod
-    def _serve_settings(config: ServerConfig):
+    def _serve_settings(self, config: ServerConfig):
         from .worker import ServeSettings
 
         return ServeSettings(max_connections=config.max_connections, graceful_timeout=config.graceful_timeout,
                              heartbeat_interval=max(0.05, min(1.0, config.worker_timeout / 4)),
                              maintenance_interval=config.maintenance_interval,
-                             report_memory_statistics=config.report_memory_statistics)
+                             report_memory_statistics=config.report_memory_statistics,
+                             statistics=getattr(self.app, "statistics", None))
 
     # -------------------------------------------------------------------------- supervision
 
@@ -422,6 +464,8 @@ class Master:
             for worker in self.workers.values():
                 os.close(worker.heartbeat_fd)
             self.workers = {}
+            self.logger.after_fork()
+            self.controller = None
             config = self.config
             set_process_title(self._title("worker"))
             from .worker import select_event_loop, serve

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -62,6 +63,24 @@ class ServeSettings:
     heartbeat_interval: float = 1.0
     maintenance_interval: int = 0     # sessions between maintenance runs; 0: none (D-12)
     report_memory_statistics: bool = False
+    #: the application's counters, written into the heartbeat file for the controller's status (D-7)
+    statistics: Callable[[], dict] | None = None
+
+
+def publish(fd: int, statistics: dict) -> None:
+    """Write the counters where the master reads them (the worker's heartbeat file)."""
+    data = json.dumps(statistics, sort_keys=True).encode()
+    os.pwrite(fd, data, 0)
+    os.ftruncate(fd, len(data))
+
+
+def read_published(fd: int) -> dict:
+    """The counters a worker last published (empty when none yet)."""
+    try:
+        data = os.pread(fd, 1 << 20, 0)
+        return json.loads(data) if data else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
@@ -131,7 +150,9 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
                 mode ^= 1
                 try:
                     os.fchmod(heartbeat_fd, mode)
-                except OSError:
+                    if settings.statistics is not None:
+                        publish(heartbeat_fd, {"sessions": sessions[0], **settings.statistics()})
+                except (OSError, ValueError):
                     pass
             if master_fd is not None and os.getppid() != parent:
                 stop(True, "the master process is gone")

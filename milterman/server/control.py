@@ -1,0 +1,140 @@
+"""The controller socket (D-7, M-CTL-1): status, reload and the effective configuration.
+
+Off unless a spec is configured; a unix socket (mode 0660 by default) or a loopback
+inet address. Each message is a 4-byte big-endian length, then ``command\\0payload``.
+Commands and answers:
+
+* ``status`` → ``status\\0JSON`` (the master, its workers with their counters);
+* ``reload`` → ``success\\0`` once the reload was requested (the same path as SIGHUP; the
+  log says whether the new configuration was taken), or ``error\\0…``;
+* ``get-configuration`` → ``configuration\\0TOML`` (the effective configuration);
+* anything else, including ``set-configuration`` (not offered, D-7) → ``error\\0MESSAGE``.
+
+It runs in a thread of the master with standard-library sockets, so it serves whether
+the master supervises workers or serves sessions itself, and never touches gevent.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+from collections.abc import Callable
+
+from ..log import Logger
+from ..log import logger as default_logger
+from ..net.sockets import bind_listener, remove_unix_socket
+from ..net.spec import ConnectionSpec
+
+_LENGTH = struct.Struct(">I")
+MAX_REQUEST = 1 << 20
+
+
+def encode(command: str, payload: str = "") -> bytes:
+    data = command.encode() + b"\0" + payload.encode("utf-8", "surrogateescape")
+    return _LENGTH.pack(len(data)) + data
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        piece = sock.recv(size - len(data))
+        if not piece:
+            return None
+        data += piece
+    return data
+
+
+def read_message(sock: socket.socket) -> tuple[str, str] | None:
+    """One framed message → (command, payload); None at EOF or for an oversized frame."""
+    header = _read_exactly(sock, 4)
+    if header is None:
+        return None
+    length = _LENGTH.unpack(header)[0]
+    if length > MAX_REQUEST:
+        return None
+    data = _read_exactly(sock, length)
+    if data is None:
+        return None
+    command, _, payload = data.partition(b"\0")
+    return command.decode("ascii", "replace"), payload.decode("utf-8", "surrogateescape")
+
+
+def request(spec: ConnectionSpec, command: str, payload: str = "", timeout: float = 10.0) -> tuple[str, str]:
+    """A client call (for tests and administrators' scripts)."""
+    with socket.socket(spec.socket_family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(spec.sockaddr)
+        sock.sendall(encode(command, payload))
+        answer = read_message(sock)
+    if answer is None:
+        raise ConnectionError("the controller closed the connection")
+    return answer
+
+
+class Controller:
+    """The controller's listening thread."""
+
+    def __init__(self, spec: ConnectionSpec, *, status: Callable[[], dict], reload: Callable[[], None],
+                 configuration: Callable[[], str], unix_mode: int = 0o660, unix_group: str | None = None,
+                 logger: Logger = default_logger) -> None:
+        self.spec = spec
+        self.status = status
+        self.reload = reload
+        self.configuration = configuration
+        self.logger = logger
+        self.listener = bind_listener(spec, backlog=16, unix_mode=unix_mode, unix_group=unix_group)
+        self.listener.set_inheritable(False)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name="controller", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.logger.info(f"[controller][listen] {self.spec}")
+
+    def close(self) -> None:
+        self._stopping = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        remove_unix_socket(self.spec)
+
+    def _serve(self) -> None:
+        while not self._stopping:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with client:
+                client.settimeout(10.0)
+                try:
+                    self._handle(client)
+                except OSError:
+                    pass
+
+    def _handle(self, client: socket.socket) -> None:
+        while True:
+            message = read_message(client)
+            if message is None:
+                return
+            command, _payload = message
+            client.sendall(self._answer(command))
+
+    def _answer(self, command: str) -> bytes:
+        try:
+            if command == "status":
+                return encode("status", json.dumps(self.status(), sort_keys=True))
+            if command == "reload":
+                self.reload()
+                return encode("success")
+            if command == "get-configuration":
+                return encode("configuration", self.configuration())
+            if command == "set-configuration":
+                return encode("error", "set-configuration is not offered (D-7): edit the files and reload")
+            return encode("error", f"unknown command: <{command}>")
+        except Exception as error:  # the answer is truthful even when something failed (M-CTL-1 Py)
+            self.logger.error(f"[controller][error] {command}: {error!r}")
+            return encode("error", f"{command} failed: {error}")
