@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""make bench: milter-test-server load against our milter-test-client and a libmilter C milter.
+"""make bench: milter-test-server load against our milters, a libmilter C milter and milter-manager.
 
-Both milters are measured in the same run with the same driver, on 127.0.0.1:
-sessions/s, latency percentiles, the milter's CPU time per session and its peak
-RSS (VmHWM). The ratio line compares ours with the C peer. Everything talks to
-loopback only and every wait is bounded.
+Everything is measured in the same run with the same driver, over unix sockets in a
+temporary directory: sessions/s, latency percentiles, the measured process tree's CPU
+time per session and its peak RSS (VmHWM). The direct part compares
+milter-test-client with a libmilter C milter (ratio line); the manager part runs
+milter-manager with 1 and 3 milter-test-client children, n_workers 0 and 2. Every
+wait is bounded.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,25 +24,6 @@ import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"milter exited early with status {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"milter did not listen on port {port} within {timeout} s")
 
 
 def build_c_milter() -> str:
@@ -66,19 +48,44 @@ def peak_rss_kb(pid: int) -> int:
     return 0
 
 
-def measure(label: str, command: list[str], port: int, sessions: int, concurrency: int) -> dict:
-    """Start a milter, drive it with milter-test-server, return the figures."""
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process and its children (a manager's master, workers and launcher)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(label: str, command: list[str], target: str, sessions: int, concurrency: int,
+            ready: callable, helpers: list[subprocess.Popen] | None = None) -> dict:
+    """Start a milter (or the manager), drive it with milter-test-server, return the figures.
+
+    CPU and peak RSS are those of the measured process tree only (not the children of the manager,
+    which run as separate milter-test-client processes).
+    """
     milter = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_port(port, milter)
-        process = psutil.Process(milter.pid)
-        warm = subprocess.run(driver_command(port, 50, 10), capture_output=True, text=True, timeout=120)
+        ready(milter)
+        warm = subprocess.run(driver_command(target, 50, 10), capture_output=True, text=True, timeout=120)
         if warm.returncode != 0:
             raise RuntimeError(f"warm-up against {label} failed: {warm.stdout}{warm.stderr}")
-        cpu_before = sum(process.cpu_times()[:2])
-        run = subprocess.run(driver_command(port, sessions, concurrency), capture_output=True, text=True,
-                             timeout=600)
-        cpu_after = sum(process.cpu_times()[:2])
+        tree = process_tree(milter.pid)
+        cpu_before = cpu_seconds(tree)
+        run = subprocess.run(driver_command(target, sessions, concurrency), capture_output=True, text=True,
+                             timeout=900)
+        cpu_after = cpu_seconds(tree)
         if run.returncode != 0:
             raise RuntimeError(f"load against {label} failed: {run.stdout}{run.stderr}")
         report = json.loads(run.stdout.strip().splitlines()[-1])
@@ -86,50 +93,121 @@ def measure(label: str, command: list[str], port: int, sessions: int, concurrenc
         return {"label": label, "sessions": totals["sessions"], "statuses": totals["statuses"],
                 "errors": totals["errors"], "sessions_per_second": totals["sessions_per_second"],
                 "latency": totals["latency"], "cpu_ms_per_session": 1000 * (cpu_after - cpu_before) / sessions,
-                "peak_rss_kb": peak_rss_kb(milter.pid)}
+                "peak_rss_kb": sum(peak_rss_kb(process.pid) for process in tree)}
     finally:
         milter.send_signal(signal.SIGTERM)
         try:
-            milter.wait(timeout=10)
+            milter.wait(timeout=20)
         except subprocess.TimeoutExpired:
             milter.kill()
             milter.wait(timeout=5)
 
 
-def driver_command(port: int, sessions: int, concurrency: int) -> list[str]:
-    return [sys.executable, "-m", "milterman.cli.test_server", "-s", f"inet:{port}@[127.0.0.1]",
+def driver_command(target: str, sessions: int, concurrency: int) -> list[str]:
+    return [sys.executable, "-m", "milterman.cli.test_server", "-s", target,
             "--n-sessions", str(sessions), "--concurrency", str(concurrency), "--report=json"]
+
+
+def wait_for_path(path: str, process: subprocess.Popen, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited early with status {process.returncode}")
+        if os.path.exists(path):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{path} did not appear within {timeout} s")
+
+
+def measure_manager(directory: str, n_children: int, n_workers: int, sessions: int, concurrency: int) -> dict:
+    """milter-manager with n milter-test-client children, all on unix sockets in ``directory``."""
+    children = []
+    config = os.path.join(directory, f"manager-{n_children}-{n_workers}")
+    os.makedirs(config, exist_ok=True)
+    lines = ["version = 1", "[manager]", f'connection_spec = "unix:{config}/manager.sock"',
+             f"n_workers = {n_workers}", "[log]", "use_syslog = false", 'level = "error"']
+    try:
+        for number in range(n_children):
+            path = f"{config}/child{number}.sock"
+            child = subprocess.Popen([sys.executable, "-m", "milterman.cli.test_client", "--no-report-request", "-q",
+                                      "-s", f"unix:{path}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            children.append(child)
+            wait_for_path(path, child)
+            lines += ["[[milter]]", f'name = "child{number}"', f'connection_spec = "unix:{path}"']
+        with open(f"{config}/milter-manager.toml", "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        label = f"milter-manager, {n_children} child{'ren' if n_children > 1 else ''}, n_workers {n_workers}"
+        return measure(label, [sys.executable, "-m", "milterman.cli.manager", "-c", config, "--no-detect"],
+                       f"unix:{config}/manager.sock", sessions, concurrency,
+                       lambda process: wait_for_path(f"{config}/manager.sock", process))
+    finally:
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def print_table(title: str, results: list[dict]) -> None:
+    print(title)
+    print(f"  {'measured':52} {'sessions/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'cpu ms/sess':>11} "
+          f"{'peak RSS':>11} errors")
+    for result in results:
+        latency = result["latency"]
+        print(f"  {result['label']:52} {result['sessions_per_second']:10.1f} {1000 * latency['p50']:8.2f} "
+              f"{1000 * latency['p90']:8.2f} {1000 * latency['p99']:8.2f} {result['cpu_ms_per_session']:11.3f} "
+              f"{result['peak_rss_kb'] / 1024:8.1f} MB {result['errors']}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sessions", type=int, default=2000)
+    parser.add_argument("--sessions", type=int, default=2000, help="sessions per direct run")
+    parser.add_argument("--manager-sessions", type=int, default=3000, help="sessions per manager run")
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--only", choices=("direct", "manager"), help="run one part only")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON as well")
     options = parser.parse_args()
     os.chdir(ROOT)
-    cmilter = build_c_milter()
+    import tempfile
+
+    print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; driver: milter-test-server in one process")
     results = []
-    port = free_port()
-    results.append(measure("milter-test-client --no-report-request",
-                           [sys.executable, "-m", "milterman.cli.test_client", "--no-report-request", "-q",
-                            "-s", f"inet:{port}@[127.0.0.1]"], port, options.sessions, options.concurrency))
-    port = free_port()
-    results.append(measure("libmilter C milter (bench/cmilter)", [cmilter, "-p", f"inet:{port}@127.0.0.1"], port,
-                           options.sessions, options.concurrency))
-    print(f"milter-test-server --n-sessions {options.sessions} --concurrency {options.concurrency}, "
-          f"{os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    print(f"{'milter':42} {'sessions/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'cpu ms/sess':>11} "
-          f"{'peak RSS':>10} errors")
-    for result in results:
-        latency = result["latency"]
-        print(f"{result['label']:42} {result['sessions_per_second']:10.1f} {1000 * latency['p50']:8.2f} "
-              f"{1000 * latency['p90']:8.2f} {1000 * latency['p99']:8.2f} {result['cpu_ms_per_session']:11.3f} "
-              f"{result['peak_rss_kb'] / 1024:8.1f} MB {result['errors']}")
-    ours, peer = results
-    if peer["sessions_per_second"]:
-        print(f"ratio ours/C: sessions/s {ours['sessions_per_second'] / peer['sessions_per_second']:.2f}, "
-              f"cpu per session {ours['cpu_ms_per_session'] / max(peer['cpu_ms_per_session'], 1e-9):.2f}")
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="milterman-bench-") as directory:
+        if options.only != "manager":
+            cmilter = build_c_milter()
+            direct = []
+            path = f"{directory}/client.sock"
+            direct.append(measure("milter-test-client --no-report-request",
+                                  [sys.executable, "-m", "milterman.cli.test_client", "--no-report-request", "-q",
+                                   "-s", f"unix:{path}"], f"unix:{path}", options.sessions, options.concurrency,
+                                  lambda process: wait_for_path(path, process)))
+            path = f"{directory}/cmilter.sock"
+            direct.append(measure("libmilter C milter (bench/cmilter)", [cmilter, "-p", f"unix:{path}"],
+                                  f"unix:{path}", options.sessions, options.concurrency,
+                                  lambda process: wait_for_path(path, process)))
+            print_table(f"\nDirect: --n-sessions {options.sessions} --concurrency {options.concurrency}", direct)
+            ours, peer = direct
+            if peer["sessions_per_second"]:
+                print(f"  ratio ours/C: sessions/s {ours['sessions_per_second'] / peer['sessions_per_second']:.2f}, "
+                      f"cpu per session {ours['cpu_ms_per_session'] / max(peer['cpu_ms_per_session'], 1e-9):.2f}")
+            results += direct
+        if options.only != "direct":
+            managed = []
+            for n_children in (1, 3):
+                for n_workers in (0, 2):
+                    managed.append(measure_manager(directory, n_children, n_workers, options.manager_sessions,
+                                                   options.concurrency))
+            print_table(f"\nThrough milter-manager (milter-test-client children): --n-sessions "
+                        f"{options.manager_sessions} --concurrency {options.concurrency}", managed)
+            best = max((result for result in managed if "3 children" in result["label"]),
+                       key=lambda result: result["sessions_per_second"])
+            print(f"  3 children: best {best['sessions_per_second']:.1f} sessions/s ({best['label']}); "
+                  f"target 270 (1.5x the C milter manager's 175-185 on this machine); manager CPU "
+                  f"{best['cpu_ms_per_session']:.2f} ms/session (target <= 3.5)")
+            results += managed
     if options.json:
         print(json.dumps(results))
     failed = [result["label"] for result in results if result["errors"] or set(result["statuses"]) != {"pass"}]

@@ -123,15 +123,19 @@ class Child:
         options = self.client.options
         return letter == "E" or (options is not None and letter in options.answered)
 
-    def begin(self, command: Command, macros: dict[str, str] | None) -> bool:
-        """Write the stage's macros and ``command``; ``True`` when a reply is owed."""
+    def begin(self, command: Command, macros: dict[str, str] | None, encoded: bytes | None = None) -> bool:
+        """Write the stage's macros and ``command``; ``True`` when a reply is owed.
+
+        ``encoded`` is the same macros as one packet, shared by the children (M-MAC-2).
+        """
         letter = command.LETTER
         self.stage = STAGE_NAMES.get(letter, self.stage)
         extra = self.macros_extra.get(letter)
         if extra:
             macros = {**(macros or {}), **extra}
+            encoded = None
         try:
-            if macros:
+            if macros and (encoded is None or not self.client.queue_encoded_macros(letter, encoded)):
                 self.client.queue_macros(letter, macros)
             return self.client.begin(command)
         except (MilterIOError, ProtocolError) as error:
@@ -148,8 +152,9 @@ class Child:
                                f"{type(response.final).__name__}")
         return response
 
-    def exchange(self, command: Command, macros: dict[str, str] | None) -> Response | None:
-        if not self.begin(command, macros):
+    def exchange(self, command: Command, macros: dict[str, str] | None,
+                 encoded: bytes | None = None) -> Response | None:
+        if not self.begin(command, macros, encoded):
             return None
         return self.collect(command.LETTER)
 

@@ -17,8 +17,8 @@ from ..log import DEBUG, STATISTICS
 from ..net import MilterHandler, MilterSession, Wanted
 from ..protocol import (CONTINUE, END_OF_HEADER, Action, AddHeader, AddRcpt, AddRcptWithParameters, Body,
                         ChangeFrom, ChangeHeader, Continue, DeleteRcpt, Discard, EndOfMessage, Header,
-                        InsertHeader, LocalProtocolError, MacroStage, Mail, Negotiate, Options, Quarantine,
-                        ReplaceBody, Reply, ReplyCode, Skip, Step)
+                        InsertHeader, LocalProtocolError, Macro, MacroStage, Mail, Negotiate, Options, Quarantine,
+                        ReplaceBody, Reply, ReplyCode, Skip, Step, strip_braces)
 from ..protocol.flags import CAPABILITY_STEPS, MDS_STEPS, SKIP_STEPS
 from ..protocol.negotiation import EVENT_FLAGS
 from .child import STAGE_NAMES, Child, ChildFailure
@@ -62,6 +62,7 @@ class Leader(MilterHandler):
         self.recipients: list[str] = []        # RCPTs the manager accepted in this transaction
         self.flags: set[str] = set()           # transaction-shelf flags (B5 set_flags)
         self.mta_options: Options | None = session.options
+        self._macro_packets: dict[str, tuple[dict, bytes]] = {}
         manager.sessions_processing += 1
 
     # ================================================================ negotiation (D-2)
@@ -167,19 +168,35 @@ class Leader(MilterHandler):
     def _stage_macros(self, letter: str) -> dict[str, str] | None:
         return self.session.macros.stage(letter) or None
 
+    def _encoded_macros(self, letter: str, macros: dict[str, str] | None) -> bytes | None:
+        """The stage's macro packet, encoded once for every child that asked for no macro list.
+
+        The MTA's macro store keeps one dict per stage until the next ``D`` replaces it, so the
+        cache is valid while the dict is the same object (the cache holds it, so it stays alive).
+        """
+        if not macros:
+            return None
+        cached = self._macro_packets.get(letter)
+        if cached is not None and cached[0] is macros:
+            return cached[1]
+        packet = Macro(letter, tuple(sorted((strip_braces(name), value) for name, value in macros.items()))).encode()
+        self._macro_packets[letter] = (macros, packet)
+        return packet
+
     # ================================================================ parallel stages (M-ENV-*)
 
     def _parallel(self, command, targets: list[Child], combined: Combined, account) -> None:
         """Send ``command`` to every target, then collect each reply against its own deadline."""
         letter = command.LETTER
         macros = self._stage_macros(letter)
+        encoded = self._encoded_macros(letter, macros)
         pending: list[Child] = []
         for child in targets:
             if not child.will_send(letter):
                 account(child, CONTINUE, combined)  # M-ENV-3: the child asked not to get this event
                 continue
             try:
-                if child.begin(command, macros):
+                if child.begin(command, macros, encoded):
                     pending.append(child)
                 else:
                     account(child, CONTINUE, combined)  # its own no-reply bit: don't wait (D-2)
@@ -581,12 +598,12 @@ class Leader(MilterHandler):
         if letter != "E" and not child.will_send(letter):
             return None
         macros = self._stage_macros(letter)
+        encoded = self._encoded_macros(letter, macros)
         if letter == "E":
-            self._current_eom_child = child
             child.client.on_modification = lambda modification: self._modification(child, modification)
             child.client.on_progress = self._relay_progress
         try:
-            response = child.exchange(command, macros)
+            response = child.exchange(command, macros, encoded)
         except ChildFailure as error:
             return self._pipeline_failure(child, str(error))
         finally:

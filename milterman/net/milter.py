@@ -24,6 +24,7 @@ from ..protocol import (CONTINUE, PROGRESS, Action, AddHeader, AddRcpt, AddRcptW
                         chunk_body)
 from ..protocol.flags import MAX_DATA_SIZE_1M
 from ..protocol.negotiation import EVENT_FLAGS
+from .sockets import send_all
 
 #: process-wide id counter for sessions and child connections (logging.md §3)
 _ids = itertools.count(1)
@@ -214,7 +215,7 @@ class MilterSession:
             data = b"".join(self._outgoing)
             self._outgoing.clear()
             self._queued_bytes = 0
-            self.sock.sendall(data)
+            send_all(self.sock, data)
 
     # ----------------------------------------------------------------- the loop
 
@@ -298,7 +299,7 @@ class MilterSession:
         wanted = self.handler.negotiate(offer)
         reply = self.state.negotiate(offer, actions=wanted.actions, protocol=wanted.protocol,
                                      macro_lists=wanted.macro_lists, required_actions=wanted.required_actions)
-        self._unwanted = wanted.protocol & int(Step.NO_CONNECT | Step.NO_HELO | Step.NO_MAIL | Step.NO_RCPT
+        self._unwanted = int(wanted.protocol) & int(Step.NO_CONNECT | Step.NO_HELO | Step.NO_MAIL | Step.NO_RCPT
                                                | Step.NO_BODY | Step.NO_HEADERS | Step.NO_END_OF_HEADER
                                                | Step.NO_UNKNOWN | Step.NO_DATA)
         self._outgoing.append(reply.encode())

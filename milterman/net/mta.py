@@ -43,6 +43,7 @@ from ..protocol import (
 )
 from ..protocol.flags import MAX_DATA_SIZE_1M
 from .sockets import connect as open_connection
+from .sockets import send_all
 from .spec import ConnectionSpec
 
 
@@ -142,6 +143,15 @@ class MtaClient:
         pairs = tuple(sorted(normalized.items()))
         self._pending.append(Macro(stage, pairs).encode())
 
+    def queue_encoded_macros(self, stage: str, packet: bytes) -> bool:
+        """Queue an already encoded macro packet when this milter asked for no list at ``stage`` (the
+        manager encodes the MTA's macros once for every child); ``False``: use :meth:`queue_macros`."""
+        options = self.state.options
+        if options is not None and options.macro_request(stage) is not None:
+            return False
+        self._pending.append(packet)
+        return True
+
     def send(self, command: Command) -> Response | None:
         """Send ``command`` (after any queued macros); wait for its reply when one is owed."""
         if not self.begin(command):
@@ -167,7 +177,7 @@ class MtaClient:
     def _write(self, data: bytes) -> None:
         self.sock.settimeout(self.timeouts.writing)
         try:
-            self.sock.sendall(data)
+            send_all(self.sock, data)
         except TimeoutError:
             raise MilterIOError("writing timeout") from None
         except OSError as error:

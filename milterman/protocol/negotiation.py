@@ -41,6 +41,16 @@ EVENT_FLAGS: dict[str, tuple[int, int, int]] = {
     "U": (int(Step.NO_UNKNOWN), int(Step.NO_REPLY_UNKNOWN), 3),
 }
 _MACRO_NAME_SPLIT = re.compile(r"[\s,]+")
+_NO_MAIL = int(Step.NO_MAIL)
+_HEADER_LEADING_SPACE = int(Step.HEADER_LEADING_SPACE)
+_SKIP = int(Step.SKIP)
+_RCPT_REJECTED = int(Step.RCPT_REJECTED)
+_SET_SYMBOL_LIST = int(Action.SET_SYMBOL_LIST)
+_MDS = int(MDS_STEPS)
+_MDS_1M = int(Step.MDS_1M)
+_MDS_256K = int(Step.MDS_256K)
+#: the bits a milter may ask for, besides MDS (P-NEG-8 steps 4-6)
+_ANSWERABLE = int(SKIP_STEPS | NO_REPLY_STEPS | CAPABILITY_STEPS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,17 +71,18 @@ class Options:
     mail_skipped: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        protocol = int(self.protocol)
         object.__setattr__(self, "action_bits", int(self.actions))
-        object.__setattr__(self, "protocol_bits", int(self.protocol))
-        object.__setattr__(self, "mail_skipped", bool(self.protocol & Step.NO_MAIL))
+        object.__setattr__(self, "protocol_bits", protocol)
+        object.__setattr__(self, "mail_skipped", bool(protocol & _NO_MAIL))
         sent = {"O", "D", "E", "A", "Q"}
         if self.version >= 6:
             sent.add("K")
         answered = {"O", "E"}
         for letter, (skip_bit, no_reply_bit, since) in EVENT_FLAGS.items():
-            if self.version >= since and not self.protocol & skip_bit:
+            if self.version >= since and not protocol & skip_bit:
                 sent.add(letter)
-                if not self.protocol & no_reply_bit:
+                if not protocol & no_reply_bit:
                     answered.add(letter)
         object.__setattr__(self, "sent", frozenset(sent))
         object.__setattr__(self, "answered", frozenset(answered))
@@ -88,15 +99,15 @@ class Options:
     @property
     def header_leading_space(self) -> bool:
         """Header values travel with their leading space (P-MOD-6)."""
-        return bool(self.protocol & Step.HEADER_LEADING_SPACE)
+        return bool(self.protocol_bits & _HEADER_LEADING_SPACE)
 
     @property
     def skip_allowed(self) -> bool:
-        return bool(self.protocol & Step.SKIP)
+        return bool(self.protocol_bits & _SKIP)
 
     @property
     def rcpt_rejected(self) -> bool:
-        return bool(self.protocol & Step.RCPT_REJECTED)
+        return bool(self.protocol_bits & _RCPT_REJECTED)
 
     def macro_request(self, letter: str) -> tuple[str, ...] | None:
         """Macro names (without braces) the milter asked for at ``letter``'s stage; ``None`` = MTA default (P-NEG-14).
@@ -123,19 +134,19 @@ def answer_offer(offer: Negotiate, *, actions: int = Action.NONE, protocol: int 
     if offer.version < 2:
         raise NegotiationError(f"MTA offers protocol version {offer.version}; at least 2 is needed", "P-BAD-7")
     version = min(max_version, offer.version)
-    offered_actions = offer.actions or Action.V1
-    offered_protocol = offer.protocol or Step.V1
+    offered_actions = int(offer.actions or Action.V1)
+    offered_protocol = int(offer.protocol or Step.V1)
+    actions, protocol, required_actions = int(actions), int(protocol), int(required_actions)
     if required_actions & ~offered_actions:
         missing = Action(required_actions & ~offered_actions)
         raise NegotiationError(f"MTA does not offer the required actions {missing!r}", "P-BAD-8")
     reply_actions = actions & offered_actions
     lists: tuple[tuple[int, str], ...] = ()
-    if macro_lists and offered_actions & Action.SET_SYMBOL_LIST and version >= 6:
+    if macro_lists and offered_actions & _SET_SYMBOL_LIST and version >= 6:
         lists = tuple((int(stage), names) for stage, names in macro_lists)
-        reply_actions |= Action.SET_SYMBOL_LIST
-    wanted = protocol & ~MDS_STEPS
-    reply_protocol = wanted & offered_protocol & (SKIP_STEPS | NO_REPLY_STEPS | CAPABILITY_STEPS)
-    for bit in (Step.MDS_1M, Step.MDS_256K):
+        reply_actions |= _SET_SYMBOL_LIST
+    reply_protocol = protocol & ~_MDS & offered_protocol & _ANSWERABLE
+    for bit in (_MDS_1M, _MDS_256K):
         if protocol & bit and offered_protocol & bit:
             reply_protocol |= bit
             break

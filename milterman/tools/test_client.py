@@ -38,6 +38,9 @@ class ClientSettings:
     packet_buffer_size: int = 0
 
 
+_SKIP = int(Step.SKIP)
+
+
 class TestClient:
     """Shared state of every session: output stream, counters, the finished-session line."""
 
@@ -113,9 +116,12 @@ class TestClientHandler(MilterHandler):
 
     def negotiate(self, offer: Negotiate) -> Wanted:
         """Echo the offered actions and ask for every event and reply (tools.md §2.3)."""
-        self._event(f"negotiate: version=<{offer.version}>, action=<{action_names(offer.actions)}>, "
-                    f"step=<{step_names(offer.protocol)}>", None)
-        return Wanted(actions=offer.actions, protocol=offer.protocol & Step.SKIP)
+        if self.report:
+            self._event(f"negotiate: version=<{offer.version}>, action=<{action_names(offer.actions)}>, "
+                        f"step=<{step_names(offer.protocol)}>", None)
+        else:
+            self._start()
+        return Wanted(actions=offer.actions, protocol=offer.protocol & _SKIP)
 
     def connect(self, command):
         self._event(f"connect: host=<{command.hostname}>, address=<{render_connect_address(command)}>", "C")
