@@ -889,11 +889,15 @@ class Leader(MilterHandler):
         """Is the child stopped here: by a rule (C-RULE-2, checked first, C-RULE-6) or one of its
         applicable conditions (M-AC-2)?"""
         if letter == self.rule_stage and child.name in self.rule_stopped:
+            child.stage = STAGE_NAMES[letter]  # its last stage is the one it was stopped at (logging.md §6.1)
             return True
         conditions = child.definition.conditions
         if not conditions:
             return False
-        return self.manager.conditions_stop(self, child, letter, command)
+        if self.manager.conditions_stop(self, child, letter, command):
+            child.stage = STAGE_NAMES[letter]
+            return True
+        return False
 
     def _milter_end(self, child: Child) -> None:
         """ST-MILTER-END, once per child per session."""
