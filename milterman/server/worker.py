@@ -14,6 +14,7 @@ touching its heartbeat file.
 
 from __future__ import annotations
 
+import errno
 import gc
 import importlib.util
 import json
@@ -83,6 +84,45 @@ def read_published(fd: int) -> dict:
         return {}
 
 
+_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def _server_class():
+    """gevent's StreamServer, except that running out of descriptors pauses accepting quietly (M-ACC-2).
+
+    The sessions in progress go on; accepting resumes after a back-off (10 ms doubling to 1 s, reset
+    by a successful accept). One warning per episode instead of gevent's traceback per attempt.
+    """
+    import gevent
+    from gevent.server import StreamServer
+
+    class Server(StreamServer):
+        logger: Logger = default_logger
+        _resource_delay = 0.0
+
+        def do_read(self):
+            try:
+                accepted = super().do_read()
+            except OSError as error:
+                if error.errno not in _RESOURCE_ERRORS:
+                    raise
+                delay = self._resource_delay = min(1.0, max(0.01, self._resource_delay * 2))
+                if delay == 0.01:
+                    self.logger.warning(f"[server][accept][backoff] {error.strerror}: accepting pauses while "
+                                        f"sessions finish (M-ACC-2)")
+                self.stop_accepting()
+                gevent.spawn_later(delay, self._resume)
+                return None
+            self._resource_delay = 0.0
+            return accepted
+
+        def _resume(self) -> None:
+            if self.started:
+                self.start_accepting()
+
+    return Server
+
+
 def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
           settings: ServeSettings | None = None, logger: Logger = default_logger,
           on_ready: Callable[[], None] | None = None, on_hangup: Callable[[], None] | None = None,
@@ -96,9 +136,8 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
     from gevent import socket as gsocket
     from gevent.event import Event
     from gevent.pool import Pool
-    from gevent.server import StreamServer
-
     settings = settings or ServeSettings()
+    _Server = _server_class()
     sock = gsocket.socket(listener.family, listener.type, listener.proto, fileno=os.dup(listener.fileno()))
     # A pool even without a limit: stopping waits for the pool's sessions (graceful SIGTERM).
     # At max_connections the server stops accepting until a session ends (D-6, M-ACC-1).
@@ -125,7 +164,8 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
             if logger.enabled(STATISTICS):
                 logger.statistics(memory.maintenance_line(sessions[0]))
 
-    server = StreamServer(sock, counted, spawn=pool)
+    server = _Server(sock, counted, spawn=pool)
+    server.logger = logger
     stopped = Event()
     stopping: list[bool] = []
 
