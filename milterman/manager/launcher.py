@@ -19,13 +19,12 @@ import pwd
 import shlex
 import signal
 import socket
-import struct
 import subprocess
 
 from ..log import Logger
+from ..net.framing import encode_fields, read_fields
 from ..log import logger as default_logger
 
-_LENGTH = struct.Struct(">I")
 MAX_MESSAGE = 65536
 
 
@@ -43,31 +42,11 @@ def command_line(command: str, options: str | tuple[str, ...] | None) -> str:
 
 
 def _send(sock: socket.socket, *fields: str) -> None:
-    payload = b"\0".join(field.encode("utf-8", "surrogateescape") for field in fields)
-    sock.sendall(_LENGTH.pack(len(payload)) + payload)
+    sock.sendall(encode_fields(*fields))
 
 
 def _receive(sock: socket.socket) -> list[str] | None:
-    header = _read_exactly(sock, 4)
-    if header is None:
-        return None
-    length = _LENGTH.unpack(header)[0]
-    if length > MAX_MESSAGE:
-        return None
-    payload = _read_exactly(sock, length)
-    if payload is None:
-        return None
-    return payload.decode("utf-8", "surrogateescape").split("\0")
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
-    data = b""
-    while len(data) < size:
-        piece = sock.recv(size - len(data))
-        if not piece:
-            return None
-        data += piece
-    return data
+    return read_fields(sock, MAX_MESSAGE)
 
 
 class Launcher:

@@ -480,9 +480,11 @@ class Leader(MilterHandler):
         reply = self._data_stage(DATA)
         return None if isinstance(reply, Continue) else reply
 
-    def header(self, command: Header):
-        self.last_stage = "header"
-        ruled = self._rules("L", command)
+    def _message_command(self, letter: str, command) -> Reply | None:
+        """What every message stage does first: the rule chain (B7), DATA emulation when the MTA
+        skipped it (M-ENV-7), and the waiting list at the first one (M-MSG-1)."""
+        self.last_stage = STAGE_NAMES[letter]
+        ruled = self._rules(letter, command)
         if ruled is not None:
             return ruled
         if self.message is None:
@@ -490,32 +492,26 @@ class Leader(MilterHandler):
             if early is not None:
                 return early
             self._pipeline_start()
+        return None
+
+    def header(self, command: Header):
+        early = self._message_command("L", command)
+        if early is not None:
+            return early
         self.message.headers.append(command.name, command.value)
         return self._advance("L")
 
     def end_of_header(self, command):
-        self.last_stage = "end-of-header"
-        ruled = self._rules("N", command)
-        if ruled is not None:
-            return ruled
-        if self.message is None:
-            early = self._emulate_data()
-            if early is not None:
-                return early
-            self._pipeline_start()
+        early = self._message_command("N", command)
+        if early is not None:
+            return early
         self.message.end_of_header = True
         return self._advance("N")
 
     def body(self, command: Body):
-        self.last_stage = "body"
-        ruled = self._rules("B", command)
-        if ruled is not None:
-            return ruled
-        if self.message is None:
-            early = self._emulate_data()
-            if early is not None:
-                return early
-            self._pipeline_start()
+        early = self._message_command("B", command)
+        if early is not None:
+            return early
         self.message.body.append(command.chunk)
         return self._advance("B", command.chunk)
 
@@ -673,15 +669,9 @@ class Leader(MilterHandler):
     # ================================================================ end of message (M-EOM-*)
 
     def end_of_message(self, command: EndOfMessage):
-        self.last_stage = "end-of-message"
-        ruled = self._rules("E", command)
-        if ruled is not None:
-            return ruled
-        if self.message is None:
-            early = self._emulate_data()
-            if early is not None:
-                return early
-            self._pipeline_start()
+        early = self._message_command("E", command)
+        if early is not None:
+            return early
         message = self.message
         message.end_of_message_chunk = command.chunk
         message.original_headers = list(message.headers.items)  # H0 (M-MSG-3)

@@ -687,6 +687,12 @@ def _address_and_args(data: bytes, what: str) -> tuple[str, str | None]:
     return to_str(parts[0]), (to_str(parts[1]) if len(parts) == 2 else None)
 
 
+def _address_and_args_payload(address: str, args: str | None) -> bytes:
+    """The address, then at most one space-separated argument string (P-MOD-8, P-MOD-10)."""
+    data = to_bytes(address) + NUL
+    return data if args is None else data + to_bytes(args) + NUL
+
+
 @dataclass(frozen=True, slots=True)
 class AddRcptWithParameters(Modification):
     """SMFIR_ADDRCPT_PAR: recipient and optionally one space-separated argument string (P-MOD-8)."""
@@ -697,8 +703,7 @@ class AddRcptWithParameters(Modification):
     args: str | None = None
 
     def payload(self) -> bytes:
-        data = to_bytes(self.recipient) + NUL
-        return data if self.args is None else data + to_bytes(self.args) + NUL
+        return _address_and_args_payload(self.recipient, self.args)
 
     @classmethod
     def from_payload(cls, data: bytes, strict: bool = True) -> "AddRcptWithParameters":
@@ -734,8 +739,7 @@ class ChangeFrom(Modification):
     args: str | None = None
 
     def payload(self) -> bytes:
-        data = to_bytes(self.sender) + NUL
-        return data if self.args is None else data + to_bytes(self.args) + NUL
+        return _address_and_args_payload(self.sender, self.args)
 
     @classmethod
     def from_payload(cls, data: bytes, strict: bool = True) -> "ChangeFrom":

@@ -18,47 +18,28 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 import threading
 from collections.abc import Callable
 
 from ..log import Logger
 from ..log import logger as default_logger
+from ..net.framing import encode_fields, read_fields
 from ..net.sockets import bind_listener, remove_unix_socket
 from ..net.spec import ConnectionSpec
 
-_LENGTH = struct.Struct(">I")
 MAX_REQUEST = 1 << 20
 
 
 def encode(command: str, payload: str = "") -> bytes:
-    data = command.encode() + b"\0" + payload.encode("utf-8", "surrogateescape")
-    return _LENGTH.pack(len(data)) + data
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
-    data = b""
-    while len(data) < size:
-        piece = sock.recv(size - len(data))
-        if not piece:
-            return None
-        data += piece
-    return data
+    return encode_fields(command, payload)
 
 
 def read_message(sock: socket.socket) -> tuple[str, str] | None:
     """One framed message → (command, payload); None at EOF or for an oversized frame."""
-    header = _read_exactly(sock, 4)
-    if header is None:
+    fields = read_fields(sock, MAX_REQUEST)
+    if fields is None:
         return None
-    length = _LENGTH.unpack(header)[0]
-    if length > MAX_REQUEST:
-        return None
-    data = _read_exactly(sock, length)
-    if data is None:
-        return None
-    command, _, payload = data.partition(b"\0")
-    return command.decode("ascii", "replace"), payload.decode("utf-8", "surrogateescape")
+    return fields[0], "\0".join(fields[1:])
 
 
 def request(spec: ConnectionSpec, command: str, payload: str = "", timeout: float = 10.0) -> tuple[str, str]:
