@@ -749,7 +749,8 @@ class Leader(MilterHandler):
         if message.body_replaced:
             for piece in message.body.pieces(self.manager.chunk_size) if len(message.body) else [b""]:
                 self._to_mta(ReplaceBody(piece))
-        for edit in header_diff(message.original_headers, message.headers.items):
+        postfix = "postfix" in (self.session.macros.get("v") or "").lower()
+        for edit in header_diff(message.original_headers, message.headers.items, insert_offset=1 if postfix else 0):
             self._to_mta(edit)
             if self.logger.enabled(STATISTICS) and edit.value:
                 self.logger.statistics(f"[session][header][add]({self.session.id}): <{edit.name}>=<{edit.value}>")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 
-from ..protocol import ChangeHeader, InsertHeader, Reply
+from ..protocol import AddHeader, ChangeHeader, InsertHeader, Reply
 
 SPILL_THRESHOLD = 5 * 1024 * 1024  # M-BODY-1: 5 MiB in memory, then a temporary file
 
@@ -133,12 +133,17 @@ class Headers:
             self.add(name, value)
 
 
-def header_diff(original: list[tuple[str, str]], final: list[tuple[str, str]]) -> list[Reply]:
-    """The edits that turn the MTA's headers into the final ones (M-EOM-3).
+def header_diff(original: list[tuple[str, str]], final: list[tuple[str, str]], *,
+                insert_offset: int = 0) -> list[Reply]:
+    """The edits that turn the MTA's headers into the final ones (M-EOM-3, as real MTAs apply them).
 
-    Unchanged headers produce nothing; a header whose name is still present as an
-    unmatched original becomes a change of that occurrence; otherwise an insert at
-    its position in the final list; originals left over are deleted, last first.
+    Unchanged headers produce nothing; a header whose name is still present as an unmatched
+    original becomes a change of that occurrence; originals left over are deleted, last first.
+    New headers at the end of the final list go out as add-header (``h``), which every MTA
+    appends; a new header between others is an insert-header at its position plus
+    ``insert_offset``: Postfix counts its own Received: header in that index (P-MOD-4), so the
+    leader passes 1 for Postfix. (milter manager 2.x sent ``i`` for appended headers too, which
+    real Postfix puts before the last original header.)
     """
     occurrence: list[int] = []
     counts: dict[str, int] = {}
@@ -146,19 +151,31 @@ def header_diff(original: list[tuple[str, str]], final: list[tuple[str, str]]) -
         counts[name] = counts.get(name, 0) + 1
         occurrence.append(counts[name])
     pending = list(range(len(original)))  # indexes into original not yet matched
-    edits: list[Reply] = []
-    for position, header in enumerate(final):
+    plan: list[tuple[str, int]] = []       # per final position: ("same" | "change" | "new", original index)
+    for header in final:
         match = next((index for index in pending if original[index] == header), None)
         if match is not None:
             pending.remove(match)
+            plan.append(("same", match))
             continue
-        name, value = header
-        same_name = next((index for index in pending if original[index][0] == name), None)
+        same_name = next((index for index in pending if original[index][0] == header[0]), None)
         if same_name is None:
-            edits.append(InsertHeader(position, name, value))
+            plan.append(("new", -1))
         else:
-            edits.append(ChangeHeader(occurrence[same_name], name, value))
             pending.remove(same_name)
+            plan.append(("change", same_name))
+    appended_from = len(plan)
+    while appended_from > 0 and plan[appended_from - 1][0] == "new":
+        appended_from -= 1
+    edits: list[Reply] = []
+    for position, ((kind, index), (name, value)) in enumerate(zip(plan, final, strict=True)):
+        if kind == "change":
+            edits.append(ChangeHeader(occurrence[index], name, value))
+        elif kind == "new":
+            if position >= appended_from:
+                edits.append(AddHeader(name, value))
+            else:
+                edits.append(InsertHeader(position + insert_offset, name, value))
     for index in reversed(pending):
         edits.append(ChangeHeader(occurrence[index], original[index][0], ""))
     return edits

@@ -11,7 +11,7 @@ import time
 
 from manager_harness import OFFER, letters
 from milterman.protocol import (ACCEPT, CONTINUE, REJECT, SHUTDOWN, SKIP, TEMPFAIL, AddHeader, AddRcpt, Action,
-                                ChangeFrom, ChangeHeader, ConnectionFailure, InsertHeader, MacroStage, Negotiate,
+                                ChangeFrom, ChangeHeader, ConnectionFailure, MacroStage, Negotiate,
                                 Quarantine, ReplaceBody, ReplyCode, Step)
 from milterman.protocol.flags import NO_REPLY_STEPS, SKIP_STEPS
 from scripted_milter import Script
@@ -127,7 +127,7 @@ def test_M_NEG_3a_no_reply_bits_never_advertised_and_honoured(pair):
     assert mta.connect() == [CONTINUE]
     assert letters(mta.helo()) == ["c"]
     mta.envelope()
-    assert mta.content(HEADERS, BODY) == [InsertHeader(2, "X-C2", "v2"), CONTINUE]
+    assert mta.content(HEADERS, BODY) == [AddHeader("X-C2", "v2"), CONTINUE]
     assert time.monotonic() - started < 3  # no reading timeout was waited for
     mta.quit()
     assert pair.c1.session.letters == ["O", "C", "H", "M", "R", *FULL_MESSAGE, "Q"]
@@ -275,7 +275,7 @@ def test_M_EVAL_3_evaluation_reject_at_header_acts_like_accept(pair):
     mta = pair.mta()
     mta.session_start()
     mta.envelope()
-    assert mta.content(HEADERS, BODY) == [InsertHeader(2, "X-C2", "v2"), CONTINUE]
+    assert mta.content(HEADERS, BODY) == [AddHeader("X-C2", "v2"), CONTINUE]
     mta.quit()
     assert pair.c1.session.letters == ["O", "C", "H", "M", "R", "T", "L", "Q"]
     assert pair.c2.session.letters == ["O", "C", "H", "M", "R", *FULL_MESSAGE, "Q"]
@@ -494,7 +494,7 @@ def test_D_3_replay_shows_earlier_header_and_body_edits(pair):
     mta.envelope()
     packets = mta.content(HEADERS, BODY)
     assert packets == [ReplaceBody(b"replaced by c1\r\n"), ChangeHeader(1, "Subject", "changed"),
-                       InsertHeader(2, "X-C1", "v1"), CONTINUE]
+                       AddHeader("X-C1", "v1"), CONTINUE]
     mta.quit()
     c2 = pair.c2.session
     assert headers_of(c2) == [("From", "<sender@example.org>"), ("Subject", "changed"), ("X-C1", "v1")]
@@ -512,13 +512,14 @@ def test_M_EOM_1_emission_order(pair):
     mta.session_start()
     mta.envelope()
     assert mta.content(HEADERS, BODY) == [AddRcpt("<added@example.org>"), ReplaceBody(b"new\r\n"),
-                                          InsertHeader(2, "X-C1", "v1"), ChangeFrom("<f@example.org>"),
+                                          AddHeader("X-C1", "v1"), ChangeFrom("<f@example.org>"),
                                           Quarantine("why"), CONTINUE]
     mta.quit()
 
 
 def test_M_EOM_3_header_diff_verified_example(pair):
-    """M-EOM-3 verified example: H0 = [Subject: orig, X-Del: x, To: t]; c1 changes Subject and deletes X-Del,
+    """M-EOM-3 verified example (with the appended header as ``h``, as real Postfix needs, P-MOD-4):
+    H0 = [Subject: orig, X-Del: x, To: t]; c1 changes Subject and deletes X-Del,
     c2 adds X-C2 → ``m Subject[1]``, ``i 2 X-C2``, ``m X-Del[1] ""``."""
     pair.c1.script = Script(replies={"E": at_eom(ChangeHeader(1, "Subject", "changed"),
                                                  ChangeHeader(1, "X-Del", ""))})
@@ -528,7 +529,7 @@ def test_M_EOM_3_header_diff_verified_example(pair):
     mta.session_start()
     mta.envelope()
     packets = mta.content((("Subject", "orig"), ("X-Del", "x"), ("To", "t")), BODY)
-    assert packets == [ChangeHeader(1, "Subject", "changed"), InsertHeader(2, "X-C2", "v2"),
+    assert packets == [ChangeHeader(1, "Subject", "changed"), AddHeader("X-C2", "v2"),
                        ChangeHeader(1, "X-Del", ""), CONTINUE]
     mta.quit()
 
@@ -565,7 +566,7 @@ def test_M_MSG_10_header_leading_space(pair):
     assert letters(mta.helo()) == ["c"]
     mta.envelope()
     packets = mta.content((("From", " <sender@example.org>"), ("Subject", " hello")), BODY)
-    assert packets == [InsertHeader(2, "X-C1", " v1"), InsertHeader(3, "X-C2", " v2"), CONTINUE]
+    assert packets == [AddHeader("X-C1", " v1"), AddHeader("X-C2", " v2"), CONTINUE]
     mta.quit()
     assert headers_of(pair.c1.session) == [("From", " <sender@example.org>"), ("Subject", " hello")]
     assert headers_of(pair.c2.session) == [("From", "<sender@example.org>"), ("Subject", "hello"),

@@ -1,5 +1,8 @@
 """The scenario vectors V1–V14 of manager.md §16, with the Py outcome (D-1) where the row has one.
 
+Headers a child appends reach the MTA as ``h``, not the rows' ``i N``: real Postfix wins (P-MOD-4, see
+header_diff in milterman/manager/message.py).
+
 Two children c1 and c2 in this order (scripted milters on unix sockets), the real
 milter-manager as a subprocess, and an MTA connection that offers v6/0x1ff/0x1fffff
 and records every packet the manager sends back.
@@ -13,7 +16,7 @@ import pytest
 
 from manager_harness import OFFER, letters
 from milterman.protocol import (ACCEPT, CONTINUE, REJECT, SKIP, TEMPFAIL, AddHeader, AddRcpt, ChangeFrom,
-                                ChangeHeader, InsertHeader, NegotiateReply, Quarantine, ReplaceBody, ReplyCode,
+                                ChangeHeader, NegotiateReply, Quarantine, ReplaceBody, ReplyCode,
                                 Rcpt, Step)
 from scripted_milter import CLOSE, Script
 
@@ -45,14 +48,18 @@ def headers_of(record) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("n_workers", [0, 2], ids=["single-process", "2-workers"])
 def test_V1_reject_at_eom_after_add_header(pair, n_workers):
-    """V1: c1 adds X-C1 then rejects at EOM → ``i 2 X-C1``, ``r``; c2 gets ``A`` and never sees the body."""
+    """V1: c1 adds X-C1 then rejects at EOM → ``h X-C1``, ``r``; c2 gets ``A`` and never sees the body.
+
+    The spec row shows ``i 2 X-C1``; a header appended at the end now goes out as ``h`` because real
+    Postfix counts its own Received: in insert indexes and put ``i 2`` before the last header (P-MOD-4;
+    tests/interop/test_header_position_postfix.py)."""
     pair.c1.script = Script(replies={"E": at_eom(AddHeader("X-C1", "v1"), final=REJECT)})
     pair.start(n_workers=n_workers)
     mta = pair.mta()
     mta.session_start()
     mta.envelope()
     packets = mta.content(HEADERS, BODY)
-    assert packets == [InsertHeader(2, "X-C1", "v1"), REJECT]
+    assert packets == [AddHeader("X-C1", "v1"), REJECT]
     mta.quit()
     c1, c2 = pair.c1.session, pair.c2.session
     assert c1.letters[:12] == ["O", "C", "H", "M", "R", "T", "L", "L", "N", "B", "B", "E"]
@@ -71,10 +78,10 @@ def test_V2_M_AGG_2a_second_message_not_sticky(pair):
     mta = pair.mta()
     mta.session_start()
     mta.envelope()
-    assert mta.content(HEADERS, BODY) == [InsertHeader(2, "X-C1", "v1"), REJECT]
+    assert mta.content(HEADERS, BODY) == [AddHeader("X-C1", "v1"), REJECT]
     mta.envelope()
     packets = mta.content(HEADERS, BODY)
-    assert packets == [InsertHeader(2, "X-C1", "msg2"), InsertHeader(3, "X-C2", "v2"), CONTINUE]
+    assert packets == [AddHeader("X-C1", "msg2"), AddHeader("X-C2", "v2"), CONTINUE]
     mta.quit()
     c2 = pair.c2.session
     assert headers_of(c2) == [*HEADERS, ("X-C1", "msg2")]
@@ -128,7 +135,7 @@ def test_V3_M_AC_7_data_stop_other_child_filters(pair):
     mta = pair.mta()
     mta.session_start()
     mta.envelope()
-    assert mta.content(HEADERS, BODY) == [InsertHeader(2, "X-C2", "v2"), CONTINUE]
+    assert mta.content(HEADERS, BODY) == [AddHeader("X-C2", "v2"), CONTINUE]
     mta.quit()
     assert pair.c1.session.count("T") == 0 and pair.c1.session.count("L") == 0
     assert pair.c2.session.letters == ["O", "C", "H", "M", "R", "T", "L", "L", "N", "B", "B", "E", "Q"]
@@ -188,7 +195,7 @@ def test_V5_every_modification_combined(pair, n_workers):
     packets = mta.end_of_message()
     assert packets == [
         AddRcpt("<new@example.org>"), AddRcpt("<new@example.org>"), ReplaceBody(b"c2 body\r\n"),
-        ChangeHeader(1, "Subject", "changed"), InsertHeader(2, "X-C2", "v2"), ChangeHeader(1, "X-Del", ""),
+        ChangeHeader(1, "Subject", "changed"), AddHeader("X-C2", "v2"), ChangeHeader(1, "X-Del", ""),
         ChangeFrom("<from2@example.org>"), Quarantine("c1 reason"), CONTINUE,
     ]
     mta.quit()
@@ -230,7 +237,7 @@ def test_V7_M_EVAL_3_evaluation_reject_at_eom(pair):
     mta = pair.mta()
     mta.session_start()
     mta.envelope()
-    assert mta.content(HEADERS, BODY) == [InsertHeader(2, "X-C2", "v2"), CONTINUE]
+    assert mta.content(HEADERS, BODY) == [AddHeader("X-C2", "v2"), CONTINUE]
     mta.quit()
     c2 = pair.c2.session
     assert c2.letters == ["O", "C", "H", "M", "R", "T", "L", "L", "N", "B", "E", "Q"]
@@ -256,7 +263,7 @@ def test_V8_M_ERR_3_header_timeout_fallback_accept_continues(pair):
     assert letters(mta.header(*HEADERS[1])) == ["c"]
     assert letters(mta.end_of_header()) == ["c"]
     assert letters(mta.body(b"line 1\r\n")) == ["c"]
-    assert mta.end_of_message() == [InsertHeader(2, "X-C2", "v2"), CONTINUE]
+    assert mta.end_of_message() == [AddHeader("X-C2", "v2"), CONTINUE]
     mta.quit()
     c2 = pair.c2.session
     assert c2.letters == ["O", "C", "H", "M", "R", "T", "L", "L", "N", "B", "E", "Q"]
@@ -329,7 +336,7 @@ def test_V11_M_ERR_3a_eom_timeout_keeps_earlier_edits(pair):
     mta.envelope()
     started = time.monotonic()
     packets = mta.content(HEADERS, BODY)
-    assert packets == [AddRcpt("<r1@example.org>"), InsertHeader(2, "X-C1", "v1"), CONTINUE]
+    assert packets == [AddRcpt("<r1@example.org>"), AddHeader("X-C1", "v1"), CONTINUE]
     assert 0.8 <= time.monotonic() - started < 5
     mta.quit()
     # c2 still hangs in its EOM handler (until teardown): what it received so far
