@@ -63,7 +63,9 @@ class Leader(MilterHandler):
         self.flags: set[str] = set()           # transaction-shelf flags (B5 set_flags)
         self.mta_options: Options | None = session.options
         self._macro_packets: dict[str, tuple[dict, bytes]] = {}
-        manager.sessions_processing += 1
+        #: counted in sessions_processing once children are started: the handler made at ``K`` may
+        #: never be used nor closed (D-4)
+        self._in_progress = False
 
     # ================================================================ negotiation (D-2)
 
@@ -85,6 +87,9 @@ class Leader(MilterHandler):
         """Connect and negotiate every enabled child at once (M-SES-2, M-SES-3); failures count per D-14."""
         import gevent
 
+        if not self._in_progress:
+            self._in_progress = True
+            self.manager.sessions_processing += 1
         child_offer = self._child_offer(offer)
         children = [Child(definition, self.logger) for definition in self.manager.definitions]
         self.children = children
@@ -126,6 +131,9 @@ class Leader(MilterHandler):
             for letter in self.manager.stages_read:
                 bit = EVENT_FLAGS.get(letter, (0,))[0]
                 skips &= ~bit
+            skips &= ~int(Step.NO_MAIL)  # MAIL delimits the manager's transactions (M-ENV-1, M-AGG-2a)
+            if actions & (Action.ADD_HEADERS | Action.CHANGE_HEADERS):
+                skips &= ~int(Step.NO_HEADERS)  # header edits are a diff against the MTA's headers (M-EOM-3)
             protocol |= skips
             for bit in (Step.SKIP, Step.RCPT_REJECTED, Step.HEADER_LEADING_SPACE):
                 if any(options.protocol & bit for options in alive):
@@ -202,11 +210,9 @@ class Leader(MilterHandler):
                     account(child, CONTINUE, combined)  # its own no-reply bit: don't wait (D-2)
             except ChildFailure as error:
                 self._expire(child, str(error), combined)
-        for child in pending:
-            try:
-                response = child.collect(letter)
-            except ChildFailure as error:
-                self._expire(child, str(error), combined)
+        for child, response in zip(pending, self._collect_all(pending, letter), strict=True):
+            if isinstance(response, ChildFailure):
+                self._expire(child, str(response), combined)
                 continue
             if response.modifications or isinstance(response.final, Skip):
                 odd = response.modifications[0] if response.modifications else response.final
@@ -214,6 +220,18 @@ class Leader(MilterHandler):
                                     f"message (M-ENV-4)", combined)
                 continue
             account(child, response.final, combined)
+
+    @staticmethod
+    def _collect_all(pending: list[Child], letter: str) -> list:
+        """Every pending child's reply (or ChildFailure), one after another: each child is held to its
+        own deadline, since a reply already waiting is taken even after that deadline (M-ERR-2)."""
+        results = []
+        for child in pending:
+            try:
+                results.append(child.collect(letter))
+            except ChildFailure as failure:
+                results.append(failure)
+        return results
 
     def _expire(self, child: Child, reason: str, combined: Combined | None) -> None:
         """M-ERR-1: the child is gone for this MTA session; its fallback is counted (D-14, M-ERR-3)."""
@@ -317,8 +335,10 @@ class Leader(MilterHandler):
         if not alive:
             return self._manager_fallback("All milters are no longer alive.")
         targets = []
+        # without RCPT events from the MTA (D-2) no child can have refused every recipient (M-ENV-6)
+        no_recipients = self.mta_options is not None and "R" not in self.mta_options.sent
         for child in alive:
-            child.recipients_accepted = 0
+            child.recipients_accepted = 1 if no_recipients else 0
             child.skip_body = False
             if self._stopped(child, "M", command):
                 child.in_message = False  # M-AC-6: not in this message; evaluated again at the next MAIL
@@ -807,7 +827,9 @@ class Leader(MilterHandler):
                 self._milter_end(child)
         self.children = []
         self.children_ready = False
-        self.manager.sessions_processing -= 1
+        if self._in_progress:
+            self._in_progress = False
+            self.manager.sessions_processing -= 1
         self.manager.session_finished()
 
     def protocol_error(self, error):

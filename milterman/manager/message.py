@@ -152,18 +152,23 @@ def header_diff(original: list[tuple[str, str]], final: list[tuple[str, str]], *
         occurrence.append(counts[name])
     pending = list(range(len(original)))  # indexes into original not yet matched
     plan: list[tuple[str, int]] = []       # per final position: ("same" | "change" | "new", original index)
+    # Unchanged headers are matched first, so a header added before an original of the same name
+    # is an insert, not a change of that original plus a re-added copy (which needs change-header,
+    # an action the MTA may not have granted, D-2)
     for header in final:
         match = next((index for index in pending if original[index] == header), None)
         if match is not None:
             pending.remove(match)
             plan.append(("same", match))
+        else:
+            plan.append(("new", -1))
+    for position, header in enumerate(final):
+        if plan[position][0] != "new":
             continue
         same_name = next((index for index in pending if original[index][0] == header[0]), None)
-        if same_name is None:
-            plan.append(("new", -1))
-        else:
+        if same_name is not None:
             pending.remove(same_name)
-            plan.append(("change", same_name))
+            plan[position] = ("change", same_name)
     appended_from = len(plan)
     while appended_from > 0 and plan[appended_from - 1][0] == "new":
         appended_from -= 1

@@ -195,13 +195,14 @@ class MtaClient:
             while True:
                 reply = decoder.next_message()
                 if reply is None:
-                    remaining = self._deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise MilterIOError(kind)
+                    # Past the deadline a reply that already arrived is still taken: a caller that
+                    # collects several milters one after another must not time out the one whose
+                    # answer waited in its socket while a slower one was read (M-ERR-2).
+                    remaining = max(0.0, self._deadline - time.monotonic())
                     self.sock.settimeout(remaining)
                     try:
                         data = self.sock.recv(262144)
-                    except TimeoutError:
+                    except (TimeoutError, BlockingIOError):
                         raise MilterIOError(kind) from None
                     except OSError as error:
                         raise MilterIOError("io", f"read failed: {error.strerror or error}") from None
