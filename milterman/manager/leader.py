@@ -52,6 +52,7 @@ class Leader(MilterHandler):
         self.children_ready = False
         self.data_done = False
         self._body_replacer: Child | None = None
+        self._body_error: OSError | None = None
         #: the rule chain's decision for the MTA command in progress (B7)
         self.rule_stopped: frozenset[str] = frozenset()
         self.rule_stage = ""
@@ -532,8 +533,18 @@ class Leader(MilterHandler):
         early = self._message_command("B", command)
         if early is not None:
             return early
-        self.message.body.append(command.chunk)
-        return self._advance("B", command.chunk)
+        try:
+            self.message.body.append(command.chunk)
+            return self._advance("B", command.chunk)
+        except OSError as error:
+            return self._body_failure(error)
+
+    def _body_failure(self, error: OSError) -> Reply:
+        """The body buffer's temporary file failed: a manager error (M-BODY-1, M-ERR-7): the manager's
+        fallback answers, every child leaves the message."""
+        reply = self._manager_fallback(f"body buffer: {error.strerror or error}")
+        self._abort_message()
+        return reply
 
     def _advance(self, letter: str, chunk: bytes | None = None) -> Reply:
         """Bring the live child up to date; when it leaves, the next one replays (M-MSG-2, M-MSG-6)."""
@@ -695,14 +706,19 @@ class Leader(MilterHandler):
         message = self.message
         message.end_of_message_chunk = command.chunk
         message.original_headers = list(message.headers.items)  # H0 (M-MSG-3)
-        while self.waiting:
-            child = self.waiting[0]
-            outcome = self._catch_up(child, through_eom=True)
-            if isinstance(outcome, Reply):
-                return outcome
-            self.waiting.pop(0)
-            child.in_message = False  # still alive: its [milter][end] line follows [session][end]
-        self._emit_modifications()
+        try:
+            while self.waiting:
+                child = self.waiting[0]
+                outcome = self._catch_up(child, through_eom=True)
+                if self._body_error is not None:
+                    raise self._body_error
+                if isinstance(outcome, Reply):
+                    return outcome
+                self.waiting.pop(0)
+                child.in_message = False  # still alive: its [milter][end] line follows [session][end]
+            self._emit_modifications()
+        except OSError as error:
+            return self._body_failure(error)
         combined = self.message_status
         if combined.status == Status.NOT_CHANGE:
             combined.add(Status.CONTINUE)
@@ -722,10 +738,13 @@ class Leader(MilterHandler):
             self._to_mta(modification)  # forwarded at once, in arrival order (M-EOM-1 step 1)
             return
         if isinstance(modification, ReplaceBody):
-            if child is not self._body_replacer:
-                self._body_replacer = child
-                message.body.clear()
-            message.body.append(modification.chunk)
+            try:
+                if child is not self._body_replacer:
+                    self._body_replacer = child
+                    message.body.clear()
+                message.body.append(modification.chunk)
+            except OSError as error:
+                self._body_error = error  # answered after this child's reply is read (M-BODY-1)
             message.body_replaced = True
             return
         if isinstance(modification, (AddHeader, InsertHeader, ChangeHeader)):
@@ -809,6 +828,7 @@ class Leader(MilterHandler):
         self.message = None
         self.waiting = []
         self._body_replacer = None
+        self._body_error = None
         self.data_done = False
 
     def abort(self):

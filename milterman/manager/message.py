@@ -39,12 +39,14 @@ class BodyBuffer:
         self._size += len(chunk)
         if self._file is not None:
             self._file.write(chunk)
+            self._file.flush()  # a full disk shows here, where the caller can answer for it (M-BODY-1)
             return
         self._chunks.append(chunk)
         if self._size > SPILL_THRESHOLD:
             self._file = tempfile.TemporaryFile(prefix="milterman-body-")
             for piece in self._chunks:
                 self._file.write(piece)
+            self._file.flush()
             self._chunks = []
 
     @property
