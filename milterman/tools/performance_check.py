@@ -333,18 +333,24 @@ class Sender:
 
 def send_all(settings: Settings, mails: list[MailSource], sender: Sender, emit: Callable[[dict], None],
              stop: Event) -> None:
-    """Send ``mails`` in the mode the settings ask for (§3.4) until done or ``stop`` (a gevent Event) is set."""
+    """Send ``mails`` in the mode the settings ask for (§3.4) until done or ``stop`` (a gevent Event) is set.
+
+    On ``stop`` (Ctrl-C) no new mail starts; the sessions in progress finish, bounded by the reading
+    timeout, so every mail the MTA accepted is in the report (§3.4: "stops sending and still prints
+    the report").
+    """
     group = Group()
     done = Event()
 
     def one(source: MailSource) -> None:
-        emit(sender.send(source))
+        if not stop.is_set():
+            emit(sender.send(source))
 
     def parallel() -> None:
         queue = list(reversed(mails))
 
         def pull() -> None:
-            while queue:
+            while queue and not stop.is_set():
                 one(queue.pop())
         workers = [group.spawn(pull) for _ in range(min(len(mails), settings.n_concurrent_connections))]
         gevent.joinall(workers)
@@ -353,6 +359,8 @@ def send_all(settings: Settings, mails: list[MailSource], sender: Sender, emit: 
         for index, source in enumerate(mails):
             if index:
                 gevent.sleep(interval)
+            if stop.is_set():
+                break
             group.spawn(one, source)
         group.join()
 
@@ -362,7 +370,7 @@ def send_all(settings: Settings, mails: list[MailSource], sender: Sender, emit: 
         def loop() -> None:
             while mails:
                 for source in mails:
-                    if deadline is not None and time.monotonic() >= deadline:
+                    if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
                         return
                     one(source)
         gevent.joinall([group.spawn(loop) for _ in range(settings.n_concurrent_connections)])
@@ -377,8 +385,10 @@ def send_all(settings: Settings, mails: list[MailSource], sender: Sender, emit: 
     runner.link(lambda _: done.set())
     gevent.wait([done, stop], count=1)
     if not done.is_set():
-        runner.kill()
-        group.kill()
+        gevent.sleep(0)  # let the loops see stop before they start another mail
+        if not done.wait(settings.reading_timeout):
+            runner.kill()
+            group.kill()
 
 
 # ------------------------------------------------------------------------------------------ reporting
