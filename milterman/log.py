@@ -15,6 +15,7 @@ import os
 import sys
 import syslog as _syslog
 import threading
+import time
 from typing import TextIO
 
 NONE = 0x001
@@ -92,15 +93,10 @@ def parse_level(expression: str, base: int = DEFAULT) -> int:
 
 def timestamp(now: float | None = None) -> str:
     """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC, the fraction omitted when zero (logging.md §2)."""
-    moment = datetime.datetime.fromtimestamp(now if now is not None else _now(), datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(now if now is not None else time.time(), datetime.timezone.utc)
     if moment.microsecond:
         return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _now() -> float:
-    import time
-    return time.time()
 
 
 class Logger:
@@ -186,6 +182,13 @@ class Logger:
             level = parse_level(env_level)
         self.syslog_level = self.level if level is None else level
         self._update_mask()
+
+    def detached(self, ident: str | None = None) -> None:
+        """After daemonizing standard output is /dev/null: keep the log file, or else log to syslog (D-11)."""
+        if self.path is None:
+            if not self.syslog_level:
+                self.use_syslog(level=self.level, ident=ident)
+            self.set_level(0)
 
     def log(self, level: int, message: str) -> None:
         """Write ``message`` at ``level`` to every sink that wants it."""

@@ -89,14 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(error))
     apply_log_settings(configuration)
 
-    def detached() -> None:
-        """After daemonizing standard output is /dev/null: only syslog or the log file remain (D-11)."""
-        if logger.path is None:
-            if not logger.syslog_level:
-                logger.use_syslog(level=logger.level, ident="milter-manager")
-            logger.set_level(0)
-
-    return run_application(app, on_detached=detached)
+    return run_application(app, on_detached=lambda: logger.detached("milter-manager"))
 
 
 if __name__ == "__main__":

@@ -157,13 +157,7 @@ def run(arguments: dict) -> int:
         process_name="milter-test-client",
     )
 
-    def detached() -> None:
-        """After daemonizing, standard output is /dev/null: log to syslog unless a log file was given (D-11)."""
-        if logger.path is None:
-            logger.use_syslog(level=logger.level)
-            logger.set_level(0)
-
-    return run_application(TestClientApplication(server_config, settings), on_detached=detached)
+    return run_application(TestClientApplication(server_config, settings), on_detached=logger.detached)
 
 
 if __name__ == "__main__":

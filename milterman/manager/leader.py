@@ -18,7 +18,7 @@ from ..net import MilterHandler, MilterSession, Wanted
 from ..protocol import (CONTINUE, END_OF_HEADER, Action, AddHeader, AddRcpt, AddRcptWithParameters, Body,
                         ChangeFrom, ChangeHeader, Continue, DeleteRcpt, Discard, EndOfMessage, Header,
                         InsertHeader, LocalProtocolError, Macro, MacroStage, Mail, Negotiate, Options, Quarantine,
-                        ReplaceBody, Reply, ReplyCode, Skip, Step, strip_braces)
+                        ReplaceBody, Reply, Skip, Step, strip_braces)
 from ..protocol.flags import CAPABILITY_STEPS, MDS_STEPS, SKIP_STEPS
 from ..protocol.negotiation import EVENT_FLAGS
 from .child import STAGE_NAMES, Child, ChildFailure
@@ -264,7 +264,7 @@ class Leader(MilterHandler):
         letter = self.session.current or ""
         if letter in ("C", "H", "U") and isinstance(reply, Discard):
             reply = CONTINUE  # P-RPL-6: discard is meaningless there; children were already quitted
-        self.last_status = _status_nick(reply)
+        self.last_status = status_of(reply).nick
         return reply
 
     def _connection_stage(self, command, letter: str) -> Reply:
@@ -943,11 +943,3 @@ class Leader(MilterHandler):
                                    f"({child.id}): {child.name}")
         if self.logger.enabled(DEBUG):
             self.logger.debug(f"[{child.id}] [manager][child][end] [{child.name}]")
-
-
-def _status_nick(reply: Reply) -> str:
-    if isinstance(reply, ReplyCode):
-        return "temporary-failure" if reply.is_temporary else "reject"
-    return {"c": "pass", "a": "accept", "r": "reject", "t": "temporary-failure", "d": "discard"}.get(
-        reply.LETTER, "pass")
-
