@@ -1,4 +1,4 @@
-"""Levels, level expressions, line format and sinks of logging.md (§1, §2, §4, §5).
+"""Levels, level expressions, line format and sinks of the log.
 
 A small logger of our own rather than :mod:`logging`: the levels are bit flags
 (``error|critical`` selects exactly those two, LG-LVL-1), lines have a fixed
@@ -54,7 +54,7 @@ class LogLevelError(ValueError):
 
 
 def parse_level(expression: str, base: int = DEFAULT) -> int:
-    """Turn a level expression into a bit set (logging.md §1.1).
+    """Turn a level expression into a bit set.
 
     ``all``; ``a|b`` (from nothing); ``+a|b`` / ``-a|b`` (modify ``base``); each
     item may carry its own ``+``/``-``. Unknown names raise :class:`LogLevelError`
@@ -92,7 +92,7 @@ def parse_level(expression: str, base: int = DEFAULT) -> int:
 
 
 def timestamp(now: float | None = None) -> str:
-    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC, the fraction omitted when zero (logging.md §2)."""
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC, the fraction omitted when zero."""
     moment = datetime.datetime.fromtimestamp(now if now is not None else time.time(), datetime.timezone.utc)
     if moment.microsecond:
         return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -173,7 +173,7 @@ class Logger:
             self.warning(f"[logger][reopen][open][warning] <{path}>: {error.strerror}")
 
     def use_syslog(self, level: int | None = None, facility: str = "mail", ident: str | None = None) -> None:
-        """Also send lines to syslog (logging.md §4): LOG_PID, facility by name (unknown → mail)."""
+        """Also send lines to syslog: LOG_PID, facility by name (unknown → mail)."""
         facility = os.environ.get("MILTER_LOG_SYSLOG_FACILITY", facility)
         code = SYSLOG_FACILITIES.get(facility.lower(), _syslog.LOG_MAIL)
         _syslog.openlog(ident or self.program, _syslog.LOG_PID, code)

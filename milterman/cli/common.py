@@ -15,7 +15,7 @@ class UsageError(Exception):
 
 
 def fail(message: str, status: int = 1) -> NoReturn:
-    """Print an error on stdout, as the milter tools do (tools.md §0.5), and exit."""
+    """Print an error on stdout, as the milter tools do, and exit."""
     sys.stdout.write(message.rstrip("\n") + "\n")
     sys.stdout.flush()
     raise SystemExit(status)
@@ -60,7 +60,7 @@ def number(option: str, value: str | None, default: float) -> float:
 
 
 def configure_logging(arguments: dict) -> None:
-    """Apply --log-level, --verbose, --quiet, --log-path and --syslog (logging.md §5)."""
+    """Apply --log-level, --verbose, --quiet, --log-path and --syslog."""
     level = logger.level
     if arguments.get("--log-level"):
         try:

@@ -1,5 +1,5 @@
 """milter-manager-log-analyzer: graphs of milter-manager's statistics from its logs
-(manual: doc/milter-manager-log-analyzer.md).
+(manual: doc/milter-manager-log-analyzer.1.md).
 
 Usage:
   milter-manager-log-analyzer [options] [LOG_FILE...]

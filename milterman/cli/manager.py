@@ -1,4 +1,4 @@
-"""milter-manager: one milter socket for the MTA, many child milters behind it (manual: doc/milter-manager.md)."""
+"""milter-manager: one milter socket for the MTA, many child milters behind it (manual: doc/milter-manager.8.md)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ Exit status: 0 once listening (with --daemon: once detached), or after --show-co
 
 
 def apply_log_settings(configuration) -> None:
-    """log.* (logging.md §5, D-11): levels, file, and syslog (facility mail) unless switched off."""
+    """log.* (D-11): levels, file, and syslog (facility mail) unless switched off."""
     from ..log import LogLevelError, parse_level
 
     settings = configuration.log

@@ -1,4 +1,4 @@
-"""milter-performance-check: send mails to an MTA over SMTP and measure it (manual: doc/milter-performance-check.md).
+"""milter-performance-check: send mails to an MTA over SMTP and measure it (manual: doc/milter-performance-check.1.md).
 
 Usage:
   milter-performance-check [options] [--from=FROM]... [--recipient=RCPT]... [--force-recipient=RCPT]...
@@ -111,7 +111,7 @@ def _given_last(argv: list[str], options: tuple[str, ...]) -> str:
 
 
 def build_settings(arguments: dict, argv: list[str]) -> Settings:
-    """Options → :class:`~milterman.tools.performance_check.Settings` (tools.md §3.2)."""
+    """Options → :class:`~milterman.tools.performance_check.Settings`."""
     from ..tools.performance_check import Settings
 
     starttls = arguments["--starttls"]

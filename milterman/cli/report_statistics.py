@@ -1,4 +1,4 @@
-"""milter-report-statistics: memory, CPU and descriptors of milter processes (doc/milter-report-statistics.md).
+"""milter-report-statistics: memory, CPU and descriptors of milter processes (doc/milter-report-statistics.1.md).
 
 Usage:
   milter-report-statistics [--filter=REGEXP]... [--pid=PID]... [--pid-directory=DIR] [--interval=SECONDS]

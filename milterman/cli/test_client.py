@@ -1,4 +1,4 @@
-"""milter-test-client: a milter that prints what it receives (manual: doc/milter-test-client.md).
+"""milter-test-client: a milter that prints what it receives (manual: doc/milter-test-client.1.md).
 
 Usage:
   milter-test-client [options]

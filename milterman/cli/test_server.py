@@ -1,4 +1,4 @@
-"""milter-test-server: play an MTA against a milter and print the verdict (manual: doc/milter-test-server.md).
+"""milter-test-server: play an MTA against a milter and print the verdict (manual: doc/milter-test-server.1.md).
 
 Usage:
   milter-test-server [options] [--connect-macro=NAME:VALUE]... [--helo-macro=NAME:VALUE]...
@@ -100,7 +100,7 @@ def _split(option: str, value: str, message: str) -> tuple[str, str]:
 
 
 def build_settings(arguments: dict):
-    """Options → :class:`ServerSettings` (tools.md §1.2, §1.3)."""
+    """Options → :class:`ServerSettings`."""
     from ..net import SpecError, Timeouts, parse_spec
     from ..tools.test_server import MailFileError, ServerSettings, parse_mail
 
@@ -123,7 +123,7 @@ def build_settings(arguments: dict):
     headers = [_split("--header", value, "headers option should be 'NAME:VALUE'") for value in arguments["--header"]]
     explicit_recipients = arguments["--envelope-recipient"] + arguments["--recipient"]
     # No docopt defaults for -f/-r: a value present here was given, in any spelling (-fADDR, prefixes),
-    # and explicit values win over --mail-file (tools.md §1.2 AMBIG, settled).
+    # and explicit values win over --mail-file (settled).
     explicit_from = arguments["--from"] or arguments["--envelope-from"]
     mail = None
     if arguments["--mail-file"]:

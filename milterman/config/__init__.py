@@ -1,4 +1,4 @@
-"""milter-manager's TOML configuration (configuration.md Part B, D-8): schema, loading, checking, rendering.
+"""milter-manager's TOML configuration (D-8): schema, loading, checking, rendering.
 
 Standard library only (``tomllib``/``tomli``), plus the connection-spec parser of
 :mod:`milterman.net.spec`, which resolves host names but does no other network I/O.

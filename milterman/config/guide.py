@@ -1,4 +1,4 @@
-"""The key reference of ``doc/configuration.md``, generated from the schema (design.md: declared once).
+"""The key reference of ``doc/configuration.md``, generated from the schema (declared once).
 
 ``python -m milterman.config.guide [doc/configuration.md]`` rewrites the part of
 the guide between the two markers; a test checks the committed guide matches.
@@ -22,7 +22,7 @@ END = "<!-- END GENERATED REFERENCE -->"
 _INTRODUCTIONS = {
     "package": "Informational only (A2).",
     "security": "Privileges (A3, D-5, D-10).",
-    "log": "Logging (A4, logging.md).",
+    "log": "Logging (A4).",
     "manager": "The manager process and its MTA-facing socket (A5, B3).",
     "controller": "The controller socket (A6, D-7).",
     "hooks": "Python entry points, `\"package.module:function\"` (C-TOML-1).",

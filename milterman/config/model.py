@@ -39,7 +39,7 @@ class SecuritySettings:
 
 @dataclass(frozen=True)
 class LogSettings:
-    """A4 ``[log]``; ``level`` is a level expression (logging.md §1.1), ``path`` None or ``"-"`` = stdout."""
+    """A4 ``[log]``; ``level`` is a level expression, ``path`` None or ``"-"`` = stdout."""
 
     level: str
     path: str | None

@@ -2,7 +2,7 @@
 
 The TOML validation (:mod:`.reader`), ``--help`` (:func:`.cli.options_help`),
 ``--show-config`` (:mod:`.render`) and the configuration guide (:mod:`.guide`) are
-all made from these tables (design.md). Section tables (B3/B4) map onto the
+all made from these tables. Section tables (B3/B4) map onto the
 dataclasses of :mod:`.model`; array-of-table keys (``[[milter]]``, ``[[rule]]``…)
 are declared here too, with the predicates of B5.1 in :mod:`.predicates`.
 """
@@ -98,13 +98,12 @@ SECTIONS: dict[str, tuple[Setting, ...]] = {
     ),
     "log": _settings(
         "log",
-        ("level", LogLevel(), "default", "Log levels, e.g. `\"default|info\"` or `[\"error\", \"statistics\"]` "
-         "(logging.md §1.1).",
+        ("level", LogLevel(), "default", "Log levels, e.g. `\"default|info\"` or `[\"error\", \"statistics\"]`.",
          (Option(("--log-level",), "LEVEL"), Option(("-v", "--verbose"), constant="all", help="Log everything."),
           Option(("-q", "--quiet"), constant="none", help="Log nothing."))),
         ("path", Path(dash_means_stdout=True), None, "Log file, reopened on SIGUSR1; unset or `\"-\"`: standard "
          "output.", (Option(("--log-path",), "PATH"),)),
-        ("use_syslog", _BOOL, True, "Also log to syslog (logging.md §4).",
+        ("use_syslog", _BOOL, True, "Also log to syslog.",
          (Option(("--syslog",), constant=True, help="Also log to syslog."),)),
         ("syslog_facility", Facility(), "mail", "Syslog facility.", (Option(("--syslog-facility",), "FACILITY"),)),
     ),

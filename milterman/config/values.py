@@ -272,7 +272,7 @@ class Status(Choice):
 
 
 class Facility(Choice):
-    """A syslog facility name (logging.md §4); unknown names are refused here rather than mapped to mail."""
+    """A syslog facility name; unknown names are refused here rather than mapped to mail."""
 
     def __init__(self) -> None:
         super().__init__(sorted(SYSLOG_FACILITIES))
@@ -281,7 +281,7 @@ class Facility(Choice):
 
 
 class LogLevel(Kind):
-    """``"a|b"`` or an array of level names (logging.md §1.1); stored joined by ``|``."""
+    """``"a|b"`` or an array of level names; stored joined by ``|``."""
 
     label = 'level expression "a|b" or array of strings'
 

@@ -1,1 +1,1 @@
-"""milter-manager: the proxy between one MTA connection and many child milters (manager.md, D-1…D-14)."""
+"""milter-manager: the proxy between one MTA connection and many child milters (D-1…D-14)."""

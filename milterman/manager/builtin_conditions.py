@@ -346,7 +346,7 @@ def system_resolver(names: Sequence[str], timeout: float) -> dict[str, tuple[str
 
 
 def dns_query(name: str, ident: int) -> bytes:
-    """A recursive DNS query for the A records of ``name`` (RFC 1035 §4.1)."""
+    """A recursive DNS query for the A records of ``name`` (RFC 1035 section 4.1)."""
     labels = b"".join(bytes([len(label)]) + label for label in name.encode("ascii").split(b".") if label)
     return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + labels + b"\0" + struct.pack("!HH", 1, 1)
 

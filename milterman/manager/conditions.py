@@ -1,4 +1,4 @@
-"""Applicable conditions (manager.md §10, configuration.md B5) and the builder the manager application calls.
+"""Applicable conditions and the builder the manager application calls.
 
 ``build(configuration)`` compiles everything once per (re)load:
 

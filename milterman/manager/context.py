@@ -80,7 +80,7 @@ class ManagerContext:
                 "children": {name: dict(counts) for name, counts in self.child_counters.items()}}
 
     def session_finished(self) -> None:
-        """ST-FINISHED (logging.md §6), batched by max_pending_finished_sessions (M-FIN-1)."""
+        """ST-FINISHED, batched by max_pending_finished_sessions (M-FIN-1)."""
         self.sessions_finished += 1
         self._pending_finished += 1
         if self._pending_finished > self.max_pending_finished_sessions or not self.max_pending_finished_sessions:

@@ -1,4 +1,4 @@
-"""Milter detection on Debian (D-9, configuration.md A2): which packaged milters run, and on which socket.
+"""Milter detection on Debian (D-9): which packaged milters run, and on which socket.
 
 For each milter of :data:`MILTERS` the detector asks three questions of a file tree
 (``root``, ``/`` for the running system, a fake tree in tests) and reads files only —
@@ -16,7 +16,7 @@ no process is run, nothing is resolved, nothing is connected to:
   and with the same precedence as the package: the command line of the systemd unit
   (drop-ins included) or of the init script as assembled from ``/etc/default``, then
   the milter's configuration file, then the program's own default. The result is a
-  milterman connection spec (tools.md §0.1); the file it came from is kept for
+  milterman connection spec; the file it came from is kept for
   ``--show-config``.
 
 systemd is taken to be the init system when ``run/systemd/system`` exists or
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 from milterman.log import logger
 
-#: configuration.md A2: the conditions the original's Debian defaults give each kind of milter
+#: the conditions the original's Debian defaults give each kind of milter
 NO_CONDITIONS: tuple[str, ...] = ()
 GREYLIST_CONDITIONS = ("Sendmail Compatible", "Stress Notify", "Trust", "Remote Network", "S25R", "Unauthenticated")
 FILTER_CONDITIONS = ("Remote Network", "Unauthenticated", "No Stress")

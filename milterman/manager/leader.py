@@ -1,4 +1,4 @@
-"""The leader: one MTA connection, its children, and the one answer the MTA gets (manager.md §2–§13).
+"""The leader: one MTA connection, its children, and the one answer the MTA gets.
 
 Parallel stages (connect, helo, envelope-from, envelope-recipient, data, unknown)
 go to every target child at once and are answered when all have answered (M-ENV-2).
@@ -922,7 +922,7 @@ class Leader(MilterHandler):
         """Is the child stopped here: by a rule (C-RULE-2, checked first, C-RULE-6) or one of its
         applicable conditions (M-AC-2)?"""
         if letter == self.rule_stage and child.name in self.rule_stopped:
-            child.stage = STAGE_NAMES[letter]  # its last stage is the one it was stopped at (logging.md §6.1)
+            child.stage = STAGE_NAMES[letter]  # its last stage is the one it was stopped at
             return True
         conditions = child.definition.conditions
         if not conditions:

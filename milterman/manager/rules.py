@@ -1,4 +1,4 @@
-"""The manager-level rule chain ``[[rule]]`` (configuration.md B7, C-RULE-1…6).
+"""The manager-level rule chain ``[[rule]]`` (C-RULE-1…6).
 
 Run by the leader once per MTA command, before any child gets it, never for replays
 (C-RULE-5); the leader applies the outcome (terminal reply, skip/only stops checked

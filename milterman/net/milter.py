@@ -26,7 +26,7 @@ from ..protocol.flags import MAX_DATA_SIZE_1M
 from ..protocol.negotiation import EVENT_FLAGS
 from .sockets import send_all
 
-#: process-wide id counter for sessions and child connections (logging.md §3)
+#: process-wide id counter for sessions and child connections
 _ids = itertools.count(1)
 
 
@@ -135,7 +135,7 @@ class MilterSession:
         #: the MTA's negotiation offer (a handler made after QUIT_NC needs it again, D-4)
         self.offer: Negotiate | None = None
         self._handler_used = True
-        #: the letter of the command being handled (the macro context of P-MAC / tools.md §2.3)
+        #: the letter of the command being handled (the macro context of P-MAC)
         self.current: str | None = None
         try:
             from gevent.lock import Semaphore

@@ -2,7 +2,7 @@
 
 :class:`MtaClient` is the low-level exchange that the manager's child side and the
 test server share; :func:`play_transaction` plays one whole SMTP transaction the way
-milter-test-server does (tools.md §1.5, §1.7) and returns every reply and
+milter-test-server does and returns every reply and
 modification.
 """
 
@@ -61,7 +61,7 @@ class MilterIOError(Exception):
 
 @dataclass(slots=True)
 class Timeouts:
-    """Per-phase timeouts in seconds, as the test server names them (tools.md §1.2)."""
+    """Per-phase timeouts in seconds, as the test server names them."""
 
     connection: float = 300.0
     writing: float = 10.0
@@ -129,7 +129,7 @@ class MtaClient:
     def queue_macros(self, stage: str, macros: dict[str, str] | list[tuple[str, str]]) -> None:
         """Queue a macro packet for ``stage``, filtered by the milter's macro-list request (P-NEG-14).
 
-        Names are sent sorted, braced when longer than one character (tools.md §0.4).
+        Names are sent sorted, braced when longer than one character.
         """
         items = macros.items() if isinstance(macros, dict) else macros
         options = self.state.options
@@ -244,7 +244,7 @@ class MtaClient:
 
 @dataclass(slots=True)
 class Transaction:
-    """One SMTP transaction as milter commands (tools.md §1.5); macros per stage letter."""
+    """One SMTP transaction as milter commands; macros per stage letter."""
 
     connect: Connect
     helo: str
@@ -280,13 +280,13 @@ STAGE_NAMES = {"O": "negotiate", "C": "connect", "H": "helo", "M": "envelope-fro
                "E": "end-of-message"}
 
 
-#: status nick of each final reply letter (tools.md §0.2, §1.7); ``y`` depends on its code
+#: status nick of each final reply letter; ``y`` depends on its code
 REPLY_STATUS = {"c": "pass", "s": "pass", "a": "accept", "r": "reject", "t": "temporary-failure",
                 "d": "discard", "4": "abort", "f": "error"}
 
 
 def reply_status(reply: Reply) -> str:
-    """The status nick of a final reply (tools.md §0.2, §1.7)."""
+    """The status nick of a final reply."""
     if isinstance(reply, ReplyCode):
         return "temporary-failure" if reply.is_temporary else "reject"
     return REPLY_STATUS.get(reply.LETTER, "error")
@@ -297,7 +297,7 @@ class _Stop(Exception):
 
 
 def play_transaction(client: MtaClient, transaction: Transaction) -> TransactionResult:
-    """Negotiate and play ``transaction`` (tools.md §1.5, §1.7); never raises for milter failures.
+    """Negotiate and play ``transaction``; never raises for milter failures.
 
     Errors (timeouts, protocol errors, a closed connection) end up in
     ``result.error`` with ``status`` ``error``.

@@ -1,4 +1,4 @@
-"""Connection specs: ``unix:PATH``, ``inet:PORT[@HOST|@[ADDR]]``, ``inet6:…`` (tools.md §0.1).
+"""Connection specs: ``unix:PATH``, ``inet:PORT[@HOST|@[ADDR]]``, ``inet6:…``.
 
 Parsing is exact about its error messages (SH-SPEC-1) because mail administrators
 paste them into searches; host names are resolved once, when the spec is parsed.
@@ -53,7 +53,7 @@ class ConnectionSpec:
 
 
 def parse_spec(spec: str | None) -> ConnectionSpec:
-    """Parse a connection spec, raising :class:`SpecError` with the messages of tools.md §0.1."""
+    """Parse a connection spec, raising :class:`SpecError` with the messages the tools print."""
     if spec is None:
         raise SpecError("spec should not be NULL")
     protocol, colon, content = spec.partition(":")

@@ -1,6 +1,6 @@
 """The sans-I/O milter protocol core: bytes in, typed messages out, one state machine per side.
 
-Nothing here touches sockets or gevent (design.md); the network layer, the
+Nothing here touches sockets or gevent; the network layer, the
 manager, the server and every tool build on these names.
 """
 

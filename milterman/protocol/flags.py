@@ -1,6 +1,6 @@
 """Option-negotiation flags, stage numbers and their printable names (P-NEG-5, P-NEG-6, P-NEG-13).
 
-The names printed by the tools follow tools.md §0.3, so they are declared here next to
+The names printed by the tools follow the manuals, so they are declared here next to
 the bits they describe rather than in each tool.
 """
 
@@ -155,10 +155,10 @@ def _flag_names(value: int, table: tuple, type_name: str) -> str:
 
 
 def action_names(actions: int) -> str:
-    """Render action bits as tools.md §0.3 prints them (``add-headers|change-body``)."""
+    """Render action bits as the manual prints them (``add-headers|change-body``)."""
     return _flag_names(int(actions), ACTION_NAMES, "MilterActionFlags")
 
 
 def step_names(steps: int) -> str:
-    """Render protocol bits as tools.md §0.3 prints them."""
+    """Render protocol bits as the manual prints them."""
     return _flag_names(int(steps), STEP_NAMES, "MilterStepFlags")

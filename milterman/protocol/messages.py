@@ -69,7 +69,7 @@ def strip_braces(name: str) -> str:
 
 
 def wire_macro_name(name: str) -> str:
-    """Names longer than one character travel in braces (P-MAC-5, tools.md §0.4)."""
+    """Names longer than one character travel in braces (P-MAC-5)."""
     if len(name) > 1 and not name.startswith("{"):
         return "{" + name + "}"
     return name

@@ -1,6 +1,6 @@
 """milter-manager-log-analyzer: milter-manager's statistics lines → per-minute counters → graphs + index.html.
 
-tools.md §4 and logging.md §6–7; the manual is doc/milter-manager-log-analyzer.md. One run:
+The manual is doc/milter-manager-log-analyzer.1.md. One run:
 
 1. open every input (a missing file stops the run before anything is written);
 2. unless ``update_db`` is off: take the database's write lock, count the statistics lines of
@@ -72,7 +72,7 @@ def update_database(store: Store, sources: Iterable[LogSource], *, now: float,
                     zone: datetime.tzinfo | None = None, strict_original: bool = False,
                     warn: Callable[[str], None] | None = None) -> Result:
     """Count the statistics lines of ``sources`` and add the new minutes to ``store`` in one
-    transaction (logging.md §7.4)."""
+    transaction."""
     limit = update_limit(now)
     oldest = limit - RETENTION
     tally = Tally(limit, oldest=oldest, strict_original=strict_original)
@@ -133,7 +133,7 @@ def render_all(store: Store | None, directory: Path, *, now: float,
 def analyze(paths: Sequence[str], output_directory: str | os.PathLike[str], *, update_db: bool = True,
             now: float | None = None, zone: datetime.tzinfo | None = None, strict_original: bool = False,
             warn: Callable[[str], None] | None = None) -> Result:
-    """One whole run (tools.md §4): inputs → database → graphs and ``index.html``.
+    """One whole run: inputs → database → graphs and ``index.html``.
 
     ``now`` (default: the current time) sets the update limit and the graphs' end; ``zone``
     is the time zone of syslog timestamps and graph labels (default: the process's).

@@ -1,4 +1,4 @@
-"""The analyzer's graphs (tools.md §4.5), drawn with matplotlib instead of ``rrdtool graph``.
+"""The analyzer's graphs, drawn with matplotlib instead of ``rrdtool graph``.
 
 Same graphs as the original: manager status and report, and per child milter its status and
 report, each for the last day, week, month (35 days) and year (420 days); the same series,
@@ -61,7 +61,7 @@ def image_height(legend_lines: int) -> int:
 @dataclass(frozen=True)
 class TimeRange:
     """One of the four ranges: ``--start -seconds``, end rounded to ``seconds × 3 / 600``
-    (three pixels per row of the original), rows of ``pdp`` minutes (logging.md §7.6)."""
+    (three pixels per row of the original), rows of ``pdp`` minutes."""
 
     tag: str
     label: str
@@ -175,9 +175,9 @@ def milter_report_graph(name: str) -> Graph:
 
 
 def graphs_of(store: Store) -> list[Graph]:
-    """The graphs to draw, in the order of tools.md §4.6: manager status, manager report, then
+    """The graphs to draw, in the order of the manual: manager status, manager report, then
     per child milter (first seen first) its status and report — each only when its series has
-    been written (tools.md §4.5: a graph without data is skipped). Milters come from the
+    been written (a graph without data is skipped). Milters come from the
     database, so ``--no-update-db`` and runs over logs without them still draw them."""
     existing = store.series()
     candidates = [manager_status_graph(), manager_report_graph()]
@@ -258,7 +258,7 @@ def _number(value: float) -> str:
 # ------------------------------------------------------------------------------------- drawing
 
 def legend_line(entry: Entry, width: int, unit: str, summary: Summary) -> str:
-    """``LABEL  total: %8.0lf UNIT  avg: %6.2lf UNIT/min  max: %4.0lf UNIT/min`` (tools.md §4.5)."""
+    """``LABEL  total: %8.0lf UNIT  avg: %6.2lf UNIT/min  max: %4.0lf UNIT/min``."""
     return (f"{entry.label.ljust(width)}  total: {summary.total:8.0f} {unit}  "
             f"avg: {summary.average:6.2f} {unit}/min  max: {summary.maximum:4.0f} {unit}/min")
 

@@ -1,4 +1,4 @@
-"""The analyzer's ``index.html`` (tools.md §4.6): one page showing every graph, refreshed every 5 minutes.
+"""The analyzer's ``index.html``: one page showing every graph, refreshed every 5 minutes.
 
 Same document as the original's (XHTML 1.0 Transitional, the range index floating left, ids
 built from the labels), so existing links into it keep working; each ``img`` also gets the

@@ -1,19 +1,19 @@
 """Reading logs for milter-manager-log-analyzer: which lines count, when they happened, what they count.
 
-The analyzer reads milter-manager's ``[statistics]`` lines (logging.md §6) from two kinds of
+The analyzer reads milter-manager's ``[statistics]`` lines from two kinds of
 files (D-11): a syslog mail log (BSD ``MON DD HH:MM:SS HOST PROG[PID]: `` lines, or RFC 3339
 timestamps as rsyslog's high-precision format writes them) and milter-manager's own log file
-(``[ISO-UTC]: MESSAGE`` or ``[ISO-UTC] [PID]: MESSAGE``, logging.md §2). Input is bytes from
+(``[ISO-UTC]: MESSAGE`` or ``[ISO-UTC] [PID]: MESSAGE``). Input is bytes from
 start to end (LA-ENC-1): a log is not ours to reject for its encoding.
 
-Counting follows logging.md §7.1–7.4 with the defects of tools.md §7 item 12 fixed (D-1):
+Counting follows the original's rules with its defects fixed (D-1):
 dotted (FQDN) syslog hosts match, and a milter's lines count from the first line that names
 it (its header lines before its first ``[milter][end]`` included). ``strict_original=True``
 reproduces the original's behaviour exactly; it exists so the tests can show the worked
-example of logging.md §7.5 byte for byte and what each fix changes.
+example of the manual byte for byte and what each fix changes.
 
 Counts do not depend on line order (the original dropped a whole open minute when a line
-older than it arrived, logging.md §7.4 step 5): a log written by several worker processes
+older than it arrived): a log written by several worker processes
 may interleave their lines slightly out of order.
 """
 
@@ -32,11 +32,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-#: the graph families of tools.md §4.4; the manager's own series have the name ``MANAGER``
+#: the graph families of the manual; the manager's own series have the name ``MANAGER``
 SESSION, STATUS, REPORT = "session", "status", "report"
 MANAGER = ""
 
-#: English month names only, whatever the locale (logging.md §7.1 step 5)
+#: English month names only, whatever the locale
 MONTHS = {name: number for number, name in enumerate(
     (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"), start=1)}
 
@@ -55,7 +55,7 @@ STATISTICS_MARK = b"[statistics] "
 PROGRAM = b"milter-manager"
 _LEVEL_NAMES = {b"critical", b"error", b"warning", b"message", b"info", b"debug", b"trace", b"profile", b"none"}
 
-# CONTENT patterns of logging.md §7.2, anchored at both ends (fullmatch)
+# CONTENT patterns, anchored at both ends (fullmatch)
 MILTER_END = re.compile(rb"\[milter\]\[end\]\[(.+?)\]\[(.+?)\]\[(.+?)\]\((.+?)\): (.+)")
 MILTER_END_LEGACY = re.compile(rb"\[milter\]\[end\]\[(.+)\]\(.+\): (.+)")
 SESSION_END = re.compile(rb"\[session\]\[end\]\[(.+)\]\[(.+)\]\[(.+)\]\((.+)\)")
@@ -81,7 +81,7 @@ _SPF_PASSED = re.compile(r"Sender is SPF-compliant|Sender passed SPF test", re.I
 
 
 def report_keys(name: str, value: str) -> list[str]:
-    """The report keys one added header yields (logging.md §7.3), in the order they are found.
+    """The report keys one added header yields, in the order they are found.
 
     Why keys and not the header itself: the report graph counts outcomes (spam, SPF pass…)
     whichever milter produced them, so each known header is reduced to the outcomes it states.
@@ -125,7 +125,7 @@ def report_keys(name: str, value: str) -> list[str]:
 # ------------------------------------------------------------------------------------- the year of syslog lines
 
 class SyslogYear:
-    """The year of BSD syslog timestamps, which carry none (logging.md §8 item 2).
+    """The year of BSD syslog timestamps, which carry none.
 
     Rule: the first dated line of an input gets the year of the input's reference time (its
     file's modification time, or now for standard input), minus one when the line's month is
@@ -196,7 +196,7 @@ def open_log(path: str) -> LogSource:
     """Open a log file (``-``: standard input), plain or gzip (recognised by its magic bytes).
 
     Opened before anything is read or written, so that a missing file stops the run before
-    the database is touched (tools.md §4.2: ``--log`` opens at option time).
+    the database is touched (``--log`` opens at option time).
     """
     if path == "-":
         raw = sys.stdin.buffer
@@ -230,7 +230,7 @@ class LineParser:
     """Turns raw lines of one input into ``(epoch seconds, CONTENT)`` for the statistics lines.
 
     ``zone`` is the time zone of syslog's wall-clock timestamps (None: the process's, as the
-    original, logging.md §7.1 step 6). ``strict_original`` restores the original's host
+    original). ``strict_original`` restores the original's host
     pattern (no dots), which rejects FQDN hosts.
     """
 
@@ -305,7 +305,7 @@ class LineParser:
 
 def _statistics_content(rest: bytes) -> bytes | None:
     """CONTENT of a syslog message: an optional Solaris ``[ID n fac.lvl] `` dropped, then the
-    ``[statistics] `` mark required (logging.md §7.1 steps 3–4)."""
+    ``[statistics] `` mark required."""
     match = SOLARIS_ID.match(rest)
     if match:
         rest = rest[match.end():]
@@ -320,7 +320,7 @@ Counts = dict[str, int]
 
 
 class Tally:
-    """Per-minute counts of every series, from the CONTENT of statistics lines (logging.md §7.2).
+    """Per-minute counts of every series, from the CONTENT of statistics lines.
 
     A series is ``(family, name)``: ``(SESSION, MANAGER)``, ``(STATUS, MANAGER)``,
     ``(REPORT, MANAGER)``, and ``(STATUS, milter)`` / ``(REPORT, milter)`` per child milter.

@@ -2,11 +2,11 @@
 
 Why SQLite: the standard library has it, one file holds every series, a transaction makes a
 run all-or-nothing, and exact per-minute rows let the graphs print exact totals. The rules
-are those of the original's RRD updates (logging.md §7.4): one row per minute with every item
+are those of the original's RRD updates: one row per minute with every item
 of the series (items without a count are 0), all-zero rows for the minutes without data
 between two data minutes and after the series' previous last minute, nothing after the last
 data minute, and a minute already written is never written again — so a cron job over the
-whole current log adds only the new minutes (tools.md §4.1).
+whole current log adds only the new minutes.
 
 Tables: ``session``, ``status`` and ``report`` (one column per item, ``-`` → ``_``), keyed by
 ``(name, minute)`` where name is ``''`` for the manager's own series and the child milter's
@@ -31,7 +31,7 @@ SCHEMA_VERSION = "1"
 STEP = 60
 RETENTION = 421 * 86400
 
-#: items per family, in the column order of logging.md §7.2
+#: items per family, in the column order of the manual
 ITEMS: dict[str, tuple[str, ...]] = {
     SESSION: ("smtp", "child", "disconnected", "concurrent"),
     STATUS: ("pass", "accept", "reject", "discard", "temporary-failure", "quarantine", "abort", "error", "stop"),
@@ -147,7 +147,7 @@ class Store:
                 in self.db.execute("SELECT family, name, last_minute FROM series")}
 
     def add(self, tally: Tally, *, oldest: int | None = None) -> dict[tuple[str, str], int]:
-        """Write the tally's new minutes (logging.md §7.4 steps 3, 7–9); returns rows written per series."""
+        """Write the tally's new minutes; returns rows written per series."""
         last = self.last_minutes()
         written: dict[tuple[str, str], int] = {}
         for series, minutes in tally.counts.items():
@@ -175,7 +175,7 @@ class Store:
         return written
 
     def add_milters(self, names: Iterable[str]) -> None:
-        """Remember child milters in the order first seen (the order of their graphs, tools.md §4.6)."""
+        """Remember child milters in the order first seen (the order of their graphs)."""
         position = self.db.execute("SELECT COALESCE(MAX(position), 0) FROM milter").fetchone()[0]
         for name in names:
             if self.db.execute("SELECT 1 FROM milter WHERE name = ?", (name,)).fetchone() is None:
@@ -194,7 +194,7 @@ class Store:
         return [name for (name,) in self.db.execute("SELECT name FROM milter ORDER BY position")]
 
     def series(self) -> set[tuple[str, str]]:
-        """The series that have been written (a graph exists only for these, tools.md §4.5)."""
+        """The series that have been written (a graph exists only for these)."""
         return {(family, name) for family, name in self.db.execute("SELECT family, name FROM series")}
 
     def last_update(self, family: str, name: str) -> int | None:
@@ -256,8 +256,8 @@ class Store:
 
 def fetch_max(store: Store, family: str, name: str, start: int, end: int,
               width: int = 480) -> list[tuple[int, Mapping[str, float]]]:
-    """Rows like ``rrdtool fetch FILE MAX -s START -e END`` of the original's day archive
-    (logging.md §7.6 consequence 1): per ``width``-second row the maximum per-minute count,
+    """Rows like ``rrdtool fetch FILE MAX -s START -e END`` of the original's day archive:
+    per ``width``-second row the maximum per-minute count,
     NaN for rows without any written minute. For comparing with the original's numbers."""
     items = items_of(family, name)
     data = store.consolidate(family, name, items, start, end, width)

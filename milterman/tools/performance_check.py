@@ -1,11 +1,11 @@
-"""milter-performance-check: send mails to an MTA over SMTP and measure MTA + milters (tools.md §3).
+"""milter-performance-check: send mails to an MTA over SMTP and measure MTA + milters.
 
 Each mail is one whole SMTP session (:mod:`.smtp_client`); its response time runs from before
 connecting to after the connection closed. Sessions run as greenlets in the parallel,
-``--interval``/``--period`` and ``--flood`` modes (§3.4); ``--n-workers`` forks processes before
+``--interval``/``--period`` and ``--flood`` modes; ``--n-workers`` forks processes before
 any gevent hub exists, each sending the whole list and streaming one JSON line per finished mail
 back to the parent, which does all the reporting (periodic lines, the progress line on a
-terminal, the statistics CSV and the final report of §3.5, plus p50/p90/p99 and ``--report=json``).
+terminal, the statistics CSV and the final report of the manual, plus p50/p90/p99 and ``--report=json``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class SourceError(ValueError):
 
 
 def parse_duration(text: str) -> float:
-    """``NUMBER[UNIT]`` → seconds (§3.2): ``5``, ``50s``, ``10m``, ``0.5h``; anything else is refused."""
+    """``NUMBER[UNIT]`` → seconds: ``5``, ``50s``, ``10m``, ``0.5h``; anything else is refused."""
     match = DURATION.match(text.strip())
     if not match:
         raise ValueError("invalid period format")
@@ -89,7 +89,7 @@ def _port(text: str) -> int | None:
 
 @dataclass
 class Settings:
-    """Every option of §3.2 after validation (the CLI builds it)."""
+    """Every option of the manual after validation (the CLI builds it)."""
 
     smtp_server: str = "localhost"
     smtp_port: int = 25
@@ -133,7 +133,7 @@ class MailSource:
 
 
 def collect_sources(arguments: list[str], stdin: Callable[[], bytes]) -> list[MailSource]:
-    """Positional arguments → sources (§3.3 item 1): files, directories searched recursively, ``-``."""
+    """Positional arguments → sources: files, directories searched recursively, ``-``."""
     paths: list[str] = []
     use_stdin = False
     for argument in arguments:
@@ -162,7 +162,7 @@ def collect_sources(arguments: list[str], stdin: Callable[[], bytes]) -> list[Ma
 
 
 def mail_list(sources: list[MailSource], n_mails: int) -> list[MailSource]:
-    """§3.3 item 2: none → the generated mail N times; one → it N times; several → each once."""
+    """none → the generated mail N times; one → it N times; several → each once."""
     if not sources:
         return [MailSource(None)] * n_mails
     if len(sources) == 1:
@@ -175,7 +175,7 @@ def message_id() -> str:
 
 
 def replace_message_ids(data: bytes) -> bytes:
-    """Each ``Message-Id:`` field of the header (with its folded lines) gets a fresh id (§3.3 item 1)."""
+    """Each ``Message-Id:`` field of the header (with its folded lines) gets a fresh id."""
     match = re.search(rb"\r?\n\r?\n", data)
     end = match.start() if match else len(data)
     fresh = re.sub(rb"(?im)^Message-Id:[^\r\n]*(\r?\n[ \t][^\r\n]*)*",
@@ -184,7 +184,7 @@ def replace_message_ids(data: bytes) -> bytes:
 
 
 def generate_mail(sender: str, recipients: list[str], helo_fqdn: str, n_additional_lines: int) -> bytes:
-    """The generated test mail of §3.3 item 4, CRLF line ends."""
+    """The generated test mail of the manual, CRLF line ends."""
     date = email.utils.formatdate(localtime=True)
     queue_id = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(10))
     lines = [f"Return-Path: <{sender}>",
@@ -225,7 +225,7 @@ def header_fields(data: bytes) -> list[tuple[str, str]]:
 def addresses(values: list[str]) -> list[str]:
     """The addresses of address header values: ``<…>`` contents, else the value without comments.
 
-    (tools.md §3.3 item 3 **BUG** fixed: the original used the raw comma-split items.)
+    (a defect of the original fixed: it used the raw comma-split items.)
     """
     return [address for _, address in email.utils.getaddresses(values) if address]
 
@@ -245,7 +245,7 @@ def strip_brackets(address: str) -> str:
 
 
 def envelope_for(data: bytes, settings: Settings, default_sender: str, *, helo: str | None = None) -> Envelope:
-    """§3.3 item 3: HELO from the first Received:, sender from From:, recipients from To: + Cc:."""
+    """HELO from the first Received:, sender from From:, recipients from To: + Cc:."""
     fields = header_fields(data)
     if helo is None:
         helo = settings.helo_fqdn
@@ -284,7 +284,7 @@ class Sender:
         return data, envelope_for(data, settings, default_sender)
 
     def session(self, client: SmtpClient, envelope: Envelope, message: bytes) -> None:
-        """connect, EHLO, [STARTTLS + EHLO], [XCLIENT + EHLO], [AUTH], MAIL, RCPT…, DATA, QUIT (§3.1)."""
+        """connect, EHLO, [STARTTLS + EHLO], [XCLIENT + EHLO], [AUTH], MAIL, RCPT…, DATA, QUIT."""
         settings = self.settings
         client.connect()
         client.ehlo(envelope.helo)
@@ -304,7 +304,7 @@ class Sender:
         client.data(message)
 
     def send(self, source: MailSource) -> dict:
-        """One mail, one session; the outcome classified per §3.4."""
+        """One mail, one session; the outcome classified per the manual."""
         message, envelope = self.prepare(source)
         client = SmtpClient(self.settings.smtp_server, self.settings.smtp_port, timeout=self.settings.reading_timeout)
         record: dict = {"path": source.label, "status": "success", "response": None,
@@ -333,10 +333,10 @@ class Sender:
 
 def send_all(settings: Settings, mails: list[MailSource], sender: Sender, emit: Callable[[dict], None],
              stop: Event) -> None:
-    """Send ``mails`` in the mode the settings ask for (§3.4) until done or ``stop`` (a gevent Event) is set.
+    """Send ``mails`` in the mode the settings ask for until done or ``stop`` (a gevent Event) is set.
 
     On ``stop`` (Ctrl-C) no new mail starts; the sessions in progress finish, bounded by the reading
-    timeout, so every mail the MTA accepted is in the report (§3.4: "stops sending and still prints
+    timeout, so every mail the MTA accepted is in the report ("stops sending and still prints
     the report").
     """
     group = Group()
@@ -395,7 +395,7 @@ def send_all(settings: Settings, mails: list[MailSource], sender: Sender, emit: 
 
 
 def iso_time(timestamp: float) -> str:
-    """ISO 8601, local time, microseconds and the UTC offset (§3.5 statistics data)."""
+    """ISO 8601, local time, microseconds and the UTC offset."""
     return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="microseconds")
 
 
@@ -412,13 +412,13 @@ def summarize(records: list[dict], elapsed: float) -> dict:
                      "average": sum(times) / count if count else 0.0},
         "latency": {"p50": percentile(times, 0.50), "p90": percentile(times, 0.90), "p99": percentile(times, 0.99)},
         "statuses": statuses,
-        # tools.md §3.5 AMBIG: no mails → 0.00 %, not NaN
+        # no mails → 0.00 %, not NaN
         "percentages": {status: statuses[status] * 100.0 / count if count else 0.0 for status in STATUSES},
     }
 
 
 def render_report(records: list[dict], elapsed: float, *, with_files: bool, failure_responses: bool) -> str:
-    """The final report of §3.5, and the failure responses after it when asked."""
+    """The final report of the manual, and the failure responses after it when asked."""
     totals = summarize(records, elapsed)
     lines: list[str] = []
     if with_files:
@@ -469,12 +469,12 @@ def render_json(records: list[dict], elapsed: float) -> str:
 
 
 def periodic_row(*cells: str) -> str:
-    """printf's ``"%8s %5s %7s %6s %6s %6s %5s %5s %5s"`` of §3.5."""
+    """printf's ``"%8s %5s %7s %6s %6s %6s %5s %5s %5s"`` of the manual."""
     return " ".join(f"{cell:>{width}}" for cell, width in zip(cells, PERIODIC_WIDTHS, strict=True))
 
 
 def periodic_line(records: list[dict], seconds: float, now: float) -> str:
-    """One line of the periodic report: the mails finished in the last interval (§3.5)."""
+    """One line of the periodic report: the mails finished in the last interval."""
     times = [record["elapsed"] for record in records]
     count = len(times)
     counts = [sum(1 for record in records if record["status"] == status) for status in STATUSES[1:]]
@@ -594,7 +594,7 @@ def _fork_workers(settings: Settings, mails: list[MailSource], auth: tuple[str, 
 
 def run(settings: Settings, sources: list[MailSource], auth: tuple[str, str] | None, *,
         out: TextIO, err: TextIO) -> int:
-    """Send, report, return the exit status (§3.6): 0, or 1 when a worker process crashed."""
+    """Send, report, return the exit status: 0, or 1 when a worker process crashed."""
     mails = mail_list(sources, settings.n_mails)
     workers = settings.n_workers if settings.n_workers > 1 else 0
     expected = None if settings.flood else len(mails) * max(1, workers)

@@ -1,4 +1,4 @@
-"""milter-report-statistics: watch milter processes' memory, CPU and descriptors (tools.md §5).
+"""milter-report-statistics: watch milter processes' memory, CPU and descriptors.
 
 Every interval, one line per matching process: time, PID, virtual and resident size,
 %CPU over the interval, CPU time, open descriptors and the command line. Built on
@@ -25,7 +25,7 @@ INTERPRETERS = re.compile(r"\A(?:python[0-9.]*|ruby[0-9.]*|perl|sh|bash)\Z")
 
 @dataclass
 class Selection:
-    """Which processes to report (tools.md §5.2)."""
+    """Which processes to report."""
 
     targets: tuple[str, ...] = ()
     filters: tuple[re.Pattern, ...] = ()
@@ -138,7 +138,7 @@ class Reporter:
             return ROW % (clock, process.pid, f"{memory.vms // 1024} kB", f"{memory.rss // 1024} kB", f"{cpu:.1f}",
                           cpu_time_text(times.user + times.system), fds, command)
         except psutil.Error:
-            return ROW % (clock, process.pid, "", "", "", "", "", "")  # vanished: empty values (§5.3)
+            return ROW % (clock, process.pid, "", "", "", "", "", "")  # vanished: empty values
 
     def run(self, interval: float, ticks: int | None = None) -> None:
         """Print the header, then a block every ``interval`` seconds (minus the time the block took)."""

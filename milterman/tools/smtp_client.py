@@ -1,4 +1,4 @@
-"""A small SMTP client on gevent sockets, for milter-performance-check (tools.md §3).
+"""A small SMTP client on gevent sockets, for milter-performance-check.
 
 Why not :mod:`smtplib`: it blocks the whole process unless the standard library is
 monkey-patched, and the design forbids monkey-patching. This client speaks just what the
@@ -6,7 +6,7 @@ performance check needs: EHLO (falling back to HELO), STARTTLS (gevent's :mod:`s
 XCLIENT, AUTH PLAIN / LOGIN / CRAM-MD5, MAIL, RCPT, DATA with dot-stuffing, RSET and QUIT.
 
 Every reply outside the expected class raises: :class:`SmtpReplyError` for 4xx/5xx (the
-performance check counts them as temporary failures and rejects, §3.4) and the other
+performance check counts them as temporary failures and rejects) and the other
 :class:`SmtpError` subclasses for what it counts as errors (a malformed or unexpected reply,
 the server closing, a capability the server lacks). Timeouts are :class:`TimeoutError` and
 socket failures the :class:`OSError` the system gave.
@@ -28,7 +28,7 @@ from ..net.sockets import set_nodelay
 
 #: Longest reply line we accept; a server sending more is broken (RFC 5321 says 512).
 MAX_LINE = 65536
-#: Mechanisms we can do, in the order ``auto`` prefers them (tools.md §3.2 ``--auth-mechanism``).
+#: Mechanisms we can do, in the order ``auto`` prefers them.
 MECHANISM_PREFERENCE = ("CRAM-MD5", "PLAIN", "LOGIN")
 XCLIENT_MISSING = "XCLIENT isn't enabled. See smtpd_authorized_xclient_hosts parameter for Postfix."
 
@@ -38,7 +38,7 @@ class SmtpError(Exception):
 
 
 class SmtpReplyError(SmtpError):
-    """The server answered 4xx or 5xx: a temporary failure or a reject (§3.4)."""
+    """The server answered 4xx or 5xx: a temporary failure or a reject."""
 
     def __init__(self, reply: Reply) -> None:
         super().__init__(reply.first_line)
@@ -71,7 +71,7 @@ class Reply:
 
     @property
     def first_line(self) -> str:
-        """``CODE TEXT`` of the first line: what the failure lists print (§3.5)."""
+        """``CODE TEXT`` of the first line: what the failure lists print."""
         return f"{self.code} {self.lines[0]}" if self.lines and self.lines[0] else str(self.code)
 
     @property
@@ -105,7 +105,7 @@ def cram_md5_response(user: str, password: str, challenge: bytes) -> bytes:
 
 
 def choose_mechanism(offered: list[str], wanted: str) -> str:
-    """The AUTH mechanism to use (tools.md §3.2).
+    """The AUTH mechanism to use.
 
     ``wanted`` is ``auto`` or one of ours (``plain``, ``login``, ``cram_md5``, ``cram-md5``).
     ``auto`` takes CRAM-MD5, then PLAIN, then LOGIN among what the server offers.

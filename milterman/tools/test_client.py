@@ -1,8 +1,8 @@
-"""milter-test-client: a milter that answers continue and prints what it receives (tools.md §2).
+"""milter-test-client: a milter that answers continue and prints what it receives.
 
 Used to see what an MTA (Postfix, milter-test-server, milter-manager) really sends,
-macros included. The output format is tools.md §2.3; the per-session statistics
-and memory lines go through the logger (logging.md §6, ST-FINISHED).
+macros included. The output format is the manual's; the per-session statistics
+and memory lines go through the logger (ST-FINISHED).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..server import memory
 
 
 def render_connect_address(command) -> str:
-    """The address as tools.md §0.1 renders socket addresses."""
+    """The address as the manual renders socket addresses."""
     if command.family == Family.INET:
         return f"inet:{command.port}@[{command.ip}]"
     if command.family == Family.INET6:
@@ -62,7 +62,7 @@ class TestClient:
         self.processing += 1
 
     def session_finished(self, session_id: int) -> None:
-        """Count a finished session and emit ST-FINISHED (logging.md §6) in batches."""
+        """Count a finished session and emit ST-FINISHED in batches."""
         self.processing -= 1
         self.total_finished += 1
         self.pending_finished += 1
@@ -77,14 +77,14 @@ class TestClient:
 
 
 class TestClientHandler(MilterHandler):
-    """Prints each event and its macros (tools.md §2.3), answers continue to everything."""
+    """Prints each event and its macros, answers continue to everything."""
 
     def __init__(self, session: MilterSession, client: TestClient) -> None:
         super().__init__(session)
         self.client = client
         self.report = client.settings.report_request
         self.context: str | None = None
-        #: the macros printed for the current context; abort and unknown repeat them (tools.md §2.3)
+        #: the macros printed for the current context; abort and unknown repeat them
         self.context_macros: dict[str, str] = {}
         self.started = False
 
@@ -102,7 +102,7 @@ class TestClientHandler(MilterHandler):
             return
         if context is not None:
             # Kept, not looked up again: an abort clears the message macros before abort() runs,
-            # yet abort repeats the previous command's macros (tools.md §2.3, TC-OUT-4).
+            # yet abort repeats the previous command's macros (TC-OUT-4).
             self.context_macros = self.session.macros.stage(context)
         lines = [text, "\n"]
         macros = self.context_macros
@@ -115,7 +115,7 @@ class TestClientHandler(MilterHandler):
         out.flush()
 
     def negotiate(self, offer: Negotiate) -> Wanted:
-        """Echo the offered actions and ask for every event and reply (tools.md §2.3)."""
+        """Echo the offered actions and ask for every event and reply."""
         if self.report:
             self._event(f"negotiate: version=<{offer.version}>, action=<{action_names(offer.actions)}>, "
                         f"step=<{step_names(offer.protocol)}>", None)

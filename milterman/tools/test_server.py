@@ -1,9 +1,9 @@
-"""milter-test-server: play the MTA side of one SMTP transaction against a milter (tools.md §1).
+"""milter-test-server: play the MTA side of one SMTP transaction against a milter.
 
 The session itself is :func:`milterman.net.play_transaction`; this module builds the
 transaction from the settings (defaults, macros, ``--mail-file``), applies the
-milter's modifications to a copy of the message and renders the result
-(tools.md §1.8). Beyond the original it drives load: ``n_sessions`` sessions with
+milter's modifications to a copy of the message and renders the result. Beyond the original it drives load:
+``n_sessions`` sessions with
 ``concurrency`` at a time, and a JSON report that doubles as the benchmark driver.
 """
 
@@ -30,18 +30,18 @@ NORMAL = "\x1b[00m"
 
 
 class MailFileError(ValueError):
-    """A ``--mail-file`` that cannot be used (tools.md §1.6 messages)."""
+    """A ``--mail-file`` that cannot be used."""
 
 
 def normalize_address(address: str) -> str:
-    """``a@b`` → ``<a@b>``; an address already in angle brackets stays (tools.md §1.3)."""
+    """``a@b`` → ``<a@b>``; an address already in angle brackets stays."""
     if address.startswith("<") and address.endswith(">"):
         return address
     return f"<{address}>"
 
 
 def extract_address(value: str) -> str:
-    """The address of a From/To header value (tools.md §1.6 step 4)."""
+    """The address of a From/To header value."""
     start = value.find("<")
     if start >= 0:
         end = value.find(">", start)
@@ -63,7 +63,7 @@ class ParsedMail:
 
 
 def parse_mail(data: bytes) -> ParsedMail:
-    """Split a message file into headers, envelope and body chunks (tools.md §1.6)."""
+    """Split a message file into headers, envelope and body chunks."""
     lines = data.split(b"\n")
     if lines and lines[0].startswith(b"From "):
         lines = lines[1:]
@@ -113,7 +113,7 @@ def parse_mail(data: bytes) -> ParsedMail:
 
 @dataclass
 class ServerSettings:
-    """Everything a test-server session needs (tools.md §1.2 options)."""
+    """Everything a test-server session needs."""
 
     spec: ConnectionSpec
     name: str = "milter-test-server"
@@ -153,7 +153,7 @@ def connect_command(host: str, address: ConnectionSpec | None) -> Connect:
 
 
 def _merge_macros(defaults: list[tuple[str, str]], extra: list[tuple[str, str]]) -> dict[str, str]:
-    """Defaults overridden by user macros; ``x`` and ``{x}`` are one key (tools.md §1.2 AMBIG, settled)."""
+    """Defaults overridden by user macros; ``x`` and ``{x}`` are one key (settled)."""
     merged = {strip_braces(name): value for name, value in defaults}
     for name, value in extra:
         merged[strip_braces(name)] = value
@@ -161,7 +161,7 @@ def _merge_macros(defaults: list[tuple[str, str]], extra: list[tuple[str, str]])
 
 
 def build_transaction(settings: ServerSettings) -> Transaction:
-    """Settings → the commands and macros of one session (tools.md §1.3, §1.4, §1.6)."""
+    """Settings → the commands and macros of one session."""
     mail = settings.mail
     sender = settings.envelope_from
     recipients = list(settings.recipients)
@@ -207,7 +207,7 @@ def build_transaction(settings: ServerSettings) -> Transaction:
 
 
 def make_offer(version: int) -> Negotiate:
-    """All nine actions and all 21 steps (tools.md §1.5 rule 2)."""
+    """All nine actions and all 21 steps."""
     return Negotiate(version, int(Action.ALL), int(Step.ALL))
 
 
@@ -241,7 +241,7 @@ class Message:
 
 
 def apply_modifications(original: Message, result: TransactionResult) -> Message:
-    """Apply the end-of-message modifications to a copy (tools.md §1.7)."""
+    """Apply the end-of-message modifications to a copy."""
     message = Message(original.sender, list(original.recipients), list(original.headers), original.body)
     replaced: list[bytes] | None = None
     for modification in result.modifications:
@@ -284,14 +284,14 @@ def _change_header(headers: list[tuple[str, str]], change: ChangeHeader) -> None
 
 
 def _header_texts(name: str, value: str) -> list[str]:
-    """``NAME: FIRSTLINE`` then each further line of a folded value; ``NAME:`` when empty (§1.8 rule 2)."""
+    """``NAME: FIRSTLINE`` then each further line of a folded value; ``NAME:`` when empty."""
     parts = value.split("\n")
     first = f"{name}: {parts[0]}" if parts[0] or len(parts) > 1 else f"{name}:"
     return [first, *parts[1:]]
 
 
 def diff_headers(original: list[tuple[str, str]], result: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
-    """Walk both header lists as tools.md §1.8 rule 3 says; yields (mark, name, value)."""
+    """Walk both header lists as the manual says; yields (mark, name, value)."""
     out: list[tuple[str, str, str]] = []
     i = j = 0
     while i < len(original) and j < len(result):
@@ -322,7 +322,7 @@ _CHARSET = re.compile(r"""charset=(?:"([^"]*)"|'([^']*)'|([^;\s]*))""", re.IGNOR
 
 
 def render_body(message: Message) -> list[str]:
-    """The body section, converted from the message's charset when it names one (tools.md §1.8 rule 5)."""
+    """The body section, converted from the message's charset when it names one."""
     charset = None
     for name, value in message.headers:
         if name == "Content-Type":
@@ -339,7 +339,7 @@ def render_body(message: Message) -> list[str]:
 
 
 def render_message(original: Message, result: Message, color: bool) -> str:
-    """The ``--output-message`` block (tools.md §1.8)."""
+    """The ``--output-message`` block."""
     lines: list[str] = []
 
     def emit(mark: str, text: str) -> None:
@@ -376,7 +376,7 @@ def render_message(original: Message, result: Message, color: bool) -> str:
 
 
 def status_line(result: TransactionResult) -> str:
-    """``status: STATUS[ [CODE]<EXT>(TEXT)]`` (tools.md §1.8)."""
+    """``status: STATUS[ [CODE]<EXT>(TEXT)]``."""
     line = f"status: {result.status}"
     reply = result.reply_code
     if reply is not None:
@@ -387,7 +387,7 @@ def status_line(result: TransactionResult) -> str:
 
 
 def render_result(settings: ServerSettings, transaction: Transaction, result: TransactionResult) -> str:
-    """Everything one session prints (tools.md §1.8)."""
+    """Everything one session prints."""
     if result.error is not None:
         return result.error + "\n"
     out = [status_line(result), f"elapsed-time: {result.elapsed:g} seconds"]
@@ -441,7 +441,7 @@ class LoadReport:
 
 def run_load(settings: ServerSettings, n_sessions: int, concurrency: int, *, out: TextIO,
              report: str | None, print_blocks: bool) -> int:
-    """Run ``n_sessions`` sessions, ``concurrency`` at a time, in greenlets; exit status per §1.9."""
+    """Run ``n_sessions`` sessions, ``concurrency`` at a time, in greenlets; exit status per the manual."""
     import gevent
     from gevent.pool import Pool
 
