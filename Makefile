@@ -38,10 +38,11 @@ demo: install
 	cd / && $(CURDIR)/$(VPY) -m milterman.tools.demo
 
 # The suite runs against the installed package: pytest starts in tests/, where the checkout is not
-# importable (tests/conftest.py insists on it under CI=true). PYTEST_ARGS paths may be given
-# from the top (tests/tools/...) or from tests/ (tools/...).
+# importable (tests/conftest.py insists on it under CI=true). A path in PYTEST_ARGS may be given
+# from the top (tests/tools/test_x.py::test_y) or from tests/ (tools/test_x.py).
+test_path = $(if $(wildcard $(firstword $(subst ::, ,$(1)))),$(patsubst tests/%,%,$(patsubst tests,.,$(1))),$(1))
 test: install
-	cd tests && $(CURDIR)/$(VPY) -m pytest $(patsubst tests/%,%,$(PYTEST_ARGS))
+	cd tests && $(CURDIR)/$(VPY) -m pytest $(foreach word,$(PYTEST_ARGS),$(call test_path,$(word)))
 
 bench: install
 	$(VPY) bench/run.py $(BENCH_ARGS)
