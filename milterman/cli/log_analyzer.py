@@ -20,8 +20,13 @@ Inputs are syslog mail logs and milter-manager's own log files (log.path); only
 milter-manager's [statistics] lines count. Meant for cron every 5 minutes over the current log:
 each run adds only the minutes not in the database yet (never the current minute).
 
+Graphs need matplotlib (pip install 'milterman[graphs]'; Debian: python3-matplotlib). Without
+it the logs are still counted into the database and one line on standard error says what to
+install.
+
 Exit status: 0 on success; 1 for a bad option, a log file that cannot be opened, or an output
-directory or database that cannot be used.
+directory or database that cannot be used; 2 when matplotlib is missing (the database was
+updated, no graph drawn).
 """
 
 from __future__ import annotations
@@ -56,10 +61,15 @@ def main(argv: list[str] | None = None, *, now: float | None = None) -> int:
     def warn(message: str) -> None:
         sys.stderr.write(f"milter-manager-log-analyzer: warning: {message}\n")
 
+    update_db = _update_db(argv)
     try:
-        analyze(paths, arguments["--output-directory"], update_db=_update_db(argv), now=now, warn=warn)
+        result = analyze(paths, arguments["--output-directory"], update_db=update_db, now=now, warn=warn)
     except AnalyzerError as error:
         fail(f"milter-manager-log-analyzer: {error}")
+    if result.graphs_missing is not None:
+        done = "counted the logs, but drew no graphs" if update_db else "drew no graphs"
+        sys.stderr.write(f"milter-manager-log-analyzer: {done}: {result.graphs_missing}\n")
+        return 2
     return 0
 
 

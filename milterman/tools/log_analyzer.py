@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import log_analyzer_html
-from .log_analyzer_graph import RANGES, graphs_of, render
+from .log_analyzer_graph import RANGES, GraphsUnavailable, graphs_of, render, require_graph_library
 from .log_analyzer_parse import LineParser, LogSource, Tally, open_log, read_lines
 from .log_analyzer_store import FILE_NAME, RETENTION, STEP, Store, StoreError
 
@@ -44,6 +44,8 @@ class Result:
     rows: dict[tuple[str, str], int] = field(default_factory=dict)
     images: list[Path] = field(default_factory=list)
     index: Path | None = None
+    #: why no graph was drawn (matplotlib missing, with what to install); None when they were
+    graphs_missing: str | None = None
 
 
 def open_inputs(paths: Sequence[str]) -> list[LogSource]:
@@ -135,6 +137,9 @@ def analyze(paths: Sequence[str], output_directory: str | os.PathLike[str], *, u
             warn: Callable[[str], None] | None = None) -> Result:
     """One whole run: inputs → database → graphs and ``index.html``.
 
+    Without matplotlib the database is still updated; no graph and no page is drawn and
+    ``graphs_missing`` of the result says why and what to install.
+
     ``now`` (default: the current time) sets the update limit and the graphs' end; ``zone``
     is the time zone of syslog timestamps and graph labels (default: the process's).
     """
@@ -158,6 +163,11 @@ def analyze(paths: Sequence[str], output_directory: str | os.PathLike[str], *, u
             finally:
                 for source in sources:
                     source.close()
+        try:
+            require_graph_library()
+        except GraphsUnavailable as error:
+            result.graphs_missing = str(error)
+            return result
         store = Store.in_directory(directory, readonly=True)
         try:
             result.images, result.index = render_all(store, directory, now=now, zone=zone)

@@ -14,7 +14,8 @@ row's written minutes; the legend's total is the exact number of events in the d
 minute and max the largest per-minute count.
 
 matplotlib is imported here only, and only when a graph is drawn (its Agg canvas directly,
-no pyplot state), so that the other commands do not pay for it.
+no pyplot state), so that the other commands do not pay for it. It is optional (the extra
+``milterman[graphs]``): :func:`require_graph_library` says what to install when it is missing.
 """
 
 from __future__ import annotations
@@ -51,6 +52,24 @@ MAJOR_GRID = "#de8080"
 AXIS = "#101010"
 ARROW = "#ff0000"
 FONT = "#000000"
+
+
+#: what to install for the graphs, one line for an administrator
+GRAPHS_INSTALL_HINT = "pip install 'milterman[graphs]', or on Debian: apt install python3-matplotlib"
+
+
+class GraphsUnavailable(RuntimeError):
+    """matplotlib (or numpy under it) cannot be imported: no graph can be drawn, counting still works."""
+
+
+def require_graph_library() -> None:
+    """Import what :func:`render` needs before a run draws anything, so that a missing matplotlib is
+    reported once, by name, with what to install (it is an optional extra: ``milterman[graphs]``)."""
+    try:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import numpy  # noqa: F401
+    except ImportError as error:
+        raise GraphsUnavailable(f"{error}; to draw them: {GRAPHS_INSTALL_HINT}") from None
 
 
 def image_height(legend_lines: int) -> int:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from milter_processes import DEBIAN_PYTHON, ROOT, free_port, stop
+from milter_processes import DEBIAN_PYTHON, RUN_DIR, free_port, stop
 from postfix_harness import _listening
 
 STALL_SCRIPT = Path(__file__).resolve().parent / "milters" / "pymilter_stall_eom.py"
@@ -106,7 +106,7 @@ class ManagerProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "milterman.cli.manager", "-c", str(self.config_dir), "--no-detect",
              "--n-workers", str(n_workers)],
-            stdout=self._output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+            stdout=self._output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=RUN_DIR)
         try:
             wait_listening_quietly(self.port, self.process, 20.0, "milter-manager", self.log_path)
         except BaseException:

@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+#: subprocesses start outside the checkout, so they import the installed package (issue 8)
+RUN_DIR = "/"
 PYMILTER_SCRIPT = Path(__file__).resolve().parent / "milters" / "pymilter_header_reject.py"
 DEBIAN_PYTHON = "/usr/bin/python3"
 
@@ -58,7 +59,7 @@ class TestClientProcess:
         self._output = open(self.output_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "milterman.cli.test_client", "-s", f"inet:{self.port}@[127.0.0.1]", *args],
-            stdout=self._output, stderr=subprocess.STDOUT, cwd=ROOT)
+            stdout=self._output, stderr=subprocess.STDOUT, cwd=RUN_DIR)
         wait_listening(self.port, self.process)
 
     @property

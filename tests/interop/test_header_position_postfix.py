@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from manager_processes import ManagerProcess
-from milter_processes import ROOT, free_port, wait_listening
+from milter_processes import RUN_DIR, free_port, wait_listening
 
 MESSAGE = (b"From: <sender@example.org>\r\nTo: <alice@example.test>\r\nSubject: position\r\n"
            b"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\nMessage-ID: <position@example.org>\r\n\r\nbody\r\n")
@@ -17,7 +17,7 @@ MESSAGE = (b"From: <sender@example.org>\r\nTo: <alice@example.test>\r\nSubject: 
 def header_milter(tmp_path):
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "milterman.tools.example_milters", "header",
-                                f"inet:{port}@[127.0.0.1]", "header-one"], cwd=ROOT)
+                                f"inet:{port}@[127.0.0.1]", "header-one"], cwd=RUN_DIR)
     wait_listening(port, process)
     yield f"inet:{port}@[127.0.0.1]"
     process.terminate()

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from manager_processes import ManagerProcess, milter_table, toml_value, wait_listening_quietly
-from milter_processes import ROOT, free_port, stop
+from milter_processes import RUN_DIR, free_port, stop
 from postfix_harness import require_real  # noqa: F401  (postfix_factory skips/fails through it)
 
 SUPPORT = str(Path(__file__).resolve().parents[1] / "support")
@@ -75,7 +75,7 @@ class LogFileManager(ManagerProcess):
         self.process = subprocess.Popen(
             [sys.executable, "-m", "milterman.cli.manager", "-c", str(self.config_dir), "--no-detect",
              "--n-workers", str(n_workers)],
-            stdout=self._output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+            stdout=self._output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=RUN_DIR)
         try:
             wait_listening_quietly(self.port, self.process, 20.0, "milter-manager", self.log_path)
         except BaseException:
@@ -96,7 +96,7 @@ class ExampleMilter:
         self.port = free_port()
         self.spec = f"inet:{self.port}@[127.0.0.1]"
         self.process = subprocess.Popen([sys.executable, "-m", "milterman.tools.example_milters", kind, self.spec,
-                                         name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+                                         name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=RUN_DIR)
         wait_listening_quietly(self.port, self.process, 15.0, f"example milter {kind}")
 
     def stop(self) -> None:

@@ -33,7 +33,7 @@ import pytest
 
 from manager_processes import (DkimKey, ManagerProcess, OpenDkimProcess, StallingMilterProcess,
                                opendkim_usable)
-from milter_processes import ROOT, PymilterProcess, TestClientProcess, pymilter_usable
+from milter_processes import RUN_DIR, PymilterProcess, TestClientProcess, pymilter_usable
 from postfix_harness import PostfixInstance, require_real
 from smtp_sink import SmtpSink
 
@@ -439,7 +439,7 @@ def test_show_config_lists_the_opendkim_of_debians_package(tmp_path):
     argv = [str(script)] if script.exists() else [sys.executable, "-m", "milterman.cli.manager"]
 
     run = subprocess.run([*argv, "-c", str(tmp_path), "--show-config"], capture_output=True, text=True,
-                         timeout=60, cwd=ROOT)
+                         timeout=60, cwd=RUN_DIR)
 
     assert run.returncode == 0, run.stdout + run.stderr
     tables = run.stdout.split("[[milter]]")[1:]
@@ -449,5 +449,5 @@ def test_show_config_lists_the_opendkim_of_debians_package(tmp_path):
     assert "enabled = true" in table
     # the same directory with --no-detect: no opendkim
     quiet = subprocess.run([*argv, "-c", str(tmp_path), "--show-config", "--no-detect"], capture_output=True,
-                           text=True, timeout=60, cwd=ROOT)
+                           text=True, timeout=60, cwd=RUN_DIR)
     assert quiet.returncode == 0 and "[[milter]]" not in quiet.stdout, quiet.stdout

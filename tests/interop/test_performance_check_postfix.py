@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 
 from manager_processes import ManagerProcess, wait_listening_quietly
-from milter_processes import ROOT, TestClientProcess, free_port, stop
+from milter_processes import RUN_DIR, TestClientProcess, free_port, stop
 from postfix_harness import PostfixInstance, postfix_usable, require_real
 from smtp_sink import SmtpSink
 
@@ -65,7 +65,7 @@ class PythonMilter:
         self._output = open(self.output_path, "wb")
         self.process = subprocess.Popen([sys.executable, *argv, f"inet:{self.port}@[127.0.0.1]"],
                                         stdout=self._output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        cwd=ROOT)
+                                        cwd=RUN_DIR)
         try:
             wait_listening_quietly(self.port, self.process, 15.0, " ".join(argv), self.output_path)
         except BaseException:
@@ -93,7 +93,7 @@ class Stack:
         """Run milter-performance-check against this Postfix."""
         return subprocess.run([sys.executable, "-m", "milterman.cli.performance_check", "--smtp-server=127.0.0.1",
                                f"--smtp-port={self.mta.port}", *args], input=input, capture_output=True,
-                              text=True, timeout=timeout, cwd=ROOT)
+                              text=True, timeout=timeout, cwd=RUN_DIR)
 
     def delivered(self, before: int, expected: int) -> list:
         """Exactly ``expected`` more messages reached the sink, and the queue is empty."""
@@ -320,7 +320,7 @@ def test_pc5_dead_child_with_tempfail_fallback(tempfail_stack):
 def test_pc5_connection_refused_is_an_error(stack):
     run = subprocess.run([sys.executable, "-m", "milterman.cli.performance_check", "--smtp-server=127.0.0.1",
                           f"--smtp-port={free_port()}", "--n-mails=1"], capture_output=True, text=True,
-                         timeout=30, cwd=ROOT)
+                         timeout=30, cwd=RUN_DIR)
     assert run.returncode == 0
     assert run.stderr == "ConnectionRefusedError: [Errno 111] Connection refused\n"
 

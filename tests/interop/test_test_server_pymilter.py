@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from milter_processes import ROOT, PymilterProcess, pymilter_usable
+from milter_processes import RUN_DIR, PymilterProcess, pymilter_usable
 from postfix_harness import require_real
 
 
@@ -25,7 +25,7 @@ def pymilter(tmp_path_factory):
 
 def run_test_server(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "milterman.cli.test_server", *args], capture_output=True,
-                          text=True, timeout=60, cwd=ROOT)
+                          text=True, timeout=60, cwd=RUN_DIR)
 
 
 @pytest.mark.interop

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+#: subprocesses start outside the checkout, so they import the installed package (issue 8)
+RUN_DIR = "/"
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ name = "second"
 connection_spec = "unix:{tmp_path}/second.sock"
 """)
     children = [subprocess.Popen([sys.executable, "-m", "milterman.cli.test_client", "-s",
-                                  f"unix:{tmp_path}/{name}.sock", "--no-report-request", "-q"], cwd=ROOT)
+                                  f"unix:{tmp_path}/{name}.sock", "--no-report-request", "-q"], cwd=RUN_DIR)
                 for name in ("first", "second")]
     manager = None
     try:
@@ -57,16 +58,16 @@ connection_spec = "unix:{tmp_path}/second.sock"
             wait_for(tmp_path / f"{name}.sock")
         manager = subprocess.Popen([sys.executable, "-m", "milterman.cli.manager", "-c", str(tmp_path),
                                     "--no-detect"], env=dict(os.environ, TMPDIR=str(tiny_tmpdir)),
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=RUN_DIR)
         wait_for(tmp_path / "manager.sock")
         mail = tmp_path / "big.eml"
         line = b"0123456789" * 7 + b"\n"
         mail.write_bytes(b"From: <a@example.org>\nTo: <b@example.org>\nSubject: big\n\n" + line * 90000)  # 6.4 MB
         command = [sys.executable, "-m", "milterman.cli.test_server", "-s", f"unix:{tmp_path}/manager.sock"]
         big = subprocess.run([*command, "--mail-file", str(mail)], capture_output=True, text=True, timeout=120,
-                             cwd=ROOT)
+                             cwd=RUN_DIR)
         assert big.stdout.splitlines()[0] == "status: temporary-failure", big.stdout
-        small = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+        small = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=RUN_DIR)
         assert small.stdout.splitlines()[0] == "status: pass"
     finally:
         if manager is not None:

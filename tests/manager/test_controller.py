@@ -16,7 +16,8 @@ from milterman.config import load_string
 from milterman.net import parse_spec
 from milterman.server.control import encode, read_message, request
 
-ROOT = Path(__file__).resolve().parents[2]
+#: subprocesses start outside the checkout, so they import the installed package (issue 8)
+RUN_DIR = "/"
 
 
 def wait_for(predicate, timeout: float = 15.0) -> bool:
@@ -44,9 +45,9 @@ name = "client"
 connection_spec = "unix:{tmp_path}/client.sock"
 """)
     client = subprocess.Popen([sys.executable, "-m", "milterman.cli.test_client", "-s", f"unix:{tmp_path}/client.sock",
-                               "--no-report-request", "-q"], cwd=ROOT)
+                               "--no-report-request", "-q"], cwd=RUN_DIR)
     manager = subprocess.Popen([sys.executable, "-m", "milterman.cli.manager", "-c", str(tmp_path), "--no-detect"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=RUN_DIR)
     assert wait_for(lambda: (tmp_path / "controller.sock").exists() and (tmp_path / "client.sock").exists())
     return client, manager
 
@@ -64,7 +65,7 @@ def stop(*processes) -> str:
 def drive(tmp_path: Path, sessions: int) -> None:
     run = subprocess.run([sys.executable, "-m", "milterman.cli.test_server", "-s", f"unix:{tmp_path}/manager.sock",
                           "--n-sessions", str(sessions), "--concurrency", "2"], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
+                         timeout=120, cwd=RUN_DIR)
     assert f"sessions: {sessions} (pass: {sessions})" in run.stdout, run.stdout
 
 

@@ -9,13 +9,13 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from milterman.manager.launcher import Launcher, LaunchError, command_line
 
-ROOT = Path(__file__).resolve().parents[2]
+#: subprocesses start outside the checkout, so they import the installed package (issue 8)
+RUN_DIR = "/"
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:
@@ -95,16 +95,16 @@ command_options = ["-m", "milterman.cli.test_client", "-s", "unix:{child_socket}
 retry_delay = 1.0
 """)
     manager = subprocess.Popen([sys.executable, "-m", "milterman.cli.manager", "-c", str(tmp_path), "--no-detect"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=RUN_DIR, text=True)
     try:
         assert wait_for(lambda: (tmp_path / "manager.sock").exists())
         run = subprocess.run([sys.executable, "-m", "milterman.cli.test_server", "-s", f"unix:{tmp_path}/manager.sock"],
-                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+                             capture_output=True, text=True, timeout=60, cwd=RUN_DIR)
         assert run.stdout.splitlines()[0] == "status: pass", run.stdout
         assert (tmp_path / "child.pid").exists()
         launched_pid = int((tmp_path / "child.pid").read_text())
         run = subprocess.run([sys.executable, "-m", "milterman.cli.test_server", "-s", f"unix:{tmp_path}/manager.sock"],
-                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+                             capture_output=True, text=True, timeout=60, cwd=RUN_DIR)
         assert run.stdout.splitlines()[0] == "status: pass"
         assert int((tmp_path / "child.pid").read_text()) == launched_pid  # not started twice
     finally:

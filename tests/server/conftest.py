@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from server_support import CONFIG_APP, PYTHON, REPO, ServerProcess, clean_env, short_dir
+from server_support import CONFIG_APP, PYTHON, ServerProcess, clean_env, short_dir
 
 
 def toml_value(value) -> str:
@@ -166,7 +166,7 @@ def unprivileged_python() -> tuple[str, dict[str, str]]:
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for system in (f"/usr/bin/{version}", "/usr/bin/python3"):
         if os.path.exists(system):
-            candidates.append((system, clean_env(PYTHONPATH=f"{REPO}{os.pathsep}{site_packages}")))
+            candidates.append((system, clean_env(PYTHONPATH=str(site_packages))))
     reasons = []
     for python, env in candidates:
         try:

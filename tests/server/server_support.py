@@ -26,7 +26,8 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[2]
+#: subprocesses start outside the checkout, so they import the installed package (issue 8)
+RUN_DIR = "/"
 HERE = Path(__file__).resolve().parent
 CONFIG_APP = HERE / "config_app.py"
 PYTHON = sys.executable
@@ -143,7 +144,7 @@ class ServerProcess:
         #: every process of this server we ever saw (psutil objects: kill() checks for pid reuse)
         self.known: dict[int, psutil.Process] = {}
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=env or clean_env(), cwd=REPO,
+                                     stderr=subprocess.STDOUT, env=env or clean_env(), cwd=RUN_DIR,
                                      start_new_session=True)
         self._remember(self.proc.pid)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -339,7 +340,7 @@ def driver_argv(spec: str, *args: str) -> list[str]:
 def run_driver(spec: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None
                     ) -> subprocess.CompletedProcess:
     return subprocess.run(driver_argv(spec, *args), capture_output=True, text=True, timeout=timeout,
-                          env=env or clean_env(), cwd=REPO)
+                          env=env or clean_env(), cwd=RUN_DIR)
 
 
 class Load:
@@ -349,7 +350,7 @@ class Load:
         self.proc = subprocess.Popen(driver_argv(spec, "--n-sessions", str(n_sessions), "--concurrency",
                                                       str(concurrency), "--report=json", *extra),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=clean_env(), cwd=REPO, start_new_session=True)
+                                     env=clean_env(), cwd=RUN_DIR, start_new_session=True)
         self.n_sessions = n_sessions
 
     def running(self) -> bool:

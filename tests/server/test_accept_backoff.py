@@ -7,16 +7,16 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+#: subprocesses start outside the checkout, so they import the installed package (issue 8)
+RUN_DIR = "/"
 
 
 def test_emfile_pauses_accepting_quietly_and_sessions_resume_M_ACC_2(tmp_path):
     path = tmp_path / "client.sock"
     server = subprocess.Popen([sys.executable, "-m", "milterman.cli.test_client", "-s", f"unix:{path}",
                                "--max-file-descriptors", "24", "--no-report-request"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=RUN_DIR)
     held: list[socket.socket] = []
     try:
         deadline = time.monotonic() + 15
@@ -41,7 +41,7 @@ def test_emfile_pauses_accepting_quietly_and_sessions_resume_M_ACC_2(tmp_path):
         held.clear()
         time.sleep(1.5)
         run = subprocess.run([sys.executable, "-m", "milterman.cli.test_server", "-s", f"unix:{path}"],
-                             capture_output=True, text=True, timeout=30, cwd=ROOT)
+                             capture_output=True, text=True, timeout=30, cwd=RUN_DIR)
         assert run.stdout.splitlines()[0] == "status: pass"
     finally:
         for connection in held:

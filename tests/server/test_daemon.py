@@ -18,7 +18,7 @@ import time
 
 import psutil
 
-from server_support import PYTHON, REPO, ServerProcess, clean_env, failures, load, run_driver
+from server_support import PYTHON, RUN_DIR, ServerProcess, clean_env, failures, load, run_driver
 
 
 def nobody_ids() -> tuple[int, int]:
@@ -109,7 +109,7 @@ def test_unix_socket_mode_and_group_with_a_root_owned_directory(public_dir, serv
 def start_failure(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """milter-test-client that must fail to start: its exit status and output."""
     return subprocess.run([PYTHON, "-m", "milterman.cli.test_client", *args], capture_output=True, text=True,
-                          timeout=timeout, env=clean_env(), cwd=REPO, stdin=subprocess.DEVNULL)
+                          timeout=timeout, env=clean_env(), cwd=RUN_DIR, stdin=subprocess.DEVNULL)
 
 
 def test_start_up_errors_name_the_value(workdir):

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from server_support import (CONFIG_APP, PYTHON, REPO, Load, clean_env, failures, parse_log, run_driver, wait_until,
+from server_support import (CONFIG_APP, PYTHON, RUN_DIR, Load, clean_env, failures, parse_log, run_driver, wait_until,
                             x_config_values)
 
 END_OF_MESSAGE = re.compile(r"^\[(\d+)\] \[config-app\]\[end-of-message\] value=<([^>]*)>")
@@ -137,7 +137,7 @@ def test_invalid_configuration_at_start_names_file_and_key(workdir):
     config = workdir / "bad.toml"
     config.write_text(f'[server]\nspec = "unix:{workdir}/bad.sock"\nn_workers = "two"\n')
     result = subprocess.run([PYTHON, str(CONFIG_APP), str(config)], capture_output=True, text=True, timeout=30,
-                            env=clean_env(), cwd=REPO)
+                            env=clean_env(), cwd=RUN_DIR)
     assert result.returncode == 1
     assert result.stdout.strip() == f"{config}: server.n_workers: must be an integer, got 'two'"
     assert not (workdir / "bad.sock").exists()

@@ -36,7 +36,8 @@ from milterman.protocol.negotiation import Options
 
 from scripted_milter import ScriptedMilter, short_dir
 
-REPO = Path(__file__).resolve().parents[2]
+#: subprocesses start outside the checkout, so they import the installed package (issue 8)
+RUN_DIR = "/"
 PYTHON = sys.executable
 
 #: the MTA's offer of manager.md §16: v6, every action, every protocol bit
@@ -104,7 +105,7 @@ class ManagerProcess:
         self._lines: list[str] = []
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=env or clean_env(), cwd=REPO,
+                                     stderr=subprocess.STDOUT, env=env or clean_env(), cwd=RUN_DIR,
                                      start_new_session=True)
         #: every process of this manager we saw (psutil objects check for pid reuse when killing)
         self.known: dict[int, psutil.Process] = {self.proc.pid: psutil.Process(self.proc.pid)}

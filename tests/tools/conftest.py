@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tools_support import REPO, Run, clean_env, run_tool, short_dir
+from tools_support import RUN_DIR, Run, clean_env, run_tool, short_dir
 
 # tests/support/scripted_milter.py, put on sys.path by tools_support
 from scripted_milter import ScriptedMilter  # noqa: E402
@@ -64,7 +64,7 @@ class ClientProcess:
         self.args = args
         self.probe = probe
         self.proc = subprocess.Popen([sys.executable, "-m", "milterman.cli.test_client", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=RUN_DIR)
         self._lines: list[str] = []
         self._stderr: list[str] = []
         self._lock = threading.Lock()

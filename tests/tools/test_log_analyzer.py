@@ -39,7 +39,7 @@ from milterman.tools.log_analyzer_parse import (MANAGER, REPORT, SESSION, STATUS
                                                 report_keys)
 from milterman.tools.log_analyzer_store import ITEMS, Store, fetch_max, items_of
 
-from tools_support import REPO, clean_env
+from tools_support import REPO, RUN_DIR, clean_env
 
 INTEROP = str(Path(__file__).resolve().parents[1] / "interop")
 if INTEROP not in sys.path:
@@ -773,7 +773,7 @@ def run_command(*args: str, input: bytes | None = None, env: dict | None = None,
     command = ([sys.executable, str(REPO / "bin" / "milter-manager-log-analyzer")] if launcher
                else [sys.executable, "-m", "milterman.cli.log_analyzer"])
     return subprocess.run([*command, *args], input=input, capture_output=True, timeout=60,
-                          env=env or clean_env(TZ="UTC"), cwd=REPO)
+                          env=env or clean_env(TZ="UTC"), cwd=RUN_DIR)
 
 
 def recent_log(minutes_ago: range) -> bytes:
@@ -832,7 +832,7 @@ def test_LA_4_3_matplotlib_is_imported_only_to_draw():
     """matplotlib is imported by the drawing code only (the other commands do not pay for it)."""
     code = ("import sys, milterman.cli.log_analyzer, milterman.tools.log_analyzer, milterman.cli.manager; "
             "print('matplotlib' in sys.modules)")
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, cwd=REPO)
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, cwd=RUN_DIR)
     assert completed.stdout.strip() == b"False", completed.stderr
 
 

@@ -35,7 +35,7 @@ from milterman.tools.performance_check import (PERIODIC_HEADER, parse_duration, 
 from milterman.tools.smtp_client import (SmtpUnsupportedError, choose_mechanism, cram_md5_response, dot_stuff,
                                          xtext)
 
-from tools_support import REPO, Run, clean_env, run_tool
+from tools_support import REPO, RUN_DIR, Run, clean_env, run_tool
 
 GREYLIST = "451 4.7.1 Greylisting in action, please come back later"
 REJECTED = "550 5.7.1 Rejected"
@@ -958,7 +958,7 @@ def test_ctrl_c_stops_and_still_reports(smtp_server, extra):
     server = smtp_server(delays={"end": 0.05})
     process = subprocess.Popen([sys.executable, "-m", "milterman.cli.performance_check", "--smtp-server=127.0.0.1",
                                 f"--smtp-port={server.port}", "--flood", *extra],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(), cwd=REPO)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(), cwd=RUN_DIR)
     try:
         deadline = time.monotonic() + 10
         while len(server.finished) < 3 and time.monotonic() < deadline:
@@ -994,7 +994,7 @@ def test_progress_line_on_a_terminal(smtp_server):
     try:
         completed = subprocess.run([sys.executable, "-m", "milterman.cli.performance_check",
                                     "--smtp-server=127.0.0.1", f"--smtp-port={server.port}", "--n-mails=8"],
-                                   stdout=subprocess.PIPE, stderr=terminal, env=clean_env(), cwd=REPO, timeout=30)
+                                   stdout=subprocess.PIPE, stderr=terminal, env=clean_env(), cwd=RUN_DIR, timeout=30)
         os.close(terminal)
         terminal = -1
         shown = b""

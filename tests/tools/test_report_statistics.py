@@ -9,20 +9,20 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from milterman.tools.report_statistics import HEADER, program_names
 
-ROOT = Path(__file__).resolve().parents[2]
+#: subprocesses start outside the checkout, so they import the installed package (issue 8)
+RUN_DIR = "/"
 ROW = re.compile(r"^(?P<time>\d\d:\d\d:\d\d) +(?P<pid>\d+) +(?P<vss>\d+ kB) +(?P<rss>\d+ kB) +(?P<cpu>\d+\.\d) +"
                  r"(?P<cputime>\d+:\d\d\.\d\d) +(?P<fd>\d+) (?P<command>.*)$")
 
 
 def report(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "milterman.cli.report_statistics", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+                          text=True, timeout=timeout, cwd=RUN_DIR)
 
 
 @pytest.fixture
@@ -135,9 +135,9 @@ name = "client"
 connection_spec = "unix:{tmp_path}/client.sock"
 """)
     client = subprocess.Popen([sys.executable, "-m", "milterman.cli.test_client", "-s", f"unix:{tmp_path}/client.sock",
-                               "--no-report-request", "-q"], cwd=ROOT)
+                               "--no-report-request", "-q"], cwd=RUN_DIR)
     manager = subprocess.Popen([sys.executable, "-m", "milterman.cli.manager", "-c", str(tmp_path), "--no-detect"],
-                               stdout=subprocess.DEVNULL, cwd=ROOT)
+                               stdout=subprocess.DEVNULL, cwd=RUN_DIR)
     load = None
     try:
         deadline = time.monotonic() + 15
@@ -145,7 +145,7 @@ connection_spec = "unix:{tmp_path}/client.sock"
             time.sleep(0.05)
         load = subprocess.Popen([sys.executable, "-m", "milterman.cli.test_server", "-s",
                                  f"unix:{tmp_path}/manager.sock", "--n-sessions", "3000", "--concurrency", "10"],
-                                stdout=subprocess.DEVNULL, cwd=ROOT)
+                                stdout=subprocess.DEVNULL, cwd=RUN_DIR)
         run = report("milter-manager", "--filter", str(tmp_path), "--count", "3", "--interval", "0.5")
         found = rows(run.stdout)
         pids = {int(match["pid"]) for match in found}

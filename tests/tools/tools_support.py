@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+#: subprocesses start outside the checkout, so they import the installed package (issue 8)
+RUN_DIR = "/"
 # The scripted milter is shared with tests/manager (tests/support/scripted_milter.py).
 SUPPORT = str(Path(__file__).resolve().parents[1] / "support")
 if SUPPORT not in sys.path:
@@ -53,7 +55,7 @@ def run_tool(module: str, *args: str, input: bytes | None = None, timeout: float
              env: dict[str, str] | None = None) -> Run:
     started = time.monotonic()
     completed = subprocess.run([sys.executable, "-m", f"milterman.cli.{module}", *args], input=input,
-                               capture_output=True, timeout=timeout, env=env or clean_env(), cwd=REPO)
+                               capture_output=True, timeout=timeout, env=env or clean_env(), cwd=RUN_DIR)
     return Run(completed.returncode, completed.stdout.decode("utf-8", "surrogateescape"),
                completed.stderr.decode("utf-8", "surrogateescape"), time.monotonic() - started)
 

@@ -1,6 +1,7 @@
 """Interop test milter on milterman's own milter side: 451 for recipients named greylist@….
 
-Usage: python milterman_greylist.py SPEC   (SPEC in milterman's syntax: inet:PORT@[127.0.0.1])
+Usage: python milterman_greylist.py SPEC   (a Python with milterman installed; SPEC in milterman's syntax:
+       inet:PORT@[127.0.0.1])
 
 The milter-performance-check interop tests use it as a child of milter-manager that answers a
 temporary failure, so a 4xx the SMTP client sees comes from a child's answer.
@@ -9,13 +10,10 @@ temporary failure, so a 4xx the SMTP client sees comes from a child's answer.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-
-from milterman.net import MilterHandler, MilterSession, Wanted, bind_listener, parse_spec  # noqa: E402
-from milterman.protocol import ReplyCode, format_reply_text  # noqa: E402
-from milterman.server.worker import serve  # noqa: E402
+from milterman.net import MilterHandler, MilterSession, Wanted, bind_listener, parse_spec
+from milterman.protocol import ReplyCode, format_reply_text
+from milterman.server.worker import serve
 
 GREYLIST_REPLY = format_reply_text(451, "4.7.1", "Greylisting in action, please come back later")
 
