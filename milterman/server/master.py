@@ -186,7 +186,9 @@ class Master:
             except OSError:
                 pass
             if self.bound_by_us and self.config is not None:
-                remove_unix_socket(self.config.spec)
+                problem = remove_unix_socket(self.config.spec)
+                if problem:
+                    self.logger.warning(f"[server][stop][warning] {problem}")
         if self.pid_file is not None:
             self.pid_file.remove()
 
@@ -226,8 +228,10 @@ class Master:
         for ignored in (signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(ignored, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        return serve(self.listener, handle, settings=self._serve_settings(config), logger=self.logger,
-                     on_ready=ready, on_hangup=hangup, on_stop=lambda: systemd_notify("STOPPING=1"))
+        status = serve(self.listener, handle, settings=self._serve_settings(config), logger=self.logger,
+                       on_ready=ready, on_hangup=hangup, on_stop=lambda: systemd_notify("STOPPING=1"))
+        self.logger.message("[server][stop] every session finished")  # as with workers: the stop is seen
+        return status
 
     def _serve_settings(self, config: ServerConfig):
         from .worker import ServeSettings

@@ -1,0 +1,1 @@
+"""The commands' engines: test server and client, performance check, log analyzer, report-statistics."""
