@@ -211,11 +211,12 @@ class Master:
             current["handle"](sock, address)
 
         def hangup() -> None:
+            systemd_notify("RELOADING=1")  # as with workers: RELOADING=1, then READY=1 either way
             loaded = self._reload_configuration()
             if loaded is not None:
                 current["handle"] = self.app.make_handler(loaded[0])
                 self.configuration, self.config = loaded
-                systemd_notify("READY=1")
+            systemd_notify("READY=1")
 
         def ready() -> None:
             self.logger.message(f"[server][listen] {config.spec}")
