@@ -231,7 +231,7 @@ class Master:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         status = serve(self.listener, handle, settings=self._serve_settings(config), logger=self.logger,
                        on_ready=ready, on_hangup=hangup, on_stop=lambda: systemd_notify("STOPPING=1"))
-        self.logger.message("[server][stop] every session finished")  # as with workers: the stop is seen
+        self.logger.message("[server][stop] stopped")  # as with workers: the stop is seen in the log
         return status
 
     def _serve_settings(self, config: ServerConfig):
