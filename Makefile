@@ -51,7 +51,37 @@ lint: $(STAMP)
 	@$(VPY) -m ruff --version >/dev/null 2>&1 || $(VPY) -m pip install -q --disable-pip-version-check ruff
 	$(VPY) -m ruff check milterman tests bench bin
 
+# The Debian package (debian/, debian/README.Debian): milterman_VERSION_all.deb in this
+# directory, built with dpkg-buildpackage from a copy of the sources in build/deb/ (where
+# the .dsc, .changes and build log stay). docopt-ng, which Debian 12 lacks, is fetched
+# with pip into the copy (DEB_PIP: the pip to use; default: the one of .venv).
+DEB_PIP ?=
+.PHONY: deb
+deb:
+	@command -v dpkg-buildpackage >/dev/null && command -v dh >/dev/null && command -v pandoc >/dev/null || { \
+	  echo "error: make deb needs dpkg-dev, debhelper, dh-python and pandoc (see .ci/system-packages)" >&2; exit 1; }
+	rm -rf build/deb && mkdir -p build/deb/fetch
+	@set -e; version="$$(dpkg-parsechangelog -S Version)"; source="build/deb/milterman-$$version"; \
+	mkdir -p "$$source"; \
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C "$$source"; \
+	else \
+	  tar --exclude=./.venv --exclude=./build --exclude=./dist --exclude=./.git --exclude='*.deb' \
+	      --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis -cf - . | tar -xf - -C "$$source"; \
+	fi; \
+	pip='$(DEB_PIP)'; if [ -z "$$pip" ]; then $(MAKE) --no-print-directory venv; pip='$(VPY) -m pip'; fi; \
+	$$pip download -q --disable-pip-version-check --no-deps --no-binary :all: --require-hashes \
+	  -r debian/docopt-ng.txt -d build/deb/fetch; \
+	mkdir -p "$$source/debian/vendor"; \
+	tar -xzf build/deb/fetch/docopt_ng-*.tar.gz -C build/deb/fetch; \
+	cp -r build/deb/fetch/docopt_ng-*/docopt "$$source/debian/vendor/docopt"; \
+	cp build/deb/fetch/docopt_ng-*/LICENSE-MIT "$$source/debian/vendor/docopt/"; \
+	(cd "$$source" && dpkg-buildpackage -us -uc >../build.log 2>&1) || { tail -n 40 build/deb/build.log >&2; exit 1; }; \
+	cp build/deb/milterman_*.deb .; \
+	ls -l milterman_"$$version"_*.deb
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	rm -f milterman_*.deb
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	$(MAKE) -C bench clean 2>/dev/null || true

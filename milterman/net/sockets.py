@@ -89,13 +89,24 @@ def bind_listener(spec: ConnectionSpec, *, backlog: int = DEFAULT_BACKLOG, unix_
     return sock
 
 
-def remove_unix_socket(spec: ConnectionSpec) -> None:
-    """Remove our unix socket file at shutdown (only if it still is a socket)."""
-    if spec.family == "unix":
-        try:
-            remove_stale_unix_socket(spec.path)
-        except OSError:
-            pass
+def remove_unix_socket(spec: ConnectionSpec) -> str | None:
+    """Remove our unix socket file at shutdown (only if it still is a socket).
+
+    Returns why it could not be removed (naming the path and the error), or None when it
+    is gone. After the privilege drop the directory may no longer be writable (EACCES):
+    the caller logs the reason, so a socket left behind is never a silent surprise.
+    """
+    if spec.family != "unix":
+        return None
+    try:
+        if not stat.S_ISSOCK(os.lstat(spec.path).st_mode):
+            return f"{spec.path} is no longer a socket; left in place"
+        os.unlink(spec.path)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return f"cannot remove the unix socket {spec.path}: {error.strerror or error}"
+    return None
 
 
 def send_all(sock, data: bytes) -> None:

@@ -81,7 +81,9 @@ class Controller:
         except OSError:
             pass
         self.listener.close()
-        remove_unix_socket(self.spec)
+        problem = remove_unix_socket(self.spec)
+        if problem:
+            self.logger.warning(f"[controller][stop][warning] {problem}")
 
     def _serve(self) -> None:
         while not self._stopping:

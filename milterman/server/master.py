@@ -186,7 +186,9 @@ class Master:
             except OSError:
                 pass
             if self.bound_by_us and self.config is not None:
-                remove_unix_socket(self.config.spec)
+                problem = remove_unix_socket(self.config.spec)
+                if problem:
+                    self.logger.warning(f"[server][stop][warning] {problem}")
         if self.pid_file is not None:
             self.pid_file.remove()
 
@@ -209,11 +211,12 @@ class Master:
             current["handle"](sock, address)
 
         def hangup() -> None:
+            systemd_notify("RELOADING=1")  # as with workers: RELOADING=1, then READY=1 either way
             loaded = self._reload_configuration()
             if loaded is not None:
                 current["handle"] = self.app.make_handler(loaded[0])
                 self.configuration, self.config = loaded
-                systemd_notify("READY=1")
+            systemd_notify("READY=1")
 
         def ready() -> None:
             self.logger.message(f"[server][listen] {config.spec}")
@@ -226,8 +229,10 @@ class Master:
         for ignored in (signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(ignored, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        return serve(self.listener, handle, settings=self._serve_settings(config), logger=self.logger,
-                     on_ready=ready, on_hangup=hangup, on_stop=lambda: systemd_notify("STOPPING=1"))
+        status = serve(self.listener, handle, settings=self._serve_settings(config), logger=self.logger,
+                       on_ready=ready, on_hangup=hangup, on_stop=lambda: systemd_notify("STOPPING=1"))
+        self.logger.message("[server][stop] stopped")  # as with workers: the stop is seen in the log
+        return status
 
     def _serve_settings(self, config: ServerConfig):
         from .worker import ServeSettings

@@ -99,9 +99,10 @@ def test_unix_socket_mode_and_group_with_a_root_owned_directory(public_dir, serv
     assert result.returncode == 0 and "status: pass" in result.stdout, result.stdout
     server.signal(signal.SIGTERM)
     assert server.wait_exit(20) == 0
-    # What the code does: removal is attempted as nobody and fails (EACCES) in root's directory, silently;
-    # the stale socket is removed by the next start, before binding (M-DAE-1).
+    # Removal is attempted as nobody and fails (EACCES) in root's directory; the log says so
+    # (tests/server/test_socket_removal.py); the next start removes the stale socket before binding (M-DAE-1).
     assert socket_path.exists()
+    assert f"cannot remove the unix socket {socket_path}: Permission denied" in server.log()
     servers.client(spec=f"unix:{socket_path}", n_workers=0)  # waits until it listens
     assert failures(load(f"unix:{socket_path}", 5, 1)) == []
 

@@ -124,10 +124,9 @@ def test_systemd_notify_ready_and_stopping(start_client, workdir, n_workers):
         if n_workers:
             server.wait_workers(n_workers)
         assert failures(load(server.spec, 10, 2)) == []
-        if n_workers:
-            server.signal(signal.SIGHUP)
-            assert notify.recv(4096).decode() == "RELOADING=1"
-            assert notify.recv(4096).decode() == "READY=1"
+        server.signal(signal.SIGHUP)  # with or without workers: RELOADING=1, then READY=1
+        assert notify.recv(4096).decode() == "RELOADING=1"
+        assert notify.recv(4096).decode() == "READY=1"
         server.signal(signal.SIGTERM)
         assert notify.recv(4096).decode() == "STOPPING=1"
         assert server.wait_exit(15) == 0
