@@ -66,7 +66,7 @@ DEFAULT_SPEC = "inet:10025@[127.0.0.1]"
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of milter-test-client."""
-    arguments = parse_arguments(__doc__, argv, __version__)
+    arguments = parse_arguments(__doc__, argv, f"milter-test-client {__version__}")
     try:
         return run(arguments)
     except UsageError as error:
