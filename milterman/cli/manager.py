@@ -58,13 +58,14 @@ def apply_log_settings(configuration) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of milter-manager."""
+    argv = sys.argv[1:] if argv is None else argv
     arguments = parse_arguments(USAGE, argv, f"milter-manager {__version__}")
     from ..config import ConfigurationError, overrides_from_options, render
     from ..manager.app import ManagerApplication
     from ..server.master import run_application
 
     try:
-        overrides = overrides_from_options(arguments)
+        overrides = overrides_from_options(arguments, argv)
     except ConfigurationError as error:
         fail(str(error))
     config_dir = arguments["--config-dir"] or os.environ.get("MILTER_MANAGER_CONFIG_DIR")

@@ -24,12 +24,12 @@ def test_broken_file_at_start_exits_1_naming_file_and_key(tmp_path):
     assert f"{config}: manager.n_workers: " in run.stdout and "5000" in run.stdout
 
 
-def test_unknown_key_in_a_milter_is_named_with_its_index(tmp_path):
+def test_unknown_key_in_a_milter_is_named_with_the_milters_name(tmp_path):
     (tmp_path / "milter-manager.toml").write_text(
         'version = 1\n[[milter]]\nname = "a"\nconnection_spec = "unix:/tmp/a.sock"\nfalback_status = "reject"\n')
     run = manager("-c", str(tmp_path), "--no-detect", "--check-config")
     assert run.returncode == 1
-    assert "milter[0].falback_status" in run.stdout
+    assert 'milter "a": falback_status: unknown key "falback_status" (did you mean "fallback_status"?)' in run.stdout
 
 
 def test_check_config_and_show_config_round_trip_D_8(tmp_path):
