@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(error))
     apply_log_settings(configuration)
 
-    return run_application(app, on_detached=lambda: logger.detached("milter-manager"))
+    status = run_application(app, on_detached=lambda: logger.detached("milter-manager"))
+    if app.started:
+        logger.message("[manager][stop] milter-manager stopped")
+    return status
 
 
 if __name__ == "__main__":
