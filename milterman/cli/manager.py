@@ -22,7 +22,8 @@ Options:
                                     then /etc/milter-manager).
   --show-config                     Print the effective configuration as TOML (with where each milter came
                                     from) and exit.
-  --check-config                    Load and validate the configuration; exit 0, or 1 with every error.
+  --check-config                    Check the configuration and what start-up needs (users, groups, socket,
+                                    pid-file and log directories); exit 0, or 1 with every error.
   --no-detect                       Do not register the milters installed from Debian's packages (D-9).
 {options_help(32)}
   -h, --help                        Show this help.
@@ -80,9 +81,15 @@ def main(argv: list[str] | None = None) -> int:
             fail(str(error))
         if arguments["--show-config"]:
             sys.stdout.write(render(configuration))
-        else:
-            files = ", ".join(str(path) for path in configuration.files)
-            sys.stdout.write(f"configuration OK: {files}\n")
+            return 0
+        from ..config.startup import account_issues, directory_problems
+
+        errors, warnings = directory_problems(configuration)
+        errors = [str(issue) for issue in account_issues(configuration)] + errors
+        if errors:
+            fail("\n".join(errors + warnings))
+        files = ", ".join(str(path) for path in configuration.files)
+        sys.stdout.write("".join(f"{warning}\n" for warning in warnings) + f"configuration OK: {files}\n")
         return 0
     try:
         configuration = app.configuration()

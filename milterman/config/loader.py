@@ -155,7 +155,7 @@ class _Merger:
                                          "source": milter.source or "detected", "failed": set()}
         self.conditions: dict[str, ConditionEntry] = {}
         self.restricts: dict[str, RestrictEntry] = {}
-        self.origins: dict[str, str] = {}
+        self.origins: dict[str, tuple[str, str]] = {}
 
     def build(self) -> model.Configuration:
         sections = {name: section_defaults(name) for name in SECTIONS}
@@ -183,7 +183,7 @@ class _Merger:
         for section, values in document.sections.items():
             settings = {setting.name: setting for setting in SECTIONS[section]}
             for name, value in values.items():
-                self.origins[f"{section}.{name}"] = f"{document.path}: {section}.{name}"
+                self.origins[f"{section}.{name}"] = (document.path, f"{section}.{name}")
                 if settings[name].accumulate:
                     sections[section][name] = tuple(sections[section][name]) + tuple(value)  # type: ignore
                 else:
@@ -328,7 +328,7 @@ def apply_overrides(configuration: model.Configuration, overrides: Mapping[str, 
             issues.invalid(COMMAND_LINE, where, error)
             continue
         changed.setdefault(setting.table, {})[setting.name] = value
-        origins[key] = f"{COMMAND_LINE}: {where}"
+        origins[key] = (COMMAND_LINE, where)
     if not changed:
         return configuration
     replacements = {section: dataclasses.replace(getattr(configuration, section), **values)

@@ -68,7 +68,13 @@ class ManagerApplication(Application):
         return configuration_module.load(self.config_dir, overrides=self.overrides, detected=detected)
 
     def load(self):
+        """At start and on reload: the configuration, refused when it names users or groups that do not exist."""
+        from ..config.startup import account_issues
+
         configuration = self.configuration()
+        issues = account_issues(configuration)
+        if issues:
+            raise configuration_module.ConfigurationError(issues)
         return configuration, server_config(configuration)
 
     def prepare(self, configuration, config: ServerConfig) -> None:
