@@ -26,10 +26,8 @@ DEFAULT_SPEC = "inet:10025@[127.0.0.1]"
 
 def detected_milters(root: str = "/") -> list:
     """Milters installed and enabled from Debian's packages, as configuration entries (D-9)."""
-    try:
-        from .detect import detect
-    except ImportError:
-        return []
+    from .detect import detect
+
     defaults = {setting.name: setting.default for setting in configuration_schema.MILTER}
     milters = []
     for found in detect(root):
@@ -206,17 +204,10 @@ def build_context(configuration, logger: Logger = default_logger, launcher=None)
     """The ManagerContext a serving process's leaders share."""
     from .context import ManagerContext
 
-    condition_evaluator = rule_evaluator = None
-    conditions_per_milter: dict = {}
-    stages_read: frozenset[str] = frozenset()
-    macros_read: dict = {}
-    try:
-        from .conditions import build
-    except ImportError:
-        build = None
-    if build is not None:
-        condition_evaluator, rule_evaluator, conditions_per_milter, stages_read, macros_read = build(
-            configuration, logger=logger)
+    from .conditions import build
+
+    condition_evaluator, rule_evaluator, conditions_per_milter, stages_read, macros_read = build(
+        configuration, logger=logger)
     manager = configuration.manager
     return ManagerContext(
         definitions=child_definitions(configuration, conditions_per_milter, launcher, logger),

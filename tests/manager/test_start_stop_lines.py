@@ -40,3 +40,18 @@ def test_no_child_is_said_once_not_for_every_mail(env):
                         "manager.fallback_status (accept)") == 1, output
     assert "no longer alive" not in output, output
     assert "[manager][error]" not in output, output
+
+
+def test_a_detected_child_names_the_file_it_was_detected_from():
+    from milterman.config import load_string
+    from milterman.config.model import MilterSettings
+    from milterman.config.schema import MILTER
+    from milterman.log import MESSAGE
+    from milterman.manager.app import announcement
+
+    values = {setting.name: setting.default for setting in MILTER}
+    values.update(name="opendkim", connection_spec="unix:/run/opendkim/opendkim.sock")
+    detected = MilterSettings(**values, source="detected from /etc/opendkim.conf")
+    configuration = load_string("version = 1\n", detected=[detected])
+    assert announcement(configuration) == [
+        (MESSAGE, 'child milter "opendkim": unix:/run/opendkim/opendkim.sock (detected from /etc/opendkim.conf)')]
