@@ -11,6 +11,7 @@ it; it uses the standard library only, so the master process may use it too.
 from __future__ import annotations
 
 import datetime
+import difflib
 import os
 import sys
 import syslog as _syslog
@@ -87,8 +88,17 @@ def parse_level(expression: str, base: int = DEFAULT) -> int:
         result = result & ~bits if remove else result | bits
     if unknown:
         names = "|".join(f"<{name}>" for name in unknown)
-        raise LogLevelError(f"unknown flag names: [{names}](<MilterLogLevelFlags>)")
+        raise LogLevelError(f"unknown flag names: [{names}](<MilterLogLevelFlags>){_level_hint(unknown)}")
     return result
+
+
+def _level_hint(unknown: list[str]) -> str:
+    """What the user could have meant, and every valid name: a bad level is usually a typo."""
+    choices = ["all", "default", *LEVELS]
+    guesses = [match for name in unknown for match in difflib.get_close_matches(name, choices, n=1)]
+    quoted = ", ".join(f'"{name}"' for name in guesses)
+    guess = f" (did you mean {quoted}?)" if guesses else ""
+    return f"{guess}; valid levels: {', '.join(choices)} (join with |, add or remove with + or -)"
 
 
 def timestamp(now: float | None = None) -> str:

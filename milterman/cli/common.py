@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from dataclasses import dataclass
 from typing import NoReturn
 
 from docopt import DocoptExit, docopt
@@ -22,11 +24,111 @@ def fail(message: str, status: int = 1) -> NoReturn:
 
 
 def parse_arguments(usage: str, argv: list[str] | None, version: str) -> dict:
-    """docopt with our conventions: usage errors on stdout and exit status 1."""
+    """docopt with our conventions: ``NAME: what is wrong``, then the usage, on stdout, exit status 1.
+
+    docopt's own message shows its internals (``Option(None, '--bogus', 0, True)``); a new user
+    needs the option they typed named in plain words.
+    """
+    arguments = sys.argv[1:] if argv is None else argv
     try:
-        return docopt(usage, argv=argv, version=version, default_help=True)
-    except DocoptExit as error:
-        fail(str(error) or usage)
+        return docopt(usage, argv=arguments, version=version, default_help=True)
+    except DocoptExit:
+        section = usage_section(usage)
+        problem = diagnose(usage, arguments) or f"cannot use these arguments together: {' '.join(arguments)}"
+        fail(f"{program_name(usage)}: {problem}\n{section}")
+
+
+@dataclass(frozen=True)
+class _OptionForm:
+    """One option as the usage text declares it: its names and the name of its value (None: a flag)."""
+
+    names: tuple[str, ...]
+    value: str | None
+
+
+_OPTION_LINE = re.compile(r"^\s*(-\S.*?)(?:\s{2,}|$)")
+_OPTION_WORD = re.compile(r"(--?[\w?][\w-]*)(?:[= ]([A-Z<][\w:<>-]*))?")
+
+
+def usage_section(usage: str) -> str:
+    """The ``Usage:`` paragraph of a usage text."""
+    start = usage.index("Usage:")
+    end = usage.find("\n\n", start)
+    return usage[start:] if end < 0 else usage[start:end]
+
+
+def program_name(usage: str) -> str:
+    """The command's name: the first word of the first usage line."""
+    return usage_section(usage).split()[1]
+
+
+def declared_options(usage: str) -> list[_OptionForm]:
+    """Every option of the ``Options:`` lines (``-s SPEC, --connection-spec=SPEC  text``)."""
+    forms = []
+    for line in usage[usage.index("Usage:"):].splitlines():
+        match = _OPTION_LINE.match(line)
+        if not match:
+            continue
+        names, value = [], None
+        for word in _OPTION_WORD.finditer(match.group(1)):
+            names.append(word.group(1))
+            value = value or word.group(2)
+        if names:
+            forms.append(_OptionForm(tuple(names), value))
+    return forms
+
+
+def diagnose(usage: str, argv: list[str]) -> str | None:
+    """What is wrong with ``argv`` in a user's words (unknown option, missing value…), or None."""
+    forms = declared_options(usage)
+    longs = {name: form for form in forms for name in form.names if name.startswith("--")}
+    shorts = {name: form for form in forms for name in form.names if len(name) == 2 and name[1] != "-"}
+    positional: list[str] = []
+    index = 0
+    while index < len(argv):
+        argument = argv[index]
+        index += 1
+        if argument == "--":
+            positional += argv[index:]
+            break
+        if argument.startswith("--"):
+            name, equals, _value = argument.partition("=")
+            form = longs.get(name)
+            if form is None:
+                candidates = sorted(long for long in longs if long.startswith(name))
+                if len(candidates) > 1:
+                    return f"ambiguous option {name}: {', '.join(candidates)}"
+                if not candidates:
+                    return f"unknown option {name}"
+                form = longs[candidates[0]]
+            if form.value is None and equals:
+                return f"option {name} takes no value"
+            if form.value is not None and not equals:
+                if index >= len(argv) or argv[index] == "--":
+                    return f"option {name} needs a value ({name}={form.value})"
+                index += 1
+        elif argument.startswith("-") and argument != "-":
+            for position, letter in enumerate(argument[1:], start=1):
+                form = shorts.get("-" + letter)
+                if form is None:
+                    return f"unknown option -{letter}"
+                if form.value is not None:
+                    if position == len(argument) - 1:
+                        if index >= len(argv) or argv[index] == "--":
+                            return f"option -{letter} needs a value (-{letter} {form.value})"
+                        index += 1
+                    break
+        else:
+            positional.append(argument)
+    if positional and not _takes_arguments(usage):
+        return f"unexpected argument {positional[0]}"
+    return None
+
+
+def _takes_arguments(usage: str) -> bool:
+    """Whether a usage line names positional arguments (``[LOG_FILE...]``)."""
+    lines = re.sub(r"\[?--?[^\s\]]*\]?(\.\.\.)?", " ", usage_section(usage))
+    return re.search(r"\b[A-Z][A-Z_]+\b|<\w+>", lines) is not None
 
 
 def integer(option: str, value: str | None, *, minimum: int | None = None, maximum: int | None = None,

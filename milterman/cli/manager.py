@@ -22,7 +22,8 @@ Options:
                                     then /etc/milter-manager).
   --show-config                     Print the effective configuration as TOML (with where each milter came
                                     from) and exit.
-  --check-config                    Load and validate the configuration; exit 0, or 1 with every error.
+  --check-config                    Check the configuration and what start-up needs (users, groups, socket,
+                                    pid-file and log directories); exit 0, or 1 with every error.
   --no-detect                       Do not register the milters installed from Debian's packages (D-9).
 {options_help(32)}
   -h, --help                        Show this help.
@@ -58,13 +59,14 @@ def apply_log_settings(configuration) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of milter-manager."""
+    argv = sys.argv[1:] if argv is None else argv
     arguments = parse_arguments(USAGE, argv, f"milter-manager {__version__}")
     from ..config import ConfigurationError, overrides_from_options, render
     from ..manager.app import ManagerApplication
     from ..server.master import run_application
 
     try:
-        overrides = overrides_from_options(arguments)
+        overrides = overrides_from_options(arguments, argv)
     except ConfigurationError as error:
         fail(str(error))
     config_dir = arguments["--config-dir"] or os.environ.get("MILTER_MANAGER_CONFIG_DIR")
@@ -79,9 +81,15 @@ def main(argv: list[str] | None = None) -> int:
             fail(str(error))
         if arguments["--show-config"]:
             sys.stdout.write(render(configuration))
-        else:
-            files = ", ".join(str(path) for path in configuration.files)
-            sys.stdout.write(f"configuration OK: {files}\n")
+            return 0
+        from ..config.startup import account_issues, directory_problems
+
+        errors, warnings = directory_problems(configuration)
+        errors = [str(issue) for issue in account_issues(configuration)] + errors
+        if errors:
+            fail("\n".join(errors + warnings))
+        files = ", ".join(str(path) for path in configuration.files)
+        sys.stdout.write("".join(f"{warning}\n" for warning in warnings) + f"configuration OK: {files}\n")
         return 0
     try:
         configuration = app.configuration()
@@ -89,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(error))
     apply_log_settings(configuration)
 
-    return run_application(app, on_detached=lambda: logger.detached("milter-manager"))
+    status = run_application(app, on_detached=lambda: logger.detached("milter-manager"))
+    if app.started:
+        logger.message("[manager][stop] milter-manager stopped")
+    return status
 
 
 if __name__ == "__main__":

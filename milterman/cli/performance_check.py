@@ -43,7 +43,8 @@ Options:
 PERIOD and INTERVAL: NUMBER[UNIT], UNIT s, sec, second(s), m, min, minute(s), h, hour(s); seconds by default.
 MAIL_FILE_OR_DIR: mail files, directories (searched recursively), "-" for one mail on standard input.
 
-Exit status: 0 when the mails were sent, whatever the MTA answered; 1 for a bad option.
+Exit status: 0 when the mails were sent, whatever the MTA answered; 1 for a bad option, or when
+no mail could connect to the SMTP server (the message names host and port).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ row); :func:`options_help` writes the matching ``Options:`` lines for ``--help``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from .errors import COMMAND_LINE, ConfigurationError, Invalid, Issues
 from .schema import Option, Setting, all_settings
@@ -27,26 +27,61 @@ def _given(options: Mapping[str, object], option: Option) -> object:
     return None
 
 
-def overrides_from_options(options: Mapping[str, object]) -> dict[str, object]:
+class Overrides(dict):
+    """``{"manager.n_workers": 4, …}`` that also knows how each key was typed (``typed["security.effective_user"]
+    == "-u"``), so that every later message about the value names the option the user wrote."""
+
+    def __init__(self, values: Mapping[str, object] = (), typed: Mapping[str, str] | None = None) -> None:
+        super().__init__(values)
+        self.typed: dict[str, str] = dict(typed or {})
+
+
+def typed_name(option: Option, argv: Sequence[str] | None) -> str:
+    """The spelling of ``option`` on the command line (``-u``, ``--user``, an abbreviation); the last one wins."""
+    found = option.names[-1]
+    for argument in argv or ():
+        if argument == "--":
+            break
+        for name in option.names:
+            if name.startswith("--"):
+                head = argument.partition("=")[0]
+                if len(head) > 2 and name.startswith(head) and (head == name or head not in _EXACT):
+                    found = head
+            elif argument.startswith(name) and not argument.startswith("--"):
+                found = name
+    return found
+
+
+#: every long option name (an argument equal to one of them is that option, never an abbreviation of another)
+_EXACT: set[str] = set()
+
+
+def overrides_from_options(options: Mapping[str, object], argv: Sequence[str] | None = None) -> Overrides:
     """docopt options → ``{"manager.n_workers": 4, …}``; values are converted, ranges checked by ``load``.
 
     Options are applied in schema order, so the flag forms come after ``--log-level``
-    (``--verbose``/``--quiet`` win) and ``--no-daemon`` after ``--daemon``.
+    (``--verbose``/``--quiet`` win) and ``--no-daemon`` after ``--daemon``. With ``argv``, messages
+    name each option as it was typed (``-u``, not ``--user``).
     Raises :class:`ConfigurationError` (``command line: --n-workers: …``) for a value of the wrong type.
     """
+    if not _EXACT:
+        _EXACT.update(name for option, _setting in option_table() for name in option.names if name.startswith("--"))
     issues = Issues()
-    overrides: dict[str, object] = {}
+    overrides = Overrides()
     for option, setting in option_table():
         value = _given(options, option)
         if value is None:
             continue
+        typed = typed_name(option, argv)
         if option.metavar is None:
             overrides[setting.key] = option.constant
+            overrides.typed[setting.key] = typed
             continue
         try:
             overrides[setting.key] = setting.kind.from_text(str(value))
+            overrides.typed[setting.key] = typed
         except Invalid as error:
-            issues.add(COMMAND_LINE, option.names[-1], error.message)
+            issues.add(COMMAND_LINE, typed, error.message)
     if issues:
         raise ConfigurationError(issues.items)
     return overrides

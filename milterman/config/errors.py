@@ -9,6 +9,7 @@ previous configuration (C-TOML-4, D-5).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -115,3 +116,10 @@ def type_name(value: object) -> str:
     if isinstance(value, list):
         return "array"
     return type(value).__name__
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean "S25R"?)`` for the closest known name (case-insensitive), or ``""``."""
+    by_folded = {candidate.casefold(): candidate for candidate in sorted(known)}
+    close = difflib.get_close_matches(name.casefold(), list(by_folded), n=1)
+    return f" (did you mean {show(by_folded[close[0]])}?)" if close else ""

@@ -18,7 +18,7 @@ from fnmatch import fnmatchcase
 
 from . import model
 from .builtins import BUILTIN_CONDITIONS, DNSBL_SERVICES, TRUST_PATTERN_FLAGS, parse_trust_domain_lines
-from .errors import COMMAND_LINE, ConfigurationError, Invalid, Issues, show
+from .errors import COMMAND_LINE, ConfigurationError, Invalid, Issues, did_you_mean, show
 from .reader import ConditionEntry, Document, RestrictEntry, read_document
 from .schema import MILTER, SECTION_CLASSES, SECTIONS, find_setting, section_defaults
 from .values import Context, Regex, compile_regex
@@ -155,6 +155,7 @@ class _Merger:
                                          "source": milter.source or "detected", "failed": set()}
         self.conditions: dict[str, ConditionEntry] = {}
         self.restricts: dict[str, RestrictEntry] = {}
+        self.origins: dict[str, tuple[str, str]] = {}
 
     def build(self) -> model.Configuration:
         sections = {name: section_defaults(name) for name in SECTIONS}
@@ -175,13 +176,14 @@ class _Merger:
             restrict_accounts=tuple(entry.restriction for entry in self.restricts.values()),
             rules=tuple(rule for document in self.documents for _key, rule in document.rules),
             remove_milters=tuple(pattern for document in self.documents for pattern, _key in document.remove_milters),
-            files=tuple(document.path for document in self.documents), **built)
+            files=tuple(document.path for document in self.documents), origins=self.origins, **built)
 
     def merge_sections(self, sections: dict[str, dict], document: Document) -> None:
         """B6 rows 1–2: scalars (and [manager]/[hooks] arrays) later file wins; tunable lists concatenated."""
         for section, values in document.sections.items():
             settings = {setting.name: setting for setting in SECTIONS[section]}
             for name, value in values.items():
+                self.origins[f"{section}.{name}"] = (document.path, f"{section}.{name}")
                 if settings[name].accumulate:
                     sections[section][name] = tuple(sections[section][name]) + tuple(value)  # type: ignore
                 else:
@@ -254,8 +256,8 @@ class _Merger:
             values = {setting.name: setting.default for setting in MILTER}
             values.update(state["values"], name=name)
             if values["enabled"] and values["connection_spec"] is None and "connection_spec" not in state["failed"]:
-                self.issues.add(state["file"], state["key"], f"milter {show(name)}: connection_spec is required "
-                                "when the milter is enabled")
+                self.issues.add(state["file"], f"milter {show(name)}", "connection_spec is required when the milter "
+                                "is enabled")
             result.append(model.MilterSettings(**values, source=state["source"]))
         return result
 
@@ -271,13 +273,15 @@ class _Merger:
             for name in milter.applicable_conditions:
                 if name not in conditions:
                     self.issues.add(milter.source or "<detected>", f"milter {show(milter.name)}",
-                                    f"unknown condition {show(name)}")
+                                    f"unknown condition {show(name)}{did_you_mean(name, conditions)}")
         for document in self.documents:
             for reference in document.references:
                 if reference.kind == "condition" and reference.name not in conditions:
-                    self.issues.add(reference.file, reference.key, f"unknown condition {show(reference.name)}")
+                    self.issues.add(reference.file, reference.key, f"unknown condition {show(reference.name)}"
+                                    f"{did_you_mean(reference.name, conditions)}")
                 elif reference.kind == "milter" and reference.name not in names:
-                    self.issues.add(reference.file, reference.key, f"unknown milter {show(reference.name)}")
+                    self.issues.add(reference.file, reference.key, f"unknown milter {show(reference.name)}"
+                                    f"{did_you_mean(reference.name, names)}")
                 elif reference.kind == "zone" and reference.name not in zones:
                     self.issues.add(reference.file, reference.key, f"zone {show(reference.name)} is not a [dnsbl] "
                                     "zone")
@@ -309,20 +313,24 @@ def apply_overrides(configuration: model.Configuration, overrides: Mapping[str, 
                     ) -> model.Configuration:
     """C-FILE-4 / B6 last row: command-line values replace the files' values, checked like TOML values."""
     context = Context(os.getcwd())
+    typed: Mapping[str, str] = getattr(overrides, "typed", {})
     changed: dict[str, dict[str, object]] = {}
+    origins = dict(configuration.origins)
     for key, raw in overrides.items():
+        where = typed.get(key, key)  # the option as the user typed it, when known
         setting = find_setting(key)
         if setting is None:
-            issues.add(COMMAND_LINE, key, "unknown setting")
+            issues.add(COMMAND_LINE, where, "unknown setting")
             continue
         try:
             value = setting.kind.parse(raw, context)
         except Invalid as error:
-            issues.invalid(COMMAND_LINE, key, error)
+            issues.invalid(COMMAND_LINE, where, error)
             continue
         changed.setdefault(setting.table, {})[setting.name] = value
+        origins[key] = (COMMAND_LINE, where)
     if not changed:
         return configuration
     replacements = {section: dataclasses.replace(getattr(configuration, section), **values)
                     for section, values in changed.items()}
-    return dataclasses.replace(configuration, command_line=tuple(overrides), **replacements)
+    return dataclasses.replace(configuration, command_line=tuple(overrides), origins=origins, **replacements)

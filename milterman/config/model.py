@@ -14,6 +14,7 @@ same detected milters again (D-9).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .predicates import Match
@@ -295,6 +296,9 @@ class Configuration:
     files: tuple[str, ...] = field(default=(), compare=False)
     #: dotted keys set from the command line (B6 last row)
     command_line: tuple[str, ...] = field(default=(), compare=False)
+    #: where each section key set by a file or an option came from, as messages name it (FILE, KEY):
+    #: ``(FILE, "security.effective_user")`` or ``("command line", "-u")`` (absent: the built-in default)
+    origins: Mapping[str, tuple[str, str]] = field(default_factory=dict, compare=False)
 
     def milter(self, name: str) -> MilterSettings | None:
         """The child milter of that name, or None."""

@@ -116,9 +116,12 @@ class _FileReader:
     def report(self, key: str, message: str) -> None:
         self.issues.add(self.path, key, message)
 
-    def table(self, raw: object, key: str, settings: tuple[Setting, ...], skip: tuple[str, ...] = ()
-              ) -> dict[str, object]:
-        """Parse the keys of one table that ``settings`` declare; report unknown keys and bad values."""
+    def table(self, raw: object, key: str, settings: tuple[Setting, ...], skip: tuple[str, ...] = (),
+              separator: str = ".") -> dict[str, object]:
+        """Parse the keys of one table that ``settings`` declare; report unknown keys and bad values.
+
+        Keys are reported as ``KEY.NAME``, or ``KEY: NAME`` with ``separator=": "`` (``milter "a": name``).
+        """
         if not isinstance(raw, dict):
             self.report(key, f"expected a table, got {show(raw)} ({type_name(raw)})")
             return {}
@@ -128,7 +131,7 @@ class _FileReader:
             if name in skip:
                 continue
             setting = known.get(name)
-            where = f"{key}.{name}" if key else name
+            where = f"{key}{separator}{name}" if key else name
             if setting is None:
                 self.report(where, _unknown(key, name, list(known) + list(skip)))
                 continue
@@ -188,13 +191,17 @@ class _FileReader:
             self.document.references.append(Reference("condition", name, self.path, f"{file_key}[{index}]"))
 
     def read_milter(self, raw: dict, key: str, seen: dict[str, str]) -> None:
-        values = self.table(raw, key, MILTER)
+        """A ``[[milter]]``: problems name the milter (``milter "opendkim": connection_spec``) once it has a name."""
+        named = isinstance(raw.get("name"), str) and raw["name"] and raw["name"] not in seen
+        label = f"milter {show(raw['name'])}" if named else key
+        values = self.table(raw, label, MILTER, separator=": " if named else ".")
         if "name" not in values or not self.unique(seen, values["name"], key, "milter"):  # type: ignore[arg-type]
             return
-        self.condition_references(values.get("applicable_conditions"), f"{key}.applicable_conditions")
+        self.condition_references(values.get("applicable_conditions"),
+                                  f"{label}{': ' if named else '.'}applicable_conditions")
         name = values.pop("name")
         failed = {k for k in raw if k not in values and k != "name"}
-        self.document.milters.append(MilterEntry(self.path, key, name, values, failed))  # type: ignore[arg-type]
+        self.document.milters.append(MilterEntry(self.path, label, name, values, failed))  # type: ignore[arg-type]
 
     def read_milter_patch(self, raw: dict, key: str, seen: dict[str, str]) -> None:
         overrides = tuple(setting for setting in MILTER if setting.name != "name")

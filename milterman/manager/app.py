@@ -12,6 +12,7 @@ import os
 
 from .. import config as configuration_module
 from ..config import schema as configuration_schema
+from ..config.errors import show
 from ..log import Logger
 from ..log import logger as default_logger
 from ..net import Timeouts
@@ -25,10 +26,8 @@ DEFAULT_SPEC = "inet:10025@[127.0.0.1]"
 
 def detected_milters(root: str = "/") -> list:
     """Milters installed and enabled from Debian's packages, as configuration entries (D-9)."""
-    try:
-        from .detect import detect
-    except ImportError:
-        return []
+    from .detect import detect
+
     defaults = {setting.name: setting.default for setting in configuration_schema.MILTER}
     milters = []
     for found in detect(root):
@@ -58,6 +57,8 @@ class ManagerApplication(Application):
         self.logger = logger
         self.launcher_socket = None
         self.context = None
+        #: set once the server has bound its socket and announced the children (for the stop line)
+        self.started = False
 
     def configuration(self):
         """Load and validate (raises the configuration's ConfigurationError naming FILE: KEY)."""
@@ -65,7 +66,13 @@ class ManagerApplication(Application):
         return configuration_module.load(self.config_dir, overrides=self.overrides, detected=detected)
 
     def load(self):
+        """At start and on reload: the configuration, refused when it names users or groups that do not exist."""
+        from ..config.startup import account_issues
+
         configuration = self.configuration()
+        issues = account_issues(configuration)
+        if issues:
+            raise configuration_module.ConfigurationError(issues)
         return configuration, server_config(configuration)
 
     def prepare(self, configuration, config: ServerConfig) -> None:
@@ -74,6 +81,9 @@ class ManagerApplication(Application):
         In privilege mode (and started as root) it keeps root and starts each command as its
         ``user_name``; otherwise it drops to the manager's user at once.
         """
+        for level, line in announcement(configuration):
+            self.logger.log(level, f"[manager][start] {line}")
+        self.started = True
         privileged = configuration.security.privilege_mode and os.geteuid() == 0
         if not privileged and not any(milter.command for milter in configuration.milters):
             return
@@ -111,6 +121,28 @@ class ManagerApplication(Application):
                           packet_buffer_size=packet_buffer_size).run()
 
         return handle
+
+
+def announcement(configuration) -> list[tuple[int, str]]:
+    """(level, line) for the start: each child the sessions will use and where it came from, or that none will.
+
+    With no child every session gets the manager's fallback status; saying so once here replaces
+    an error per mail (issue 8).
+    """
+    from ..log import MESSAGE, WARNING
+
+    lines = []
+    for milter in configuration.milters:
+        if not milter.enabled or not milter.connection_spec:
+            continue
+        details = "; ".join(part for part in (milter.source, "evaluation mode" if milter.evaluation_mode else "")
+                            if part)
+        lines.append((MESSAGE, f"child milter {show(milter.name)}: {milter.connection_spec}"
+                               + (f" ({details})" if details else "")))
+    if not lines:
+        lines.append((WARNING, "no child milter configured: every session gets manager.fallback_status "
+                               f"({configuration.manager.fallback_status})"))
+    return lines
 
 
 def server_config(configuration) -> ServerConfig:
@@ -172,17 +204,10 @@ def build_context(configuration, logger: Logger = default_logger, launcher=None)
     """The ManagerContext a serving process's leaders share."""
     from .context import ManagerContext
 
-    condition_evaluator = rule_evaluator = None
-    conditions_per_milter: dict = {}
-    stages_read: frozenset[str] = frozenset()
-    macros_read: dict = {}
-    try:
-        from .conditions import build
-    except ImportError:
-        build = None
-    if build is not None:
-        condition_evaluator, rule_evaluator, conditions_per_milter, stages_read, macros_read = build(
-            configuration, logger=logger)
+    from .conditions import build
+
+    condition_evaluator, rule_evaluator, conditions_per_milter, stages_read, macros_read = build(
+        configuration, logger=logger)
     manager = configuration.manager
     return ManagerContext(
         definitions=child_definitions(configuration, conditions_per_milter, launcher, logger),

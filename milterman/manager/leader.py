@@ -253,8 +253,15 @@ class Leader(MilterHandler):
         return [child for child in self.children if not child.quitted]
 
     def _manager_fallback(self, reason: str) -> Reply:
-        """M-ERR-7: the manager itself cannot go on; exactly one reply (fix of M-ERR-7a)."""
-        self.logger.error(f"[{self.session.id}] [manager][error] {reason}")
+        """M-ERR-7: the manager itself cannot go on; exactly one reply (fix of M-ERR-7a).
+
+        With no child configured at all this is every session's normal path, announced once at
+        start: not an error per mail (issue 8).
+        """
+        if self.manager.definitions:
+            self.logger.error(f"[{self.session.id}] [manager][error] {reason}")
+        else:
+            self.logger.debug(f"[{self.session.id}] [manager] no child milter: {reason}")
         combined = Combined()
         combined.add(self.manager.fallback_status)
         return self._reply(combined)

@@ -319,6 +319,8 @@ class Sender:
             client.quit()
         except (SmtpError, OSError) as error:
             record.update(status="error", response=f"{type(error).__name__}: {error}")
+            if client.sock is None:  # the connection itself failed: see unreachable()
+                record["unreachable"] = getattr(error, "strerror", None) or str(error)
             if isinstance(error, SmtpUnsupportedError):
                 client.quit()
         finally:
@@ -594,7 +596,7 @@ def _fork_workers(settings: Settings, mails: list[MailSource], auth: tuple[str, 
 
 def run(settings: Settings, sources: list[MailSource], auth: tuple[str, str] | None, *,
         out: TextIO, err: TextIO) -> int:
-    """Send, report, return the exit status: 0, or 1 when a worker process crashed."""
+    """Send, report, return the exit status: 0, or 1 when a worker process crashed or no mail could connect."""
     mails = mail_list(sources, settings.n_mails)
     workers = settings.n_workers if settings.n_workers > 1 else 0
     expected = None if settings.flood else len(mails) * max(1, workers)
@@ -654,7 +656,20 @@ def run(settings: Settings, sources: list[MailSource], auth: tuple[str, str] | N
         out.write(render_report(collector.records, elapsed, with_files=bool(sources),
                                 failure_responses=settings.report_failure_responses))
     out.flush()
+    problem = unreachable(settings, collector.records)
+    if problem:
+        err.write(f"milter-performance-check: {problem}\n")
+        err.flush()
+        status = 1
     return status
+
+
+def unreachable(settings: Settings, records: list[dict]) -> str | None:
+    """When no mail could even connect, the run measured nothing: say where it tried (exit status 1)."""
+    if not records or not all("unreachable" in record for record in records):
+        return None
+    return (f"cannot connect to the SMTP server {settings.smtp_server}:{settings.smtp_port}: "
+            f"{records[0]['unreachable']} (all {len(records)} mails failed)")
 
 
 def _collect_workers(children: list[tuple[int, socket.socket]], collector: Collector) -> int:

@@ -35,9 +35,9 @@ def test_C_TOML_4_configuration_error_is_the_servers(tmp_path):
     pytest.param("[stress]\nthreshold_n_connections = -2", "stress.threshold_n_connections: must be ≥ -1, got -2",
                  id="stress"),
     pytest.param('[[milter]]\nname = "m"\nconnection_spec = "unix:/m"\nreading_timeout = 0',
-                 "milter[0].reading_timeout: must be > 0, got 0", id="timeout"),
+                 'milter "m": reading_timeout: must be > 0, got 0', id="timeout"),
     pytest.param('[[milter]]\nname = "m"\nconnection_spec = "unix:/m"\nretry_delay = -1.5',
-                 "milter[0].retry_delay: must be ≥ 0, got -1.5", id="retry_delay"),
+                 'milter "m": retry_delay: must be ≥ 0, got -1.5', id="retry_delay"),
     pytest.param("[dnsbl]\ntimeout = inf", "dnsbl.timeout: must be a finite number, got inf", id="inf"),
     pytest.param("[database]\nport = 70000", "database.port: must be 1..65535, got 70000", id="port"),
 ])
@@ -57,7 +57,7 @@ def test_C_TOML_4_out_of_range(text, expected):
     pytest.param('[milter]\nname = "m"', "milter: expected an array of tables ([[milter]]), got {name = \"m\"}",
                  id="array-of-tables"),
     pytest.param('[[milter]]\nname = "m"\nconnection_spec = "unix:/m"\ncommand_options = ["a", 1]',
-                 "milter[0].command_options[1]: expected a string, got 1 (integer)", id="command_options"),
+                 'milter "m": command_options[1]: expected a string, got 1 (integer)', id="command_options"),
     pytest.param('[manager]\nunix_socket_mode = "0660"',
                  'manager.unix_socket_mode: expected an octal integer such as 0o660, got "0660" (string)', id="mode"),
 ])
@@ -71,7 +71,7 @@ def test_C_TOML_4_wrong_types(text, expected):
     pytest.param("[manager]\nn_worker = 4", 'manager.n_worker: unknown key "n_worker" (did you mean "n_workers"?)',
                  id="section"),
     pytest.param('[[milter]]\nname = "m"\nconnection_spec = "unix:/m"\nfalback_status = "accept"',
-                 'milter[0].falback_status: unknown key "falback_status" (did you mean "fallback_status"?)',
+                 'milter "m": falback_status: unknown key "falback_status" (did you mean "fallback_status"?)',
                  id="milter"),
     pytest.param('[[milter_patch]]\nnames = ["*"]\nname = "x"',
                  'milter_patch[0].name: unknown key "name" (did you mean "names"?)', id="patch-name"),
@@ -117,9 +117,9 @@ def test_C_TOML_4_invalid_connection_specs():
         ("a", "unix:/a"), ("b", "inet:10025@[::1]"), ("c", "inet:10x25@localhost"))) + \
         '[manager]\nconnection_spec = "tcp:25"\n[controller]\nconnection_spec = "inet:10026"\n'
     assert issues_of(text) == [
-        'main.toml: milter[1].connection_spec: invalid spec "inet:10025@[::1]": invalid host address: '
+        'main.toml: milter "b": connection_spec: invalid spec "inet:10025@[::1]": invalid host address: '
         '<inet:10025@[::1]>: <::1>',
-        'main.toml: milter[2].connection_spec: invalid spec "inet:10x25@localhost": port number has invalid '
+        'main.toml: milter "c": connection_spec: invalid spec "inet:10x25@localhost": port number has invalid '
         'character: <inet:10x25@localhost>: <x>',
         'main.toml: manager.connection_spec: invalid spec "tcp:25": protocol must be \'unix\', \'inet\' or '
         '\'inet6\': <tcp:25>: <tcp>',
@@ -133,14 +133,14 @@ def test_D_7_controller_accepts_unix_and_loopback():
 
 def test_C_TOML_4_milter_without_spec_when_enabled():
     text = HEAD + '[[milter]]\nname = "a"\n[[milter]]\nname = "b"\nenabled = false\n'
-    assert one_issue(text) == 'main.toml: milter[0]: milter "a": connection_spec is required when the milter is enabled'
+    assert one_issue(text) == 'main.toml: milter "a": connection_spec is required when the milter is enabled'
 
 
 def test_C_TOML_4_unknown_condition_names():
     text = HEAD + ('[[milter]]\nname = "a"\nconnection_spec = "unix:/a"\napplicable_conditions = ["S25R", "Nope"]\n'
                    '[[milter_patch]]\nnames = ["*"]\nadd_applicable_conditions = ["Later", "Ghost"]\n'
                    '[[condition]]\nname = "Later"\n')
-    assert issues_of(text) == ['main.toml: milter[0].applicable_conditions[1]: unknown condition "Nope"',
+    assert issues_of(text) == ['main.toml: milter "a": applicable_conditions[1]: unknown condition "Nope"',
                                'main.toml: milter_patch[0].add_applicable_conditions[1]: unknown condition "Ghost"']
 
 
@@ -152,7 +152,7 @@ def test_C_TOML_4_duplicate_names_within_one_file():
                    'applicable_conditions = ["S25R", "S25R"]\n')
     assert issues_of(text) == [
         'main.toml: milter[1].name: duplicate milter "a" (also milter[0])',
-        'main.toml: milter[2].applicable_conditions[1]: "S25R" is listed twice',
+        'main.toml: milter "b": applicable_conditions[1]: "S25R" is listed twice',
         'main.toml: condition[1].name: duplicate condition "x" (also condition[0])',
         'main.toml: restrict_accounts[1].condition_name: duplicate condition_name "Restrict Accounts by List: '
         '[\\"a@example.com\\"]" (also restrict_accounts[0])']
@@ -265,7 +265,8 @@ def test_C_TOML_4_syntax_error_with_line():
 
 @pytest.mark.parametrize("text, expected", [
     pytest.param('[log]\nlevel = "loud"', 'log.level: invalid level "loud": unknown flag names: [<loud>]'
-                 '(<MilterLogLevelFlags>)', id="log-level"),
+                 '(<MilterLogLevelFlags>); valid levels: all, default, none, critical, error, warning, message, info, '
+                 'debug, trace, statistics, profile (join with |, add or remove with + or -)', id="log-level"),
     pytest.param('[log]\nlevel = ["error", 3]', "log.level[1]: expected a level name, got 3 (integer)",
                  id="log-level-array"),
     pytest.param('[log]\nsyslog_facility = "mailx"', 'log.syslog_facility: must be one of "auth", "authpriv", '

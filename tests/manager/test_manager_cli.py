@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
+
+import pytest
 
 from milterman.config import load, load_string
 
@@ -24,12 +30,12 @@ def test_broken_file_at_start_exits_1_naming_file_and_key(tmp_path):
     assert f"{config}: manager.n_workers: " in run.stdout and "5000" in run.stdout
 
 
-def test_unknown_key_in_a_milter_is_named_with_its_index(tmp_path):
+def test_unknown_key_in_a_milter_is_named_with_the_milters_name(tmp_path):
     (tmp_path / "milter-manager.toml").write_text(
         'version = 1\n[[milter]]\nname = "a"\nconnection_spec = "unix:/tmp/a.sock"\nfalback_status = "reject"\n')
     run = manager("-c", str(tmp_path), "--no-detect", "--check-config")
     assert run.returncode == 1
-    assert "milter[0].falback_status" in run.stdout
+    assert 'milter "a": falback_status: unknown key "falback_status" (did you mean "fallback_status"?)' in run.stdout
 
 
 def test_check_config_and_show_config_round_trip_D_8(tmp_path):
@@ -76,3 +82,78 @@ def test_version_and_help():
     assert manager("--version").stdout.strip().startswith("milter-manager ")
     helped = manager("--help")
     assert helped.returncode == 0 and "--check-config" in helped.stdout and "--show-config" in helped.stdout
+
+
+# -- issue 8: --check-config checks what start-up would refuse, naming the option as typed ------------------
+
+def check(tmp_path, toml: str = "", *args: str) -> subprocess.CompletedProcess:
+    (tmp_path / "milter-manager.toml").write_text("version = 1\n" + toml)
+    return manager("-c", str(tmp_path), "--no-detect", "--check-config", *args)
+
+
+def test_check_config_unknown_users_and_groups_named_as_typed(tmp_path):
+    run = check(tmp_path, "", "-u", "nosuchuser-mm", "-g", "nosuchgroup-mm")
+    assert run.returncode == 1, run
+    assert run.stdout.splitlines() == ["command line: -u: unknown user: <nosuchuser-mm>",
+                                       "command line: -g: unknown group: <nosuchgroup-mm>"]
+    run = check(tmp_path, "", "--user-name=nosuchuser-mm")
+    assert run.stdout.splitlines() == ["command line: --user-name: unknown user: <nosuchuser-mm>"], run
+
+
+def test_check_config_unknown_users_and_groups_from_the_file(tmp_path):
+    config = tmp_path / "milter-manager.toml"
+    run = check(tmp_path, '[security]\neffective_user = "nosuchuser-mm"\neffective_group = "nosuchgroup-mm"\n'
+                '[manager]\nunix_socket_group = "nosuchgroup-s"\n'
+                '[controller]\nconnection_spec = "unix:/tmp/c.sock"\nunix_socket_group = "nosuchgroup-c"\n'
+                '[[milter]]\nname = "a"\nconnection_spec = "unix:/tmp/a.sock"\ncommand = "/bin/true"\n'
+                'user_name = "nosuchuser-a"\n')
+    assert run.returncode == 1, run
+    assert run.stdout.splitlines() == [
+        f"{config}: security.effective_user: unknown user: <nosuchuser-mm>",
+        f"{config}: security.effective_group: unknown group: <nosuchgroup-mm>",
+        f"{config}: manager.unix_socket_group: unknown group: <nosuchgroup-s>",
+        f"{config}: controller.unix_socket_group: unknown group: <nosuchgroup-c>",
+        f'{config}: milter "a": user_name: unknown user: <nosuchuser-a>']
+
+
+def test_check_config_missing_directories(tmp_path):
+    config = tmp_path / "milter-manager.toml"
+    missing = tmp_path / "missing"
+    run = check(tmp_path, f'[manager]\npid_file = "{missing}/m.pid"\n', "-s", f"unix:{missing}/m.sock")
+    assert run.returncode == 1, run
+    assert run.stdout.splitlines() == [
+        f"command line: -s: the directory of unix:{missing}/m.sock does not exist: {missing}",
+        f"{config}: manager.pid_file: the directory of {missing}/m.pid does not exist: {missing}"]
+
+
+def test_unknown_user_at_start_is_named_as_typed(tmp_path):
+    (tmp_path / "milter-manager.toml").write_text("version = 1\n")
+    run = manager("-c", str(tmp_path), "--no-detect", "-s", f"unix:{tmp_path}/m.sock", "-u", "nosuchuser-mm")
+    assert run.returncode == 1 and run.stdout == "command line: -u: unknown user: <nosuchuser-mm>\n", run
+    assert not (tmp_path / "m.sock").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: checks what the user after the privilege drop may write")
+def test_check_config_directories_the_dropped_user_cannot_write(tmp_path):
+    base = Path(tempfile.mkdtemp(prefix="milterman-check-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        private = base / "private"
+        private.mkdir(mode=0o700)
+        config = tmp_path / "milter-manager.toml"
+        run = check(tmp_path, f'[security]\neffective_user = "nobody"\n[controller]\n'
+                    f'connection_spec = "unix:{private}/c.sock"\n[manager]\npid_file = "{private}/m.pid"\n',
+                    "-s", f"unix:{private}/m.sock")
+        assert run.returncode == 1, run
+        assert run.stdout.splitlines() == [
+            f"{config}: controller.connection_spec: user nobody (after the privilege drop) cannot create "
+            f"unix:{private}/c.sock: {private} is not writable for it",
+            f"warning: command line: -s: user nobody (after the privilege drop) cannot remove unix:{private}/m.sock "
+            f"at stop: {private} is not writable for it",
+            f"warning: {config}: manager.pid_file: user nobody (after the privilege drop) cannot remove "
+            f"{private}/m.pid at stop: {private} is not writable for it"]
+        private.chmod(0o777)
+        run = check(tmp_path, '[security]\neffective_user = "nobody"\n', "-s", f"unix:{private}/m.sock")
+        assert run.returncode == 0 and run.stdout.startswith("configuration OK: "), run
+    finally:
+        shutil.rmtree(base)

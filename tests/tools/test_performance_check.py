@@ -517,8 +517,10 @@ def test_pc5_connection_refused_is_an_error_on_stderr(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     run = run_tool("performance_check", "--smtp-server=127.0.0.1", f"--smtp-port={port}", "--n-mails=2")
-    assert run.returncode == 0, run  # §3.6: all mails failing is still a normal run
-    assert run.stderr.splitlines() == ["ConnectionRefusedError: [Errno 111] Connection refused"] * 2
+    assert run.returncode == 1, run  # issue 8: no mail could connect (the report is still printed)
+    assert run.stderr.splitlines() == ["ConnectionRefusedError: [Errno 111] Connection refused"] * 2 + [
+        f"milter-performance-check: cannot connect to the SMTP server 127.0.0.1:{port}: Connection refused "
+        "(all 2 mails failed)"]
     assert status_line(run, "Error") == (2, "100.00")
     assert status_line(run, "Temporary failure") == (0, "0.00")
 
@@ -1053,3 +1055,27 @@ def test_launcher_runs(smtp_server):
                                capture_output=True, env=clean_env(), cwd="/", timeout=30)
     assert completed.returncode == 0, completed
     assert b"      N mails:      1\n" in completed.stdout
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_no_smtp_server_exits_1_naming_host_and_port():
+    """Issue 8: a check that never reached the MTA is a failure, not a report of 100 % errors with status 0."""
+    port = _closed_port()
+    run = run_tool("performance_check", "--smtp-server=127.0.0.1", f"--smtp-port={port}", "--n-mails=3")
+    assert run.returncode == 1, run
+    last = run.stderr.splitlines()[-1]
+    assert last == (f"milter-performance-check: cannot connect to the SMTP server 127.0.0.1:{port}: "
+                    "Connection refused (all 3 mails failed)"), run
+    assert "Error:   3 (100.00%)" in run.stdout  # the report is still there
+
+
+def test_some_mails_connecting_is_a_normal_run(smtp_server):
+    """Only a run where no mail connected fails; errors among delivered mails keep exit status 0."""
+    server = smtp_server(reply=lambda step, argument, session: "hello there" if step == "mail" else None)
+    run = check(server, "--n-mails=1")
+    assert run.returncode == 0 and "cannot connect" not in run.stderr, run
