@@ -73,12 +73,12 @@ def run(argv: list[str], *, timeout: float = 300, check: bool = True, **kwargs) 
     return result
 
 
-def apt(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def apt(*args: str, timeout: float = 600, cwd: str | Path = "/") -> subprocess.CompletedProcess:
     """apt-get, serialised with other users of apt on this machine (flock), never interactive."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     lock = ["flock", "/tmp/apt.lock"] if shutil.which("flock") else []
     return run([*lock, "apt-get", "-y", "-q", "-o", "Dpkg::Use-Pty=0", *args], env=env, timeout=timeout,
-               check=False)
+               check=False, cwd=cwd)
 
 
 def installed(package: str) -> bool:
@@ -338,10 +338,10 @@ def test_debian_package_serves_postfix_as_installed(real_environment, workdir):
     # 2. a fresh install
     if installed(PACKAGE):
         apt("purge", PACKAGE)
-    result = apt("install", "--no-install-recommends", f"./{deb.name}", timeout=900)
+    result = apt("install", "--no-install-recommends", f"./{deb.name}", timeout=900, cwd=source)
     if result.returncode != 0:  # stale package lists: once more after an update
         apt("update", "-qq")
-        result = apt("install", "--no-install-recommends", f"./{deb.name}", timeout=900)
+        result = apt("install", "--no-install-recommends", f"./{deb.name}", timeout=900, cwd=source)
     assert result.returncode == 0, f"apt-get install failed:\n{result.stdout}\n{result.stderr}"
     child = unit_process = None
     try:
