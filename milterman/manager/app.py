@@ -59,6 +59,7 @@ class ManagerApplication(Application):
         self.context = None
         #: set once the server has bound its socket and announced the children (for the stop line)
         self.started = False
+        self.hooks = None
 
     def configuration(self):
         """Load and validate (raises the configuration's ConfigurationError naming FILE: KEY)."""
@@ -106,18 +107,29 @@ class ManagerApplication(Application):
         context = self.context
         return context.statistics() if context is not None else {}
 
+    def maintained(self, sessions: int) -> None:
+        """At each maintenance run: the ``[hooks] maintained`` functions (M-MNT-1)."""
+        if self.hooks is not None:
+            self.hooks.run("maintained", sessions)
+
     def make_handler(self, configuration):
+        import gevent
+
         from ..net import MilterSession
+        from .hooks import Hooks
         from .launcher import LaunchClient
         from .leader import Leader
 
         launcher = LaunchClient(self.launcher_socket) if self.launcher_socket is not None else None
         context = build_context(configuration, self.logger, launcher)
         self.context = context
+        gevent.get_hub()  # the hub exists before the started hooks run
+        self.hooks = Hooks(configuration, self.logger)
+        self.hooks.run("started", 0)
         packet_buffer_size = configuration.manager.packet_buffer_size
 
-        def handle(sock, address) -> None:
-            MilterSession(sock, lambda session: Leader(session, context),
+        def handle(sock, address) -> bool:
+            return MilterSession(sock, lambda session: Leader(session, context),
                           packet_buffer_size=packet_buffer_size).run()
 
         return handle
@@ -163,7 +175,8 @@ def server_config(configuration) -> ServerConfig:
         max_file_descriptors=manager.max_file_descriptors,
         event_loop_backend="libev" if backend == "default" else backend,
         maintenance_interval=manager.maintenance_interval,
-        report_memory_statistics=manager.report_memory_statistics, process_name="milter-manager")
+        report_memory_statistics=manager.report_memory_statistics,
+        suspend_time_on_unacceptable=manager.suspend_time_on_unacceptable, process_name="milter-manager")
 
 
 def _launch_function(launcher, milter, logger: Logger):
@@ -202,19 +215,23 @@ def child_definitions(configuration, conditions_per_milter: dict | None = None, 
 
 def build_context(configuration, logger: Logger = default_logger, launcher=None):
     """The ManagerContext a serving process's leaders share."""
+    from ..config.entry_points import resolve as resolve_entry_point
     from .context import ManagerContext
+    from .disconnect import build_check
 
     from .conditions import build
 
     condition_evaluator, rule_evaluator, conditions_per_milter, stages_read, macros_read = build(
         configuration, logger=logger)
     manager = configuration.manager
+    disconnect = build_check(manager.connection_check_interval, manager.connection_checkers,
+                             status_named(manager.fallback_status_at_disconnect), resolve_entry_point)
     return ManagerContext(
         definitions=child_definitions(configuration, conditions_per_milter, launcher, logger),
         fallback_status=status_named(manager.fallback_status), chunk_size=manager.chunk_size,
         stages_read=stages_read, macros_read=macros_read, logger=logger,
         condition_evaluator=condition_evaluator, rule_evaluator=rule_evaluator,
-        max_pending_finished_sessions=manager.max_pending_finished_sessions)
+        max_pending_finished_sessions=manager.max_pending_finished_sessions, disconnect=disconnect)
 
 
 def environment_config_dir() -> str | None:

@@ -40,6 +40,8 @@ class ServerConfig:
     #: maintenance (gc and the memory line) every this many sessions; 0: never (D-12)
     maintenance_interval: int = 10
     report_memory_statistics: bool = False
+    #: seconds accepting pauses when out of descriptors (M-ACC-2)
+    suspend_time_on_unacceptable: float = 1.0
     process_name: str = "milterman"
 
 

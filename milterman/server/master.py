@@ -207,8 +207,8 @@ class Master:
         select_event_loop(config.event_loop_backend)
         current = {"handle": self.app.make_handler(self.configuration)}
 
-        def handle(sock, address) -> None:
-            current["handle"](sock, address)
+        def handle(sock, address) -> bool | None:
+            return current["handle"](sock, address)
 
         def hangup() -> None:
             systemd_notify("RELOADING=1")  # as with workers: RELOADING=1, then READY=1 either way
@@ -241,7 +241,9 @@ class Master:
                              heartbeat_interval=max(0.05, min(1.0, config.worker_timeout / 4)),
                              maintenance_interval=config.maintenance_interval,
                              report_memory_statistics=config.report_memory_statistics,
-                             statistics=getattr(self.app, "statistics", None))
+                             suspend_time_on_unacceptable=config.suspend_time_on_unacceptable,
+                             statistics=getattr(self.app, "statistics", None),
+                             maintained=getattr(self.app, "maintained", None))
 
     # -------------------------------------------------------------------------- supervision
 

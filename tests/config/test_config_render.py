@@ -128,9 +128,9 @@ def strategy_for(kind: kinds.Kind) -> st.SearchStrategy:
         return st.sampled_from(["/var/run/x.pid", "relative/file", "-", "~/x", "a/../b"]).filter(
             lambda path: path != "-" or kind.dash_means_stdout)
     if isinstance(kind, kinds.EntryPoint):
-        return st.sampled_from(["site.hooks:run", "a:b"])
+        return st.sampled_from(["os.path:join", "json:dumps"])  # real ones: they are imported at load
     if isinstance(kind, kinds.Checker):
-        return st.sampled_from(["netstat", "python:site.checks:alive"])
+        return st.sampled_from(["netstat", "python:os.path:exists"])
     if isinstance(kind, kinds.Domain):
         return _DOMAINS
     if isinstance(kind, kinds.Choice):
