@@ -98,7 +98,8 @@ class ManagerApplication(Application):
         controller = configuration.controller
         if not controller.connection_spec:
             return None
-        return parse_spec(controller.connection_spec), controller.unix_socket_mode, controller.unix_socket_group
+        return (parse_spec(controller.connection_spec), controller.unix_socket_mode, controller.unix_socket_group,
+                controller.remove_unix_socket_on_create, controller.remove_unix_socket_on_close)
 
     def render_configuration(self, configuration) -> str:
         return configuration_module.render(configuration)
@@ -169,7 +170,9 @@ def server_config(configuration) -> ServerConfig:
     backend = manager.event_loop_backend
     return ServerConfig(
         spec=spec, n_workers=manager.n_workers, unix_socket_mode=manager.unix_socket_mode,
-        unix_socket_group=manager.unix_socket_group, user=configuration.security.effective_user,
+        unix_socket_group=manager.unix_socket_group,
+        remove_unix_socket_on_create=manager.remove_unix_socket_on_create,
+        remove_unix_socket_on_close=manager.remove_unix_socket_on_close, user=configuration.security.effective_user,
         group=configuration.security.effective_group, daemon=manager.daemon, pid_file=manager.pid_file,
         graceful_timeout=manager.graceful_timeout, max_connections=manager.max_connections,
         max_file_descriptors=manager.max_file_descriptors,

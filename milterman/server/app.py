@@ -27,6 +27,9 @@ class ServerConfig:
     n_workers: int = 0
     unix_socket_mode: int = 0o660
     unix_socket_group: str | None = None
+    #: unlink a stale unix socket before binding / our socket at exit (manager.remove_unix_socket_on_*)
+    remove_unix_socket_on_create: bool = True
+    remove_unix_socket_on_close: bool = True
     user: str | None = None
     group: str | None = None
     daemon: bool = False
@@ -57,8 +60,10 @@ class Application:
     def prepare(self, configuration: object, config: ServerConfig) -> None:
         """In the master, after binding and before privileges are dropped (once, at start)."""
 
-    def controller_settings(self, configuration: object) -> tuple[ConnectionSpec, int, str | None] | None:
-        """(spec, unix socket mode, unix socket group) of the controller socket, or None: off (D-7)."""
+    def controller_settings(self, configuration: object
+                            ) -> tuple[ConnectionSpec, int, str | None, bool, bool] | None:
+        """(spec, unix socket mode, unix socket group, remove a stale socket on create, remove it on close)
+        of the controller socket, or None: off (D-7)."""
         return None
 
     def render_configuration(self, configuration: object) -> str:

@@ -108,7 +108,9 @@ class Master:
         else:
             try:
                 self.listener = bind_listener(config.spec, unix_mode=config.unix_socket_mode,
-                                              unix_group=config.unix_socket_group)
+                                              unix_group=config.unix_socket_group,
+                                              remove_stale=config.remove_unix_socket_on_create,
+                                              setting="manager.remove_unix_socket_on_create")
             except ListenError as error:
                 raise StartupError(str(error)) from None
             self.bound_by_us = True
@@ -134,12 +136,14 @@ class Master:
             return
         from .control import Controller
 
-        spec, mode, group = settings
+        spec, mode, group, *removal = settings
+        remove_on_create, remove_on_close = removal or (True, True)
         try:
             self.controller = Controller(
                 spec, status=self._status, reload=lambda: os.kill(os.getpid(), signal.SIGHUP),
                 configuration=lambda: self.app.render_configuration(self.configuration),
-                unix_mode=mode, unix_group=group, logger=self.logger)
+                unix_mode=mode, unix_group=group, logger=self.logger, remove_on_create=remove_on_create,
+                remove_on_close=remove_on_close)
         except (ListenError, OSError) as error:
             raise StartupError(f"controller.connection_spec: {error}") from None
         self.controller.start()
@@ -185,7 +189,7 @@ class Master:
                 self.listener.close()
             except OSError:
                 pass
-            if self.bound_by_us and self.config is not None:
+            if self.bound_by_us and self.config is not None and self.config.remove_unix_socket_on_close:
                 problem = remove_unix_socket(self.config.spec)
                 if problem:
                     self.logger.warning(f"[server][stop][warning] {problem}")
