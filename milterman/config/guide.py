@@ -20,7 +20,7 @@ BEGIN = "<!-- BEGIN GENERATED REFERENCE: python -m milterman.config.guide -->"
 END = "<!-- END GENERATED REFERENCE -->"
 
 _INTRODUCTIONS = {
-    "package": "Informational only (A2).",
+    "package": "`platform = \"debian\"` asks for the detection of Debian's milters (D-9).",
     "security": "Privileges (A3, D-5, D-10).",
     "log": "Logging (A4).",
     "manager": "The manager process and its MTA-facing socket (A5, B3).",

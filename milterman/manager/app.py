@@ -50,10 +50,11 @@ class ManagerApplication(Application):
     name = "milter-manager"
 
     def __init__(self, config_dir: str | None, overrides: dict, *, detect: bool = True,
-                 logger: Logger = default_logger) -> None:
+                 logger: Logger = default_logger, detect_root: str = "/") -> None:
         self.config_dir = config_dir
         self.overrides = overrides
         self.detect = detect
+        self.detect_root = detect_root
         self.logger = logger
         self.launcher_socket = None
         self.context = None
@@ -62,8 +63,18 @@ class ManagerApplication(Application):
         self.hooks = None
 
     def configuration(self):
-        """Load and validate (raises the configuration's ConfigurationError naming FILE: KEY)."""
-        detected = detected_milters() if self.detect else []
+        """Load and validate (raises the configuration's ConfigurationError naming FILE: KEY).
+
+        Debian's milters are detected only where the configuration asks, with ``[package] platform =
+        "debian"`` (D-9; the bundled configuration does), and never with ``--no-detect``: they are the
+        layer below the files, so the files are read again with them.
+        """
+        configuration = configuration_module.load(self.config_dir, overrides=self.overrides)
+        if not self.detect or configuration.package.platform != "debian":
+            return configuration
+        detected = detected_milters(self.detect_root)
+        if not detected:
+            return configuration
         return configuration_module.load(self.config_dir, overrides=self.overrides, detected=detected)
 
     def load(self):
@@ -92,6 +103,10 @@ class ManagerApplication(Application):
 
         self.launcher_socket = start_launcher(
             self.logger, drop_to=None if privileged else (config.user, config.group))
+
+    def reloaded(self, configuration) -> None:
+        """log.* take effect on reload too (new workers are forked with the master's logger)."""
+        apply_log_settings(configuration, self.logger)
 
     def controller_settings(self, configuration):
         """[controller] (D-7): off unless a connection_spec is set."""
@@ -156,6 +171,37 @@ def announcement(configuration) -> list[tuple[int, str]]:
         lines.append((WARNING, "no child milter configured: every session gets manager.fallback_status "
                                f"({configuration.manager.fallback_status})"))
     return lines
+
+
+def apply_log_settings(configuration, logger: Logger = default_logger) -> None:
+    """log.* (D-11): levels, file, and syslog (facility mail) unless switched off; at start and on every
+    reload. Raises ConfigurationError naming the key when the file cannot be opened."""
+    from ..log import LogLevelError, parse_level
+
+    settings = configuration.log
+    level = settings.level if isinstance(settings.level, str) else "|".join(settings.level)
+    try:
+        parsed = parse_level(level)
+    except LogLevelError as error:
+        raise _log_error(configuration, "log.level", str(error)) from None
+    path = settings.path if settings.path and settings.path != "-" else None
+    if path != logger.path:
+        try:
+            logger.set_path(path)
+        except OSError as error:
+            raise _log_error(configuration, "log.path", str(error)) from None
+    logger.set_level(parsed)
+    if settings.use_syslog:
+        logger.use_syslog(facility=settings.syslog_facility, ident="milter-manager")
+    else:
+        logger.no_syslog()
+    if configuration.manager.daemon:
+        logger.detached("milter-manager")  # no terminal any more: the file, or else syslog
+
+
+def _log_error(configuration, key: str, message: str):
+    where = str(configuration.files[0]) if configuration.files else "configuration"
+    return configuration_module.ConfigurationError([configuration_module.Issue(where, key, message)])
 
 
 def server_config(configuration) -> ServerConfig:

@@ -60,6 +60,10 @@ class Application:
     def prepare(self, configuration: object, config: ServerConfig) -> None:
         """In the master, after binding and before privileges are dropped (once, at start)."""
 
+    def reloaded(self, configuration: object) -> None:
+        """In the master, once a reloaded configuration is valid: apply what the master itself uses (the
+        log settings); raise :class:`ConfigurationError` to refuse the configuration."""
+
     def controller_settings(self, configuration: object
                             ) -> tuple[ConnectionSpec, int, str | None, bool, bool] | None:
         """(spec, unix socket mode, unix socket group, remove a stale socket on create, remove it on close)

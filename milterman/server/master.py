@@ -358,6 +358,16 @@ class Master:
             self.logger.warning(f"[server][reload][warning] the connection spec changed to {config.spec}; "
                                 f"it takes effect after a restart")
             config.spec = self.config.spec
+        if (config.n_workers == 0) != (self.n_workers == 0):
+            self.logger.warning(f"[server][reload][warning] manager.n_workers: from {self.n_workers} to "
+                                f"{config.n_workers} is refused: switching between serving in the master (0) and "
+                                f"worker processes takes a restart; {self.n_workers} stays in effect")
+            config.n_workers = self.n_workers
+        try:
+            self.app.reloaded(configuration)
+        except ConfigurationError as error:
+            self.logger.error(f"[server][reload][error] {error}; the previous configuration stays in use")
+            return None
         self.logger.message("[server][reload] configuration reloaded")
         return configuration, config
 
@@ -366,7 +376,7 @@ class Master:
         loaded = self._reload_configuration()
         if loaded is not None:
             self.configuration, self.config = loaded
-            self.n_workers = self.config.n_workers or self.n_workers
+            self.n_workers = self.config.n_workers
             self.generation += 1
             self._spawn_missing(force=True)
         systemd_notify("READY=1")

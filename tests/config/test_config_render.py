@@ -198,7 +198,8 @@ def match_for(draw, stage: str, milters: list[str]) -> dict:
 
 
 def _section(draw, name: str) -> dict:
-    settings_ = [s for s in SECTIONS[name] if s.key != "trust.envelope_from_domain_files"]
+    settings_ = [s for s in SECTIONS[name] if s.key != "trust.envelope_from_domain_files"
+                 and not isinstance(s.kind, kinds.Refused)]  # refused keys take no value (D-17)
     chosen = draw(st.lists(st.sampled_from(settings_), max_size=4, unique_by=lambda s: s.name))
     return {setting.name: draw(strategy_for(setting.kind)) for setting in chosen}
 
