@@ -82,7 +82,8 @@ def test_hooks_started_per_process_and_maintained_every_interval_get_database(en
     env.milter("c1")
     extra = ('\n[hooks]\nstarted = ["sitehooks:started", "sitehooks:broken"]\n'
              'maintained = ["sitehooks:maintained"]\n' + DATABASE)
-    manager = env.start([{"name": "c1"}], manager={"maintenance_interval": 2}, extra=extra, n_workers=n_workers,
+    manager = env.start([{"name": "c1"}], manager={"maintenance_interval": 2, "report_memory_statistics": True},
+                        log={"level": "all"}, extra=extra, n_workers=n_workers,
                         env=clean_env(PYTHONPATH=str(code), HOOK_RECORD=str(record)))
     processes = max(1, n_workers)
     wait_until(lambda: len([entry for entry in records(record) if entry["event"] == "started"]) >= processes, 10,
@@ -108,6 +109,8 @@ def test_hooks_started_per_process_and_maintained_every_interval_get_database(en
             return sum(1 for entry in maintained) >= 1 and all(entry["sessions"] % 2 == 0 for entry in maintained)
         wait_until(per_worker, 10, "maintained in the workers")
     assert all(entry["database"][0] == "sqlite3" for entry in records(record))
+    # report_memory_statistics: the memory line at each maintenance run (M-MNT-1)
+    manager.wait_output("[maintain][memory]")
 
 
 def test_hook_that_does_not_import_refuses_the_start_with_file_and_key(env, tmp_path):

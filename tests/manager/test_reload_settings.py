@@ -86,9 +86,15 @@ def test_reload_between_master_and_workers_is_refused_with_the_key(env, before, 
     one_session(env)
 
 
-def test_log_settings_switch_syslog_on_and_off():
+def test_log_settings_switch_syslog_on_and_off(monkeypatch):
+    import syslog
+
+    opened = []
+    monkeypatch.setattr(syslog, "openlog", lambda ident, option, facility: opened.append((ident, facility)))
     logger = Logger()
-    apply_log_settings(load_string('version = 1\n[log]\nuse_syslog = true\nlevel = "error"\n'), logger)
+    apply_log_settings(load_string('version = 1\n[log]\nuse_syslog = true\nlevel = "error"\n'
+                                   'syslog_facility = "local3"\n'), logger)
+    assert opened == [("milter-manager", syslog.LOG_LOCAL3)]
     assert logger.syslog_level and logger.enabled(logger.syslog_level)
     apply_log_settings(load_string('version = 1\n[log]\nuse_syslog = false\nlevel = "all"\n'), logger)
     assert logger.syslog_level == 0
