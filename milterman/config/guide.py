@@ -26,7 +26,8 @@ _INTRODUCTIONS = {
     "manager": "The manager process and its MTA-facing socket (A5, B3).",
     "controller": "The controller socket (A6, D-7).",
     "hooks": "Python entry points, `\"package.module:function\"` (C-TOML-1).",
-    "database": "Handed to hooks only (A10).",
+    "database": "Handed to the `[hooks]` functions as `context.database`; the manager itself never connects "
+                "(A10).",
     "s25r": "Tunables of the built-in `S25R` condition (M-AC-B1).",
     "remote_network": "Tunables of `Remote Network` (M-AC-B2).",
     "stress": "Tunables of `Stress Notify` / `No Stress` (M-AC-B5).",

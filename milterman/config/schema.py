@@ -158,7 +158,8 @@ SECTIONS: dict[str, tuple[Setting, ...]] = {
          "checker: off (M-ERR-8)."),
         ("connection_checkers", ListOf(Checker(), unique=True), (), "Disconnect checkers: `\"netstat\"` (reads the "
          "kernel's TCP table) or `\"python:module:function\"` (true while connected) (M-ERR-8)."),
-        ("report_memory_statistics", _BOOL, False, "Add the memory line to maintenance (M-MNT-1)."),
+        ("report_memory_statistics", _BOOL, False, "Add a full collection and the memory line to "
+         "maintenance (M-MNT-1)."),
         ("graceful_timeout", Number(0.0, positive=True), 30.0, "Seconds old workers may finish their sessions on "
          "reload and stop (D-5)."),
     ),
@@ -168,8 +169,9 @@ SECTIONS: dict[str, tuple[Setting, ...]] = {
          "controller (D-7)."),
         ("unix_socket_mode", Mode(), 0o660, "Mode of the controller's unix socket."),
         ("unix_socket_group", _STR, None, "Group of the controller's unix socket."),
-        ("remove_unix_socket_on_create", _BOOL, True, "Remove a stale controller socket before binding."),
-        ("remove_unix_socket_on_close", _BOOL, True, "Remove the controller socket at shutdown."),
+        ("remove_unix_socket_on_create", _BOOL, True, "Remove a stale controller socket before binding; false: a "
+         "socket file left behind makes the start fail."),
+        ("remove_unix_socket_on_close", _BOOL, True, "Remove the controller socket at shutdown; false: leave it."),
     ),
     "hooks": _settings(
         "hooks",
