@@ -286,15 +286,15 @@ class MilterSession:
             if method is not None:
                 self.current = letter
                 self._handler_used = True
-                if letter == "E" and command.chunk:  # lenient mode: data on E is a last body chunk (P-BAD-20)
-                    self._methods["B"](command)
-                if letter in EVENT_FLAGS and self._unwanted & EVENT_FLAGS[letter][0]:
-                    reply = None  # an event the application asked to skip: answer it ourselves (P-NEG-8 step 4)
-                else:
-                    try:
+                try:
+                    if letter == "E" and command.chunk:  # lenient mode: data on E is a last body chunk (P-BAD-20)
+                        self._methods["B"](command)
+                    if letter in EVENT_FLAGS and self._unwanted & EVENT_FLAGS[letter][0]:
+                        reply = None  # an event the application asked to skip: answer it ourselves (P-NEG-8 step 4)
+                    else:
                         reply = method(command)
-                    except Interrupt as interrupt:
-                        reply = self.handler.interrupted(interrupt)
+                except Interrupt as interrupt:
+                    reply = self.handler.interrupted(interrupt)
                 if needs_reply:
                     self.queue(reply or CONTINUE)
                 continue

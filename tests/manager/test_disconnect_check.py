@@ -66,13 +66,13 @@ def test_netstat_checker_reads_the_kernel_tcp_table_M_ERR_8(smtp):
     assert netstat_connected(remote_mta, TcpTables(0)) is True
 
 
-def start_tarpit(env, manager: dict | None = None):
+def start_tarpit(env, manager: dict | None = None, n_workers: int = 0):
     """One greylisting child that never answers RCPT (reading timeout far away)."""
     child = env.milter("greylist")
     child.script = Script(hang="R")
     env.start([{"name": "greylist", "reading_timeout": 60.0, "fallback_status": "accept"}],
               manager={"connection_check_interval": 1, "connection_checkers": ["netstat"], **(manager or {})},
-              log={"level": "all"})
+              log={"level": "all"}, n_workers=n_workers)
     return child
 
 
@@ -86,9 +86,11 @@ def start_session(env, smtp: SmtpConnection):
     return mta
 
 
-@pytest.mark.parametrize("fallback, expected", [("temporary-failure", TEMPFAIL), ("reject", None)])
-def test_taRgrey_client_gone_while_child_tarpits_gets_fallback_at_disconnect_M_ERR_8(env, smtp, fallback, expected):
-    start_tarpit(env, {"fallback_status_at_disconnect": fallback})
+@pytest.mark.parametrize("fallback, expected, n_workers", [("temporary-failure", TEMPFAIL, 0), ("reject", None, 0),
+                                                           ("temporary-failure", TEMPFAIL, 2)])
+def test_taRgrey_client_gone_while_child_tarpits_gets_fallback_at_disconnect_M_ERR_8(env, smtp, fallback, expected,
+                                                                                     n_workers):
+    start_tarpit(env, {"fallback_status_at_disconnect": fallback}, n_workers)
     mta = start_session(env, smtp)
     mta.send(Rcpt("<rcpt@example.org>"))
     # the client is still there: the tarpit goes on (checked every second, no false alarm)
