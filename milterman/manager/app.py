@@ -107,6 +107,8 @@ class ManagerApplication(Application):
     def reloaded(self, configuration) -> None:
         """log.* take effect on reload too (new workers are forked with the master's logger)."""
         apply_log_settings(configuration, self.logger)
+        if configuration.manager.daemon:
+            self.logger.detached("milter-manager")  # no terminal any more: the file, or else syslog
 
     def controller_settings(self, configuration):
         """[controller] (D-7): off unless a connection_spec is set."""
@@ -195,8 +197,6 @@ def apply_log_settings(configuration, logger: Logger = default_logger) -> None:
         logger.use_syslog(facility=settings.syslog_facility, ident="milter-manager")
     else:
         logger.no_syslog()
-    if configuration.manager.daemon:
-        logger.detached("milter-manager")  # no terminal any more: the file, or else syslog
 
 
 def _log_error(configuration, key: str, message: str):

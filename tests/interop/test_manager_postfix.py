@@ -433,8 +433,10 @@ def test_show_config_lists_the_opendkim_of_debians_package(tmp_path):
                  "Debian package opendkim")
     require_real("opendkim enabled", _opendkim_enabled(), "the opendkim service is not enabled")
     expected_spec, expected_source = _expected_opendkim_socket()
-    (tmp_path / "milter-manager.toml").write_text(
-        'version = 1\n[manager]\nconnection_spec = "inet:10025@[127.0.0.1]"\n[log]\nuse_syslog = false\n')
+    plain = 'version = 1\n[manager]\nconnection_spec = "inet:10025@[127.0.0.1]"\n[log]\nuse_syslog = false\n'
+    # detection is asked for by [package] platform = "debian" (D-9)
+    (tmp_path / "milter-manager.toml").write_text(plain.replace("version = 1\n",
+                                                                'version = 1\n[package]\nplatform = "debian"\n'))
     script = Path(sys.executable).parent / "milter-manager"
     argv = [str(script)] if script.exists() else [sys.executable, "-m", "milterman.cli.manager"]
 
@@ -451,3 +453,8 @@ def test_show_config_lists_the_opendkim_of_debians_package(tmp_path):
     quiet = subprocess.run([*argv, "-c", str(tmp_path), "--show-config", "--no-detect"], capture_output=True,
                            text=True, timeout=60, cwd=RUN_DIR)
     assert quiet.returncode == 0 and "[[milter]]" not in quiet.stdout, quiet.stdout
+    # a configuration that does not ask: no opendkim either
+    (tmp_path / "milter-manager.toml").write_text(plain)
+    unasked = subprocess.run([*argv, "-c", str(tmp_path), "--show-config"], capture_output=True, text=True,
+                             timeout=60, cwd=RUN_DIR)
+    assert unasked.returncode == 0 and "[[milter]]" not in unasked.stdout, unasked.stdout
