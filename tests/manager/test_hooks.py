@@ -81,7 +81,7 @@ def test_hooks_started_per_process_and_maintained_every_interval_get_database(en
     code, record = site
     env.milter("c1")
     extra = ('\n[hooks]\nstarted = ["sitehooks:started", "sitehooks:broken"]\n'
-             'maintained = ["sitehooks:maintained"]\n' + DATABASE)
+             'maintained = ["sitehooks:maintained", "sitehooks:broken"]\n' + DATABASE)
     manager = env.start([{"name": "c1"}], manager={"maintenance_interval": 2, "report_memory_statistics": True},
                         log={"level": "all"}, extra=extra, n_workers=n_workers,
                         env=clean_env(PYTHONPATH=str(code), HOOK_RECORD=str(record)))
@@ -109,6 +109,9 @@ def test_hooks_started_per_process_and_maintained_every_interval_get_database(en
             return sum(1 for entry in maintained) >= 1 and all(entry["sessions"] % 2 == 0 for entry in maintained)
         wait_until(per_worker, 10, "maintained in the workers")
     assert all(entry["database"][0] == "sqlite3" for entry in records(record))
+    # a maintained hook that raises is logged too, and the process still serves
+    manager.wait_output("hooks.maintained sitehooks:broken")
+    one_session(env)
     # report_memory_statistics: the memory line at each maintenance run (M-MNT-1)
     manager.wait_output("[maintain][memory]")
 

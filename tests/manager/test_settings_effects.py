@@ -38,6 +38,8 @@ C = "tests/config/"
 HERE = "tests/manager/test_settings_effects.py::"
 TARGREY = (M + "test_disconnect_check.py::"
            "test_taRgrey_client_gone_while_child_tarpits_gets_fallback_at_disconnect_M_ERR_8")
+TARGREY_POSTFIX = ("tests/interop/test_manager_postfix.py::"
+                   "test_taRgrey_smtp_client_that_gives_up_during_a_tarpit_gets_the_fallback_at_disconnect")
 HOOKS = M + "test_hooks.py::test_hooks_started_per_process_and_maintained_every_interval_get_database"
 
 #: key → the tests that show its effect (or its refusal)
@@ -94,8 +96,7 @@ EFFECTS: dict[str, tuple[str, ...]] = {
     "manager.custom_configuration_directory": (
         M + "test_package_platform.py::test_refused_package_and_custom_directory_keys_name_the_key_D_17",),
     "manager.fallback_status": (M + "test_leader_rules.py::test_M_ERR_7a_no_alive_child_single_fallback_reply",),
-    "manager.fallback_status_at_disconnect": (
-        TARGREY,),
+    "manager.fallback_status_at_disconnect": (TARGREY, TARGREY_POSTFIX),
     "manager.event_loop_backend": (HERE + "test_event_loop_backend_selects_the_loop_of_the_serving_process",),
     "manager.n_workers": (M + "test_reload_settings.py::test_reload_changes_the_number_of_workers",
                           M + "test_reload_settings.py::test_reload_between_master_and_workers_is_refused_with_the_key",
