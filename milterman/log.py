@@ -193,6 +193,11 @@ class Logger:
         self.syslog_level = self.level if level is None else level
         self._update_mask()
 
+    def no_syslog(self) -> None:
+        """Stop sending lines to syslog (a reload that turned ``log.use_syslog`` off)."""
+        self.syslog_level = 0
+        self._update_mask()
+
     def detached(self, ident: str | None = None) -> None:
         """After daemonizing standard output is /dev/null: keep the log file, or else log to syslog (D-11)."""
         if self.path is None:

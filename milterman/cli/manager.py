@@ -38,31 +38,12 @@ Exit status: 0 once listening (with --daemon: once detached), or after --show-co
 """
 
 
-def apply_log_settings(configuration) -> None:
-    """log.* (D-11): levels, file, and syslog (facility mail) unless switched off."""
-    from ..log import LogLevelError, parse_level
-
-    settings = configuration.log
-    level = settings.level if isinstance(settings.level, str) else "|".join(settings.level)
-    try:
-        logger.set_level(parse_level(level))
-    except LogLevelError as error:
-        fail(f"log.level: {error}")
-    if settings.path and settings.path != "-":
-        try:
-            logger.set_path(settings.path)
-        except OSError as error:
-            fail(f"log.path: {error}")
-    if settings.use_syslog:
-        logger.use_syslog(facility=settings.syslog_facility, ident="milter-manager")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of milter-manager."""
     argv = sys.argv[1:] if argv is None else argv
     arguments = parse_arguments(USAGE, argv, f"milter-manager {__version__}")
     from ..config import ConfigurationError, overrides_from_options, render
-    from ..manager.app import ManagerApplication
+    from ..manager.app import ManagerApplication, apply_log_settings
     from ..server.master import run_application
 
     try:
@@ -95,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         configuration = app.configuration()
     except ConfigurationError as error:
         fail(str(error))
-    apply_log_settings(configuration)
+    try:
+        apply_log_settings(configuration, logger)
+    except ConfigurationError as error:
+        fail(str(error))
 
     status = run_application(app, on_detached=lambda: logger.detached("milter-manager"))
     if app.started:

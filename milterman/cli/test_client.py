@@ -92,8 +92,8 @@ class TestClientApplication(Application):
 
         client = TestClient(settings)
 
-        def handle(sock, address) -> None:
-            MilterSession(sock, client.handler_factory, packet_buffer_size=settings.packet_buffer_size).run()
+        def handle(sock, address) -> bool:
+            return MilterSession(sock, client.handler_factory, packet_buffer_size=settings.packet_buffer_size).run()
 
         return handle
 

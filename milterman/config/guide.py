@@ -20,13 +20,14 @@ BEGIN = "<!-- BEGIN GENERATED REFERENCE: python -m milterman.config.guide -->"
 END = "<!-- END GENERATED REFERENCE -->"
 
 _INTRODUCTIONS = {
-    "package": "Informational only (A2).",
+    "package": "`platform = \"debian\"` asks for the detection of Debian's milters (D-9).",
     "security": "Privileges (A3, D-5, D-10).",
     "log": "Logging (A4).",
     "manager": "The manager process and its MTA-facing socket (A5, B3).",
     "controller": "The controller socket (A6, D-7).",
     "hooks": "Python entry points, `\"package.module:function\"` (C-TOML-1).",
-    "database": "Handed to hooks only (A10).",
+    "database": "Handed to the `[hooks]` functions as `context.database`; the manager itself never connects "
+                "(A10).",
     "s25r": "Tunables of the built-in `S25R` condition (M-AC-B1).",
     "remote_network": "Tunables of `Remote Network` (M-AC-B2).",
     "stress": "Tunables of `Stress Notify` / `No Stress` (M-AC-B5).",

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 
 from . import model
+from .entry_points import EntryPointError, named_entry_points
+from .entry_points import resolve as resolve_entry_point
 from .builtins import BUILTIN_CONDITIONS, DNSBL_SERVICES, TRUST_PATTERN_FLAGS, parse_trust_domain_lines
 from .errors import COMMAND_LINE, ConfigurationError, Invalid, Issues, did_you_mean, show
 from .reader import ConditionEntry, Document, RestrictEntry, read_document
@@ -168,6 +170,7 @@ class _Merger:
         self.remove()
         milters = self.finish_milters()
         self.check_references(sections, milters)
+        self.check_entry_points(sections)
         built = {name: SECTION_CLASSES[name](**values) for name, values in sections.items()}
         built["trust"] = self.read_trust_files(built["trust"])
         return model.Configuration(
@@ -260,6 +263,17 @@ class _Merger:
                                 "is enabled")
             result.append(model.MilterSettings(**values, source=state["source"]))
         return result
+
+    def check_entry_points(self, sections: dict[str, dict]) -> None:
+        """C-TOML-1: every function named by [hooks] and python checkers imports (D-17: no inert key)."""
+        for section, key, name in named_entry_points(sections):
+            try:
+                resolve_entry_point(name)
+            except EntryPointError as error:
+                setting = key.split(".", 1)[1].split("[", 1)[0]
+                files = [document.path for document in self.documents
+                         if setting in document.sections.get(section, {})]
+                self.issues.add(files[-1] if files else COMMAND_LINE, key, str(error))
 
     def check_references(self, sections: dict[str, dict], milters: list[model.MilterSettings]) -> None:
         """C-TOML-4: unknown condition names, milters named by milter_status, DNSBL zones not configured."""

@@ -23,7 +23,8 @@ from .values import DnsblService, Network, Regex
 
 @dataclass(frozen=True)
 class PackageSettings:
-    """A2 ``[package]``: informational only (detection is a separate tool, D-9)."""
+    """A2 ``[package]``: ``platform = "debian"`` asks for the detection of Debian's milters (D-9); ``options``
+    is refused (D-17)."""
 
     platform: str | None
     options: str | None

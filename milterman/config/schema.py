@@ -17,7 +17,7 @@ from .builtins import TRUST_PATTERN_FLAGS
 from .predicates import CONDITION_STAGES, STAGES
 from .values import (AddressKind, AnyTable, Boolean, Checker, Choice, CommandOptions, Context, DnsblServiceKind,
                      Domain, EntryPoint, Facility, Integer, Kind, ListOf, LogLevel, Mode, NetworkKind, Number, Path,
-                     RegexKind, Spec, Status, Text)
+                     RegexKind, Refused, Spec, Status, Text)
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,11 @@ _ACCUMULATE = {"accumulate": True}
 EVENT_LOOP_BACKENDS = Choice(("default", "libev", "libuv"),
                              refused={"glib": "is not available (the GLib loop of the original is not offered, D-15)"})
 
+#: A2/D-9: the platforms whose milters are detected; the original's others get a message
+PLATFORMS = Choice(("debian",), refused={
+    name: "has no milter detection here: only Debian's milters are detected; leave [package] platform unset and "
+          "list the milters as [[milter]] tables" for name in ("redhat", "freebsd", "pkgsrc", "unknown")})
+
 #: B2 top-level keys (tables and arrays of tables are listed in TABLES / ARRAYS)
 TOP_LEVEL = _settings(
     "",
@@ -85,8 +90,11 @@ TOP_LEVEL = _settings(
 SECTIONS: dict[str, tuple[Setting, ...]] = {
     "package": _settings(
         "package",
-        ("platform", _STR, None, "Informational: the platform of the milter auto-detection (A2, D-9)."),
-        ("options", _STR, None, "Informational: extra detector input `N=V,N=V` (A2)."),
+        ("platform", PLATFORMS, None, "`\"debian\"`: register the milters installed and enabled from Debian's "
+         "packages (D-9; `--no-detect` turns it off); unset: exactly the `[[milter]]` tables."),
+        ("options", Refused("is not used: it was extra input of milter manager 2.x's detectors (an rc.d prefix on "
+                            "pkgsrc); Debian's milters are found from their own files; remove the key"), None,
+         "Refused: an input of milter manager 2.x's detectors; not used here (D-17)."),
     ),
     "security": _settings(
         "security",
@@ -115,33 +123,43 @@ SECTIONS: dict[str, tuple[Setting, ...]] = {
          (Option(("--unix-socket-mode",), "MODE"),)),
         ("unix_socket_group", _STR, None, "Group of the unix socket.",
          (Option(("--unix-socket-group",), "GROUP"), Option(("--socket-group-name",), "GROUP", deprecated=True))),
-        ("remove_unix_socket_on_create", _BOOL, True, "Remove a stale unix socket before binding."),
-        ("remove_unix_socket_on_close", _BOOL, True, "Remove the unix socket at shutdown."),
+        ("remove_unix_socket_on_create", _BOOL, True, "Remove a stale unix socket before binding; false: a socket "
+         "file left behind makes the start fail."),
+        ("remove_unix_socket_on_close", _BOOL, True, "Remove the unix socket at shutdown; false: leave it."),
         ("daemon", _BOOL, False, "Run in the background.",
          (Option(("--daemon",), constant=True, help="Run in the background."),
           Option(("--no-daemon",), constant=False, help="Stay in the foreground."))),
         ("pid_file", Path(), None, "File the process id is written to.", (Option(("--pid-file",), "FILE"),)),
-        ("maintenance_interval", _COUNT, 10, "Run maintenance every this many sessions; 0: never (M-MNT-1, D-12)."),
-        ("suspend_time_on_unacceptable", _COUNT, 5, "Seconds to stop accepting when out of descriptors (M-ACC-2)."),
+        ("maintenance_interval", _COUNT, 10, "Run maintenance (hooks, memory line) every this many milter "
+         "sessions; a connection that sends no command does not count; 0: never (M-MNT-1, D-12)."),
+        ("suspend_time_on_unacceptable", _COUNT, 5, "Seconds accepting pauses when the process is out of "
+         "descriptors; 0: 10 ms (M-ACC-2)."),
         ("max_connections", _COUNT, 0, "Sessions per worker at once; 0: unlimited (M-ACC-1, D-6)."),
         ("max_file_descriptors", _COUNT, 0, "Descriptor limit to set; 0: system default (M-FD-1)."),
-        ("custom_configuration_directory", Path(), None, "Directory of site configuration written by tools."),
+        ("custom_configuration_directory", Refused(
+            "is not used: nothing writes configuration here (set-configuration is not offered, D-7); put site "
+            "settings in a file named by `include` and reload"), None,
+         "Refused: milter manager 2.x's directory of configuration written by its controller (D-7, "
+         "D-17)."),
         ("fallback_status", _STATUS, "accept", "Answer when the manager itself cannot go on (M-ERR-7, D-14)."),
-        ("fallback_status_at_disconnect", _STATUS, "temporary-failure", "Answer when the SMTP client has gone "
-         "(M-ERR-8)."),
+        ("fallback_status_at_disconnect", _STATUS, "temporary-failure", "Answer for the pending command when the "
+         "disconnect check finds the SMTP client gone (M-ERR-8)."),
         ("event_loop_backend", EVENT_LOOP_BACKENDS, "default", "gevent loop: default (= libev), libev or libuv "
          "(D-15).", (Option(("--event-loop-backend",), "BACKEND"),)),
-        ("n_workers", Integer(0, 1000), 0, "Worker processes; 0: serve in the master process (M-WRK-1, D-5).",
+        ("n_workers", Integer(0, 1000), 0, "Worker processes; 0: serve in the master process; a reload changes "
+         "N > 0, not from or to 0 (M-WRK-1, D-5).",
          (Option(("--n-workers",), "N"),)),
         ("packet_buffer_size", _COUNT, 0, "Bytes of body packets to buffer before sending; 0: off (M-EOM-5).",
          (Option(("--packet-buffer-size",), "SIZE"),)),
         ("chunk_size", Integer(1, 65535), 65535, "Largest body chunk sent to a child (M-BODY-2)."),
         ("max_pending_finished_sessions", _COUNT, 0, "Finished sessions kept before cleanup; 0: only when idle "
          "(M-FIN-1).", (Option(("--max-pending-finished-sessions",), "N"),)),
-        ("connection_check_interval", _COUNT, 0, "Seconds between SMTP-client disconnect checks; 0: off (M-ERR-8)."),
-        ("connection_checkers", ListOf(Checker(), unique=True), (), "Disconnect checkers: `\"netstat\"` or "
-         "`\"python:module:function\"` (M-ERR-8)."),
-        ("report_memory_statistics", _BOOL, False, "Add the memory line to maintenance (M-MNT-1)."),
+        ("connection_check_interval", _COUNT, 0, "Seconds between disconnect checks while children work; 0 or no "
+         "checker: off (M-ERR-8)."),
+        ("connection_checkers", ListOf(Checker(), unique=True), (), "Disconnect checkers: `\"netstat\"` (reads the "
+         "kernel's TCP table) or `\"python:module:function\"` (true while connected) (M-ERR-8)."),
+        ("report_memory_statistics", _BOOL, False, "Add a full collection and the memory line to "
+         "maintenance (M-MNT-1)."),
         ("graceful_timeout", Number(0.0, positive=True), 30.0, "Seconds old workers may finish their sessions on "
          "reload and stop (D-5)."),
     ),
@@ -151,17 +169,20 @@ SECTIONS: dict[str, tuple[Setting, ...]] = {
          "controller (D-7)."),
         ("unix_socket_mode", Mode(), 0o660, "Mode of the controller's unix socket."),
         ("unix_socket_group", _STR, None, "Group of the controller's unix socket."),
-        ("remove_unix_socket_on_create", _BOOL, True, "Remove a stale controller socket before binding."),
-        ("remove_unix_socket_on_close", _BOOL, True, "Remove the controller socket at shutdown."),
+        ("remove_unix_socket_on_create", _BOOL, True, "Remove a stale controller socket before binding; false: a "
+         "socket file left behind makes the start fail."),
+        ("remove_unix_socket_on_close", _BOOL, True, "Remove the controller socket at shutdown; false: leave it."),
     ),
     "hooks": _settings(
         "hooks",
-        ("maintained", ListOf(EntryPoint()), (), "Functions called at each maintenance (`manager.maintained`)."),
-        ("started", ListOf(EntryPoint()), (), "Functions called once in each worker after its gevent hub starts."),
+        ("maintained", ListOf(EntryPoint()), (), "Functions `f(context)` called at each maintenance run."),
+        ("started", ListOf(EntryPoint()), (), "Functions `f(context)` called once in each serving process after its "
+         "gevent hub starts."),
     ),
     "database": _settings(
         "database",
-        ("type", Choice(("mysql2", "sqlite3", "pg")), None, "Database kind (A10); handed to hooks only."),
+        ("type", Choice(("mysql2", "sqlite3", "pg")), None, "Database kind (A10); handed to hooks as "
+         "`context.database`, never read by the manager."),
         ("name", _STR, None, "Database name (SQLite: file or `:memory:`)."),
         ("host", _STR, None, "Database host."),
         ("port", Integer(1, 65535), None, "Database port."),

@@ -264,6 +264,19 @@ class Choice(Kind):
         return ", ".join(f'"{name}"' for name in names)
 
 
+class Refused(Kind):
+    """A key of the original the project does not implement (D-17): any value is refused with ``reason``,
+    which says what to use instead."""
+
+    label = "refused"
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def parse(self, raw: object, context: Context) -> object:
+        raise Invalid(self.reason)
+
+
 class Status(Choice):
     """C-TOML-5 statuses; ``tempfail`` is normalised to ``temporary-failure``."""
 

@@ -50,19 +50,31 @@ class ManagerApplication(Application):
     name = "milter-manager"
 
     def __init__(self, config_dir: str | None, overrides: dict, *, detect: bool = True,
-                 logger: Logger = default_logger) -> None:
+                 logger: Logger = default_logger, detect_root: str = "/") -> None:
         self.config_dir = config_dir
         self.overrides = overrides
         self.detect = detect
+        self.detect_root = detect_root
         self.logger = logger
         self.launcher_socket = None
         self.context = None
         #: set once the server has bound its socket and announced the children (for the stop line)
         self.started = False
+        self.hooks = None
 
     def configuration(self):
-        """Load and validate (raises the configuration's ConfigurationError naming FILE: KEY)."""
-        detected = detected_milters() if self.detect else []
+        """Load and validate (raises the configuration's ConfigurationError naming FILE: KEY).
+
+        Debian's milters are detected only where the configuration asks, with ``[package] platform =
+        "debian"`` (D-9; the bundled configuration does), and never with ``--no-detect``: they are the
+        layer below the files, so the files are read again with them.
+        """
+        configuration = configuration_module.load(self.config_dir, overrides=self.overrides)
+        if not self.detect or configuration.package.platform != "debian":
+            return configuration
+        detected = detected_milters(self.detect_root)
+        if not detected:
+            return configuration
         return configuration_module.load(self.config_dir, overrides=self.overrides, detected=detected)
 
     def load(self):
@@ -92,12 +104,19 @@ class ManagerApplication(Application):
         self.launcher_socket = start_launcher(
             self.logger, drop_to=None if privileged else (config.user, config.group))
 
+    def reloaded(self, configuration) -> None:
+        """log.* take effect on reload too (new workers are forked with the master's logger)."""
+        apply_log_settings(configuration, self.logger)
+        if configuration.manager.daemon:
+            self.logger.detached("milter-manager")  # no terminal any more: the file, or else syslog
+
     def controller_settings(self, configuration):
         """[controller] (D-7): off unless a connection_spec is set."""
         controller = configuration.controller
         if not controller.connection_spec:
             return None
-        return parse_spec(controller.connection_spec), controller.unix_socket_mode, controller.unix_socket_group
+        return (parse_spec(controller.connection_spec), controller.unix_socket_mode, controller.unix_socket_group,
+                controller.remove_unix_socket_on_create, controller.remove_unix_socket_on_close)
 
     def render_configuration(self, configuration) -> str:
         return configuration_module.render(configuration)
@@ -106,18 +125,29 @@ class ManagerApplication(Application):
         context = self.context
         return context.statistics() if context is not None else {}
 
+    def maintained(self, sessions: int) -> None:
+        """At each maintenance run: the ``[hooks] maintained`` functions (M-MNT-1)."""
+        if self.hooks is not None:
+            self.hooks.run("maintained", sessions)
+
     def make_handler(self, configuration):
+        import gevent
+
         from ..net import MilterSession
+        from .hooks import Hooks
         from .launcher import LaunchClient
         from .leader import Leader
 
         launcher = LaunchClient(self.launcher_socket) if self.launcher_socket is not None else None
         context = build_context(configuration, self.logger, launcher)
         self.context = context
+        gevent.get_hub()  # the hub exists before the started hooks run
+        self.hooks = Hooks(configuration, self.logger)
+        self.hooks.run("started", 0)
         packet_buffer_size = configuration.manager.packet_buffer_size
 
-        def handle(sock, address) -> None:
-            MilterSession(sock, lambda session: Leader(session, context),
+        def handle(sock, address) -> bool:
+            return MilterSession(sock, lambda session: Leader(session, context),
                           packet_buffer_size=packet_buffer_size).run()
 
         return handle
@@ -145,6 +175,35 @@ def announcement(configuration) -> list[tuple[int, str]]:
     return lines
 
 
+def apply_log_settings(configuration, logger: Logger = default_logger) -> None:
+    """log.* (D-11): levels, file, and syslog (facility mail) unless switched off; at start and on every
+    reload. Raises ConfigurationError naming the key when the file cannot be opened."""
+    from ..log import LogLevelError, parse_level
+
+    settings = configuration.log
+    level = settings.level if isinstance(settings.level, str) else "|".join(settings.level)
+    try:
+        parsed = parse_level(level)
+    except LogLevelError as error:
+        raise _log_error(configuration, "log.level", str(error)) from None
+    path = settings.path if settings.path and settings.path != "-" else None
+    if path != logger.path:
+        try:
+            logger.set_path(path)
+        except OSError as error:
+            raise _log_error(configuration, "log.path", str(error)) from None
+    logger.set_level(parsed)
+    if settings.use_syslog:
+        logger.use_syslog(facility=settings.syslog_facility, ident="milter-manager")
+    else:
+        logger.no_syslog()
+
+
+def _log_error(configuration, key: str, message: str):
+    where = str(configuration.files[0]) if configuration.files else "configuration"
+    return configuration_module.ConfigurationError([configuration_module.Issue(where, key, message)])
+
+
 def server_config(configuration) -> ServerConfig:
     """The server part of the configuration (B3 [manager], [security])."""
     manager = configuration.manager
@@ -157,13 +216,16 @@ def server_config(configuration) -> ServerConfig:
     backend = manager.event_loop_backend
     return ServerConfig(
         spec=spec, n_workers=manager.n_workers, unix_socket_mode=manager.unix_socket_mode,
-        unix_socket_group=manager.unix_socket_group, user=configuration.security.effective_user,
+        unix_socket_group=manager.unix_socket_group,
+        remove_unix_socket_on_create=manager.remove_unix_socket_on_create,
+        remove_unix_socket_on_close=manager.remove_unix_socket_on_close, user=configuration.security.effective_user,
         group=configuration.security.effective_group, daemon=manager.daemon, pid_file=manager.pid_file,
         graceful_timeout=manager.graceful_timeout, max_connections=manager.max_connections,
         max_file_descriptors=manager.max_file_descriptors,
         event_loop_backend="libev" if backend == "default" else backend,
         maintenance_interval=manager.maintenance_interval,
-        report_memory_statistics=manager.report_memory_statistics, process_name="milter-manager")
+        report_memory_statistics=manager.report_memory_statistics,
+        suspend_time_on_unacceptable=manager.suspend_time_on_unacceptable, process_name="milter-manager")
 
 
 def _launch_function(launcher, milter, logger: Logger):
@@ -202,19 +264,23 @@ def child_definitions(configuration, conditions_per_milter: dict | None = None, 
 
 def build_context(configuration, logger: Logger = default_logger, launcher=None):
     """The ManagerContext a serving process's leaders share."""
+    from ..config.entry_points import resolve as resolve_entry_point
     from .context import ManagerContext
+    from .disconnect import build_check
 
     from .conditions import build
 
     condition_evaluator, rule_evaluator, conditions_per_milter, stages_read, macros_read = build(
         configuration, logger=logger)
     manager = configuration.manager
+    disconnect = build_check(manager.connection_check_interval, manager.connection_checkers,
+                             status_named(manager.fallback_status_at_disconnect), resolve_entry_point)
     return ManagerContext(
         definitions=child_definitions(configuration, conditions_per_milter, launcher, logger),
         fallback_status=status_named(manager.fallback_status), chunk_size=manager.chunk_size,
         stages_read=stages_read, macros_read=macros_read, logger=logger,
         condition_evaluator=condition_evaluator, rule_evaluator=rule_evaluator,
-        max_pending_finished_sessions=manager.max_pending_finished_sessions)
+        max_pending_finished_sessions=manager.max_pending_finished_sessions, disconnect=disconnect)
 
 
 def environment_config_dir() -> str | None:

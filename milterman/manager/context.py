@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ..log import STATISTICS, Logger
 from ..log import logger as default_logger
 from .child import ChildDefinition
+from .disconnect import NO_WATCH, DisconnectCheck, Watch, connection_facts
 from .status import Status
 
 
@@ -51,6 +52,15 @@ class ManagerContext:
     max_pending_finished_sessions: int = 0
     #: child name → final status nick → count (the controller's status, D-7)
     child_counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: the disconnect check (M-ERR-8), None when off
+    disconnect: DisconnectCheck | None = None
+
+    def watch(self, leader):
+        """The disconnect watch of one leader (a no-op without the check, M-ERR-8)."""
+        if self.disconnect is None:
+            return NO_WATCH
+        return Watch(self.disconnect, lambda: connection_facts(leader.session, leader.connect_command),
+                     self.logger, leader.session.id)
 
     def conditions_stop(self, leader, child, letter: str, command) -> bool:
         if self.condition_evaluator is None:

@@ -67,6 +67,8 @@ class Leader(MilterHandler):
         #: counted in sessions_processing once children are started: the handler made at ``K`` may
         #: never be used nor closed (D-4)
         self._in_progress = False
+        #: entered around every wait for children: the disconnect check (M-ERR-8)
+        self._watch = manager.watch(self)
 
     # ================================================================ negotiation (D-2)
 
@@ -222,16 +224,16 @@ class Leader(MilterHandler):
                 continue
             account(child, response.final, combined)
 
-    @staticmethod
-    def _collect_all(pending: list[Child], letter: str) -> list:
+    def _collect_all(self, pending: list[Child], letter: str) -> list:
         """Every pending child's reply (or ChildFailure), one after another: each child is held to its
         own deadline, since a reply already waiting is taken even after that deadline (M-ERR-2)."""
         results = []
-        for child in pending:
-            try:
-                results.append(child.collect(letter))
-            except ChildFailure as failure:
-                results.append(failure)
+        with self._watch:
+            for child in pending:
+                try:
+                    results.append(child.collect(letter))
+                except ChildFailure as failure:
+                    results.append(failure)
         return results
 
     def _expire(self, child: Child, reason: str, combined: Combined | None) -> None:
@@ -637,7 +639,8 @@ class Leader(MilterHandler):
             child.client.on_modification = lambda modification: self._modification(child, modification)
             child.client.on_progress = self._relay_progress
         try:
-            response = child.exchange(command, macros, encoded)
+            with self._watch:
+                response = child.exchange(command, macros, encoded)
         except ChildFailure as error:
             return self._pipeline_failure(child, str(error))
         finally:
@@ -854,10 +857,19 @@ class Leader(MilterHandler):
                 self._milter_end(child)
         self.children = []
         self.children_ready = False
+        self._watch.close()
         if self._in_progress:
             self._in_progress = False
             self.manager.sessions_processing -= 1
         self.manager.session_finished()
+
+    def interrupted(self, interrupt: BaseException) -> Reply:
+        """M-ERR-8: the SMTP client went away while children were working."""
+        from .disconnect import ClientDisconnected, answer_disconnect
+
+        if not isinstance(interrupt, ClientDisconnected):
+            raise interrupt
+        return answer_disconnect(self)
 
     def protocol_error(self, error):
         """The MTA broke the protocol: answer with the manager's fallback when a reply is owed."""

@@ -104,9 +104,18 @@ class MilterHandler:
     def close(self) -> None:
         """The SMTP connection context ended (QUIT, QUIT_NC, EOF or error)."""
 
+    def interrupted(self, interrupt: BaseException) -> Reply | None:
+        """A wait of this handler was interrupted (:class:`Interrupt`): the reply to the current command."""
+        raise interrupt
+
     def protocol_error(self, error: ProtocolError) -> Reply | None:
         """The MTA broke the protocol; a final reply returned here is sent before closing."""
         return None
+
+
+class Interrupt(BaseException):
+    """Raised into a session's greenlet while a handler method waits: the handler's ``interrupted``
+    gives the reply to the current command at once (the manager's disconnect check, M-ERR-8)."""
 
 
 class MilterSession:
@@ -135,6 +144,8 @@ class MilterSession:
         #: the MTA's negotiation offer (a handler made after QUIT_NC needs it again, D-4)
         self.offer: Negotiate | None = None
         self._handler_used = True
+        #: commands received from the MTA: a connection without any is no milter session (M-MNT-1)
+        self.commands_received = 0
         #: the letter of the command being handled (the macro context of P-MAC)
         self.current: str | None = None
         try:
@@ -219,8 +230,12 @@ class MilterSession:
 
     # ----------------------------------------------------------------- the loop
 
-    def run(self) -> None:
-        """Serve until QUIT, EOF, an idle timeout or a protocol error; never raises."""
+    def run(self) -> bool:
+        """Serve until QUIT, EOF, an idle timeout or a protocol error; never raises.
+
+        Returns whether the MTA sent at least one command: a connection that is opened and
+        closed (a readiness probe) is no milter session and is not counted for maintenance.
+        """
         log = self.logger
         try:
             self.sock.settimeout(self.idle_timeout)
@@ -248,12 +263,14 @@ class MilterSession:
                       f"{traceback.format_exc().strip().splitlines()[-3:]}")
         finally:
             self._finish()
+        return self.commands_received > 0
 
     def _handle_available(self) -> None:
         state = self.state
         log = self.logger
         tracing = log.enabled(TRACE)
         for command in self.decoder:
+            self.commands_received += 1
             if tracing:
                 log.trace(f"[{self.id}] [milter][receive] {command!r}")
             letter = command.LETTER
@@ -269,12 +286,15 @@ class MilterSession:
             if method is not None:
                 self.current = letter
                 self._handler_used = True
-                if letter == "E" and command.chunk:  # lenient mode: data on E is a last body chunk (P-BAD-20)
-                    self._methods["B"](command)
-                if letter in EVENT_FLAGS and self._unwanted & EVENT_FLAGS[letter][0]:
-                    reply = None  # an event the application asked to skip: answer it ourselves (P-NEG-8 step 4)
-                else:
-                    reply = method(command)
+                try:
+                    if letter == "E" and command.chunk:  # lenient mode: data on E is a last body chunk (P-BAD-20)
+                        self._methods["B"](command)
+                    if letter in EVENT_FLAGS and self._unwanted & EVENT_FLAGS[letter][0]:
+                        reply = None  # an event the application asked to skip: answer it ourselves (P-NEG-8 step 4)
+                    else:
+                        reply = method(command)
+                except Interrupt as interrupt:
+                    reply = self.handler.interrupted(interrupt)
                 if needs_reply:
                     self.queue(reply or CONTINUE)
                 continue

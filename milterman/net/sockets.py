@@ -54,17 +54,23 @@ def resolve_group(group: str | int) -> int:
 
 
 def bind_listener(spec: ConnectionSpec, *, backlog: int = DEFAULT_BACKLOG, unix_mode: int = 0o660,
-                  unix_group: str | int | None = None) -> socket.socket:
+                  unix_group: str | int | None = None, remove_stale: bool = True,
+                  setting: str = "remove_unix_socket_on_create") -> socket.socket:
     """Create, bind and listen on a standard-library socket for ``spec``.
 
-    A unix socket is created with ``unix_mode`` and ``unix_group`` (a stale socket
-    file is removed first, only if it is a socket); errors raise
+    A unix socket is created with ``unix_mode`` and ``unix_group``; a stale socket
+    file is removed first (only if it is a socket) unless ``remove_stale`` is false,
+    and then binding fails with a message naming ``setting``. Errors raise
     :class:`ListenError` with the spec in the message (port in use, no permission).
     """
     sock = socket.socket(spec.socket_family, socket.SOCK_STREAM)
     try:
         if spec.family == "unix":
-            remove_stale_unix_socket(spec.path)
+            if remove_stale:
+                remove_stale_unix_socket(spec.path)
+            elif os.path.lexists(spec.path):
+                raise ListenError(errno.EADDRINUSE, f"failed to listen on {spec}: the path exists and {setting} "
+                                  f"is false: remove the old socket, or set {setting} = true")
             old_umask = os.umask(0o777 & ~unix_mode)
             try:
                 sock.bind(spec.path)

@@ -27,6 +27,9 @@ class ServerConfig:
     n_workers: int = 0
     unix_socket_mode: int = 0o660
     unix_socket_group: str | None = None
+    #: unlink a stale unix socket before binding / our socket at exit (manager.remove_unix_socket_on_*)
+    remove_unix_socket_on_create: bool = True
+    remove_unix_socket_on_close: bool = True
     user: str | None = None
     group: str | None = None
     daemon: bool = False
@@ -40,6 +43,8 @@ class ServerConfig:
     #: maintenance (gc and the memory line) every this many sessions; 0: never (D-12)
     maintenance_interval: int = 10
     report_memory_statistics: bool = False
+    #: seconds accepting pauses when out of descriptors (M-ACC-2)
+    suspend_time_on_unacceptable: float = 1.0
     process_name: str = "milterman"
 
 
@@ -55,8 +60,14 @@ class Application:
     def prepare(self, configuration: object, config: ServerConfig) -> None:
         """In the master, after binding and before privileges are dropped (once, at start)."""
 
-    def controller_settings(self, configuration: object) -> tuple[ConnectionSpec, int, str | None] | None:
-        """(spec, unix socket mode, unix socket group) of the controller socket, or None: off (D-7)."""
+    def reloaded(self, configuration: object) -> None:
+        """In the master, once a reloaded configuration is valid: apply what the master itself uses (the
+        log settings); raise :class:`ConfigurationError` to refuse the configuration."""
+
+    def controller_settings(self, configuration: object
+                            ) -> tuple[ConnectionSpec, int, str | None, bool, bool] | None:
+        """(spec, unix socket mode, unix socket group, remove a stale socket on create, remove it on close)
+        of the controller socket, or None: off (D-7)."""
         return None
 
     def render_configuration(self, configuration: object) -> str:

@@ -59,13 +59,17 @@ class Controller:
 
     def __init__(self, spec: ConnectionSpec, *, status: Callable[[], dict], reload: Callable[[], None],
                  configuration: Callable[[], str], unix_mode: int = 0o660, unix_group: str | None = None,
-                 logger: Logger = default_logger) -> None:
+                 logger: Logger = default_logger, remove_on_create: bool = True,
+                 remove_on_close: bool = True) -> None:
         self.spec = spec
         self.status = status
         self.reload = reload
         self.configuration = configuration
         self.logger = logger
-        self.listener = bind_listener(spec, backlog=16, unix_mode=unix_mode, unix_group=unix_group)
+        self.listener = bind_listener(spec, backlog=16, unix_mode=unix_mode, unix_group=unix_group,
+                                      remove_stale=remove_on_create,
+                                      setting="controller.remove_unix_socket_on_create")
+        self.remove_on_close = remove_on_close
         self.listener.set_inheritable(False)
         self._stopping = False
         self._thread = threading.Thread(target=self._serve, name="controller", daemon=True)
@@ -81,9 +85,10 @@ class Controller:
         except OSError:
             pass
         self.listener.close()
-        problem = remove_unix_socket(self.spec)
-        if problem:
-            self.logger.warning(f"[controller][stop][warning] {problem}")
+        if self.remove_on_close:
+            problem = remove_unix_socket(self.spec)
+            if problem:
+                self.logger.warning(f"[controller][stop][warning] {problem}")
 
     def _serve(self) -> None:
         while not self._stopping:

@@ -108,7 +108,9 @@ class Master:
         else:
             try:
                 self.listener = bind_listener(config.spec, unix_mode=config.unix_socket_mode,
-                                              unix_group=config.unix_socket_group)
+                                              unix_group=config.unix_socket_group,
+                                              remove_stale=config.remove_unix_socket_on_create,
+                                              setting="manager.remove_unix_socket_on_create")
             except ListenError as error:
                 raise StartupError(str(error)) from None
             self.bound_by_us = True
@@ -134,12 +136,14 @@ class Master:
             return
         from .control import Controller
 
-        spec, mode, group = settings
+        spec, mode, group, *removal = settings
+        remove_on_create, remove_on_close = removal or (True, True)
         try:
             self.controller = Controller(
                 spec, status=self._status, reload=lambda: os.kill(os.getpid(), signal.SIGHUP),
                 configuration=lambda: self.app.render_configuration(self.configuration),
-                unix_mode=mode, unix_group=group, logger=self.logger)
+                unix_mode=mode, unix_group=group, logger=self.logger, remove_on_create=remove_on_create,
+                remove_on_close=remove_on_close)
         except (ListenError, OSError) as error:
             raise StartupError(f"controller.connection_spec: {error}") from None
         self.controller.start()
@@ -185,7 +189,7 @@ class Master:
                 self.listener.close()
             except OSError:
                 pass
-            if self.bound_by_us and self.config is not None:
+            if self.bound_by_us and self.config is not None and self.config.remove_unix_socket_on_close:
                 problem = remove_unix_socket(self.config.spec)
                 if problem:
                     self.logger.warning(f"[server][stop][warning] {problem}")
@@ -207,8 +211,8 @@ class Master:
         select_event_loop(config.event_loop_backend)
         current = {"handle": self.app.make_handler(self.configuration)}
 
-        def handle(sock, address) -> None:
-            current["handle"](sock, address)
+        def handle(sock, address) -> bool | None:
+            return current["handle"](sock, address)
 
         def hangup() -> None:
             systemd_notify("RELOADING=1")  # as with workers: RELOADING=1, then READY=1 either way
@@ -241,7 +245,9 @@ class Master:
                              heartbeat_interval=max(0.05, min(1.0, config.worker_timeout / 4)),
                              maintenance_interval=config.maintenance_interval,
                              report_memory_statistics=config.report_memory_statistics,
-                             statistics=getattr(self.app, "statistics", None))
+                             suspend_time_on_unacceptable=config.suspend_time_on_unacceptable,
+                             statistics=getattr(self.app, "statistics", None),
+                             maintained=getattr(self.app, "maintained", None))
 
     # -------------------------------------------------------------------------- supervision
 
@@ -352,6 +358,16 @@ class Master:
             self.logger.warning(f"[server][reload][warning] the connection spec changed to {config.spec}; "
                                 f"it takes effect after a restart")
             config.spec = self.config.spec
+        if (config.n_workers == 0) != (self.n_workers == 0):
+            self.logger.warning(f"[server][reload][warning] manager.n_workers: from {self.n_workers} to "
+                                f"{config.n_workers} is refused: switching between serving in the master (0) and "
+                                f"worker processes takes a restart; {self.n_workers} stays in effect")
+            config.n_workers = self.n_workers
+        try:
+            self.app.reloaded(configuration)
+        except ConfigurationError as error:
+            self.logger.error(f"[server][reload][error] {error}; the previous configuration stays in use")
+            return None
         self.logger.message("[server][reload] configuration reloaded")
         return configuration, config
 
@@ -360,7 +376,7 @@ class Master:
         loaded = self._reload_configuration()
         if loaded is not None:
             self.configuration, self.config = loaded
-            self.n_workers = self.config.n_workers or self.n_workers
+            self.n_workers = self.config.n_workers
             self.generation += 1
             self._spawn_missing(force=True)
         systemd_notify("READY=1")

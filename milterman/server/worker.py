@@ -64,6 +64,10 @@ class ServeSettings:
     heartbeat_interval: float = 1.0
     maintenance_interval: int = 0     # sessions between maintenance runs; 0: none (D-12)
     report_memory_statistics: bool = False
+    #: seconds accepting pauses when the process is out of descriptors (M-ACC-2)
+    suspend_time_on_unacceptable: float = 1.0
+    #: called with the session count at each maintenance run (the application's hooks, M-MNT-1)
+    maintained: Callable[[int], None] | None = None
     #: the application's counters, written into the heartbeat file for the controller's status (D-7)
     statistics: Callable[[], dict] | None = None
 
@@ -90,15 +94,17 @@ _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 def _server_class():
     """gevent's StreamServer, except that running out of descriptors pauses accepting quietly (M-ACC-2).
 
-    The sessions in progress go on; accepting resumes after a back-off (10 ms doubling to 1 s, reset
-    by a successful accept). One warning per episode instead of gevent's traceback per attempt.
+    The sessions in progress go on; accepting resumes after ``suspend_time`` seconds
+    (``manager.suspend_time_on_unacceptable``; 0: at the next turn of the loop, 10 ms). One warning
+    per episode (until an accept succeeds) instead of gevent's traceback per attempt.
     """
     import gevent
     from gevent.server import StreamServer
 
     class Server(StreamServer):
         logger: Logger = default_logger
-        _resource_delay = 0.0
+        suspend_time = 1.0
+        _in_episode = False
 
         def do_read(self):
             try:
@@ -106,14 +112,15 @@ def _server_class():
             except OSError as error:
                 if error.errno not in _RESOURCE_ERRORS:
                     raise
-                delay = self._resource_delay = min(1.0, max(0.01, self._resource_delay * 2))
-                if delay == 0.01:
-                    self.logger.warning(f"[server][accept][backoff] {error.strerror}: accepting pauses while "
-                                        f"sessions finish (M-ACC-2)")
+                delay = max(0.01, float(self.suspend_time))
+                if not self._in_episode:
+                    self._in_episode = True
+                    self.logger.warning(f"[server][accept][backoff] {error.strerror}: accepting pauses for "
+                                        f"{delay:g} s at a time while sessions finish (M-ACC-2)")
                 self.stop_accepting()
                 gevent.spawn_later(delay, self._resume)
                 return None
-            self._resource_delay = 0.0
+            self._in_episode = False
             return accepted
 
         def _resume(self) -> None:
@@ -145,27 +152,35 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
     sessions = [0]
 
     def counted(client, address) -> None:
+        """Maintenance counts milter sessions: ``handle`` returns false for a connection that never
+        sent a command (a readiness probe), which is not counted (M-MNT-1)."""
+        session = False
         try:
-            handle(client, address)
+            session = handle(client, address) is not False
         finally:
-            sessions[0] += 1
-            interval = settings.maintenance_interval
-            if interval and sessions[0] % interval == 0:
-                maintain()
+            if session:
+                sessions[0] += 1
+                interval = settings.maintenance_interval
+                if interval and sessions[0] % interval == 0:
+                    maintain()
 
     def maintain() -> None:
         """Maintenance on a session count, never merely because the process went idle (D-12, M-MNT-1).
 
         A full collection costs milliseconds in a process that holds gevent, so it runs only when
         it is wanted: with the memory report on, where it makes the reported size meaningful.
+        The application's hooks run every time.
         """
         if settings.report_memory_statistics:
             gc.collect()
             if logger.enabled(STATISTICS):
                 logger.statistics(memory.maintenance_line(sessions[0]))
+        if settings.maintained is not None:
+            settings.maintained(sessions[0])
 
     server = _Server(sock, counted, spawn=pool)
     server.logger = logger
+    server.suspend_time = settings.suspend_time_on_unacceptable
     stopped = Event()
     stopping: list[bool] = []
 

@@ -274,6 +274,14 @@ def test_C_TOML_4_syntax_error_with_line():
                  '"local7", "lpr", "mail", "news", "user", "uucp", got "mailx"', id="facility"),
     pytest.param('[hooks]\nmaintained = ["not an entry"]', 'hooks.maintained[0]: must look like '
                  '"package.module:function", got "not an entry"', id="entry-point"),
+    pytest.param('[hooks]\nstarted = ["milterman_no_such_module:run"]', 'hooks.started[0]: cannot import module '
+                 '<milterman_no_such_module>: ModuleNotFoundError: No module named \'milterman_no_such_module\'',
+                 id="entry-point-import"),
+    pytest.param('[hooks]\nmaintained = ["json:no_such_function"]', 'hooks.maintained[0]: module <json> has no '
+                 '<no_such_function>', id="entry-point-attribute"),
+    pytest.param('[manager]\nconnection_checkers = ["python:milterman_no_such_module:alive"]',
+                 'manager.connection_checkers[0]: cannot import module <milterman_no_such_module>: '
+                 'ModuleNotFoundError: No module named \'milterman_no_such_module\'', id="checker-import"),
     pytest.param('[manager]\nconnection_checkers = ["python:x"]', 'manager.connection_checkers[0]: must be '
                  '"netstat" or "python:package.module:function", got "python:x"', id="checker"),
     pytest.param('[manager]\nfallback_status = "pass"', 'manager.fallback_status: must be one of "accept", '

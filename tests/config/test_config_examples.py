@@ -186,7 +186,13 @@ B9_SNIPPETS = {
 
 
 @pytest.mark.parametrize("name", list(B9_SNIPPETS))
-def test_B9_snippet_loads(name, tmp_path):
+def test_B9_snippet_loads(name, tmp_path, monkeypatch):
+    site = tmp_path / "site-code"
+    (site / "mysite").mkdir(parents=True)
+    (site / "mysite" / "__init__.py").write_text("")
+    (site / "mysite" / "checks.py").write_text("def still_connected(facts):\n    return True\n")
+    (site / "mysite" / "hooks.py").write_text("def on_maintain(context):\n    pass\n")
+    monkeypatch.syspath_prepend(str(site))  # the functions hooks and checkers name are imported at load
     (tmp_path / "trusted-domains.txt").write_text("# trusted\nExample.ORG\n/\\.example\\.net$/\n")
     path = tmp_path / "milter-manager.toml"
     path.write_text("version = 1\n" + B9_SNIPPETS[name] + "\n")

@@ -85,12 +85,12 @@ def test_B6_scalars_later_file_wins(write, tmp_path):
     write("milter-manager.toml", 'version = 1\ninclude = ["local.toml"]\n[manager]\nn_workers = 2\n'
           'fallback_status = "reject"\nconnection_checkers = ["netstat"]\n[stress]\nthreshold_n_connections = 10\n'
           '[s25r]\ncheck_only_ipv4 = true\n')
-    write("local.toml", '[manager]\nn_workers = 8\nconnection_checkers = ["python:site.checks:alive"]\n'
+    write("local.toml", '[manager]\nn_workers = 8\nconnection_checkers = ["python:os.path:exists"]\n'
           '[stress]\nthreshold_n_connections = 20\n[s25r]\ncheck_only_ipv4 = false\n')
     configuration = load(tmp_path)
     assert configuration.manager.n_workers == 8
     assert configuration.manager.fallback_status == "reject"  # kept: not set again
-    assert configuration.manager.connection_checkers == ("python:site.checks:alive",)  # [manager] arrays replace
+    assert configuration.manager.connection_checkers == ("python:os.path:exists",)  # [manager] arrays replace
     assert configuration.stress.threshold_n_connections == 20
     assert configuration.s25r.check_only_ipv4 is False
 

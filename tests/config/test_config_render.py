@@ -128,9 +128,9 @@ def strategy_for(kind: kinds.Kind) -> st.SearchStrategy:
         return st.sampled_from(["/var/run/x.pid", "relative/file", "-", "~/x", "a/../b"]).filter(
             lambda path: path != "-" or kind.dash_means_stdout)
     if isinstance(kind, kinds.EntryPoint):
-        return st.sampled_from(["site.hooks:run", "a:b"])
+        return st.sampled_from(["os.path:join", "json:dumps"])  # real ones: they are imported at load
     if isinstance(kind, kinds.Checker):
-        return st.sampled_from(["netstat", "python:site.checks:alive"])
+        return st.sampled_from(["netstat", "python:os.path:exists"])
     if isinstance(kind, kinds.Domain):
         return _DOMAINS
     if isinstance(kind, kinds.Choice):
@@ -198,7 +198,8 @@ def match_for(draw, stage: str, milters: list[str]) -> dict:
 
 
 def _section(draw, name: str) -> dict:
-    settings_ = [s for s in SECTIONS[name] if s.key != "trust.envelope_from_domain_files"]
+    settings_ = [s for s in SECTIONS[name] if s.key != "trust.envelope_from_domain_files"
+                 and not isinstance(s.kind, kinds.Refused)]  # refused keys take no value (D-17)
     chosen = draw(st.lists(st.sampled_from(settings_), max_size=4, unique_by=lambda s: s.name))
     return {setting.name: draw(strategy_for(setting.kind)) for setting in chosen}
 

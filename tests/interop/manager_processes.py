@@ -82,7 +82,8 @@ class ManagerProcess:
     """
 
     def __init__(self, directory: Path, milters: Iterable[Mapping[str, object]], *, n_workers: int = 0,
-                 extra_toml: str = "", log_level: str = "all", manager_fallback: str = "accept") -> None:
+                 extra_toml: str = "", log_level: str = "all", manager_fallback: str = "accept",
+                 manager_toml: str = "") -> None:
         self.port = free_port()
         self.n_workers = n_workers
         self.config_dir = Path(directory) / f"manager-{self.port}"
@@ -96,7 +97,8 @@ class ManagerProcess:
             "[manager]\n"
             f'connection_spec = "inet:{self.port}@[127.0.0.1]"\n'
             f"fallback_status = {toml_value(manager_fallback)}\n"
-            "graceful_timeout = 5.0\n\n"
+            "graceful_timeout = 5.0\n"
+            + manager_toml + "\n"
             + "\n".join(milter_table(m) for m in milters)
             + "\n" + extra_toml
         )

@@ -23,6 +23,7 @@ import email.utils
 import os
 import re
 import signal
+import smtplib
 import subprocess
 import sys
 import threading
@@ -395,6 +396,44 @@ def test_child_that_never_answers_end_of_message_times_out(
     assert manager.alive(), manager.describe()
 
 
+# -- the disconnect check (M-ERR-8): taRgrey ----------------------------------------------------
+
+
+def test_taRgrey_smtp_client_that_gives_up_during_a_tarpit_gets_the_fallback_at_disconnect(
+        postfix_factory, smtp_sink, manager_factory, stalling_child):
+    """A child tarpits at end of message; the SMTP client gives up and closes its connection while Postfix's
+    smtpd still waits for the milter. The manager finds the client gone in the kernel's TCP table within the
+    check interval, answers Postfix temporary-failure and logs [session][disconnected] — long before the
+    child's end_of_message_timeout or Postfix's milter_content_timeout."""
+    manager = manager_factory(
+        [{"name": "stalling", "connection_spec": stalling_child.spec, "fallback_status": "accept",
+          "end_of_message_timeout": 120.0}],
+        manager_toml='connection_check_interval = 1\nconnection_checkers = ["netstat"]\n'
+                     'fallback_status_at_disconnect = "temporary-failure"\n')
+    mta = start_postfix(postfix_factory, manager)
+    client = smtplib.SMTP(mta.host, mta.port, timeout=30)
+    client.ehlo("client.milterman.test")
+    assert client.mail(f"alice@{DOMAIN}")[0] == 250
+    assert client.rcpt("bob@example.net")[0] == 250
+    assert client.docmd("DATA")[0] == 354
+    client.send(make_message(f"alice@{DOMAIN}", ["bob@example.net"], "tarpitted", SMALL_BODY) + b"\r\n.\r\n")
+    stalling_child.wait_log("eom")
+    client.close()  # the SMTP client gives up (its socket and the file smtplib reads replies from)
+    closed = time.monotonic()
+    deadline = closed + 15
+    while "[session][disconnected]" not in manager.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    waited = time.monotonic() - closed
+    assert re.search(r"\[session\]\[disconnected\]\[[0-9.e+-]+\]\(\d+\)", manager.log()), manager.describe()
+    assert waited < 5, (waited, manager.describe())
+    # Postfix got the temporary failure for the message (nothing was queued or delivered)
+    mta.wait_for_log(re.compile(r"milter-reject: END-OF-MESSAGE .*4\.\d\.\d"), timeout=15)
+    assert mta.queue_ids() == [] and smtp_sink.messages == []
+    assert re.search(r"\[milter\]\[end\]\[end-of-message\]\[temporary-failure\]\[[^]]+\]\(\d+\): stalling",
+                     manager.log()), manager.describe()
+    assert manager.alive(), manager.describe()
+
+
 # -- detection (D-9) -------------------------------------------------------------------------------
 
 
@@ -433,8 +472,10 @@ def test_show_config_lists_the_opendkim_of_debians_package(tmp_path):
                  "Debian package opendkim")
     require_real("opendkim enabled", _opendkim_enabled(), "the opendkim service is not enabled")
     expected_spec, expected_source = _expected_opendkim_socket()
-    (tmp_path / "milter-manager.toml").write_text(
-        'version = 1\n[manager]\nconnection_spec = "inet:10025@[127.0.0.1]"\n[log]\nuse_syslog = false\n')
+    plain = 'version = 1\n[manager]\nconnection_spec = "inet:10025@[127.0.0.1]"\n[log]\nuse_syslog = false\n'
+    # detection is asked for by [package] platform = "debian" (D-9)
+    (tmp_path / "milter-manager.toml").write_text(plain.replace("version = 1\n",
+                                                                'version = 1\n[package]\nplatform = "debian"\n'))
     script = Path(sys.executable).parent / "milter-manager"
     argv = [str(script)] if script.exists() else [sys.executable, "-m", "milterman.cli.manager"]
 
@@ -451,3 +492,8 @@ def test_show_config_lists_the_opendkim_of_debians_package(tmp_path):
     quiet = subprocess.run([*argv, "-c", str(tmp_path), "--show-config", "--no-detect"], capture_output=True,
                            text=True, timeout=60, cwd=RUN_DIR)
     assert quiet.returncode == 0 and "[[milter]]" not in quiet.stdout, quiet.stdout
+    # a configuration that does not ask: no opendkim either
+    (tmp_path / "milter-manager.toml").write_text(plain)
+    unasked = subprocess.run([*argv, "-c", str(tmp_path), "--show-config"], capture_output=True, text=True,
+                             timeout=60, cwd=RUN_DIR)
+    assert unasked.returncode == 0 and "[[milter]]" not in unasked.stdout, unasked.stdout

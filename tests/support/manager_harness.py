@@ -385,7 +385,7 @@ class ManagerEnv:
         return scripted
 
     def start(self, milters: list[dict], manager: dict | None = None, log: dict | None = None,
-              extra: str = "", n_workers: int = 0) -> ManagerProcess:
+              extra: str = "", n_workers: int = 0, env: dict[str, str] | None = None) -> ManagerProcess:
         """Write ``milter-manager.toml`` and start the manager (bounded wait until it listens).
 
         Each milter dict needs ``name``; ``connection_spec`` defaults to the scripted child of that name.
@@ -401,7 +401,7 @@ class ManagerEnv:
         text = configuration_text(manager_table, entries, log, extra)
         (self.dir / "milter-manager.toml").write_text(text)
         self.n_workers = manager_table["n_workers"]
-        self.manager = ManagerProcess(self.dir, self.socket_path)
+        self.manager = ManagerProcess(self.dir, self.socket_path, env)
         self.manager.wait_listening(n_workers=self.n_workers)
         return self.manager
 
