@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import signal
@@ -117,3 +118,76 @@ retry_delay = 1.0
                 pass
     assert manager.returncode == 0
     assert output.count("[launcher][launch]") == 1, output
+
+
+WORKER_SCRIPT = r"""
+import json, os, socket, sys, time
+from gevent import spawn, joinall
+from milterman.manager.launcher import LaunchClient, LaunchError
+
+fd, worker, count, start_at = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+client = LaunchClient(socket.socket(fileno=fd))
+results = {"answers": 0, "crossed": 0, "errors": []}
+
+def ask(first):
+    for index in range(first, count, 5):
+        line = f"/bin/true worker-{worker} request-{index}"
+        try:
+            answer = client.request("launch", line, "")
+        except LaunchError as error:
+            if "answered about" in str(error):
+                results["crossed"] += 1
+            else:
+                results["errors"].append(str(error))
+            continue
+        results["answers"] += 1
+        if answer[1] != line or answer[0] != "success":
+            results["crossed"] += 1
+
+while time.time() < start_at:  # every worker starts at the same moment
+    time.sleep(0.001)
+joinall([spawn(ask, first) for first in range(5)])  # five greenlets of this worker share its channel
+print(json.dumps(results))
+"""
+
+
+def test_every_reply_reaches_the_worker_that_asked_4_workers_1000_launches_M_LAU_1(tmp_path):
+    """4 worker processes × 250 launch requests (5 greenlets each), all at once: zero crossed replies."""
+    from milterman.log import DEFAULT, Logger
+    from milterman.manager.launcher import start_launcher
+
+    log = open(tmp_path / "launcher.log", "w")
+    registration = start_launcher(Logger(DEFAULT, stream=log))
+    start_at = time.time() + 2.0
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(registration.fileno()), str(worker),
+                                 "250", str(start_at)], pass_fds=[registration.fileno()], cwd=RUN_DIR,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for worker in range(4)]
+    results = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+        results.append(json.loads(out))
+    registration.close()  # the launcher exits once every holder has closed the registration socket
+    answers = sum(result["answers"] for result in results)
+    crossed = sum(result["crossed"] for result in results)
+    print(f"launcher: {answers} replies, {crossed} crossed, over {4 * 250} launches from 4 workers")
+    assert [result["errors"] for result in results] == [[], [], [], []]
+    assert crossed == 0
+    assert answers == 1000
+    log.close()
+    assert (tmp_path / "launcher.log").read_text().count("[launcher][launch] </bin/true worker-") == 1000
+
+
+def test_the_launcher_reports_how_a_command_ended_with_its_stderr_tail(tmp_path):
+    script = tmp_path / "fails"
+    script.write_text("#!/bin/sh\necho 'first line' >&2\necho 'no configuration file' >&2\nexit 7\n")
+    script.chmod(0o755)
+    launcher = Launcher(socket.socketpair()[0])
+    assert launcher.answer(["status", str(script)]) == ("unknown", str(script))
+    assert launcher.answer(["launch", str(script), ""]) == ("success", str(script))
+    assert wait_for(lambda: launcher.answer(["status", str(script)])[0] == "exited")
+    answer = launcher.answer(["status", str(script)])
+    assert answer[:3] == ("exited", str(script), "exited with status 7")
+    assert answer[3] == "first line\nno configuration file"
+    assert launcher.answer(["launch", "/nonexistent/milter", ""])[0] == "error"
