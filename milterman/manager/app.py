@@ -8,6 +8,7 @@ with the standard library only; each serving process then builds the
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 
 from .. import config as configuration_module
@@ -18,6 +19,7 @@ from ..log import logger as default_logger
 from ..net import Timeouts
 from ..net.spec import SpecError, parse_spec
 from ..server.app import Application, ServerConfig
+from ..server.process import StartupError
 from .child import ChildDefinition
 from .status import status_named
 
@@ -85,6 +87,7 @@ class ManagerApplication(Application):
         issues = account_issues(configuration)
         if issues:
             raise configuration_module.ConfigurationError(issues)
+        check_rule_engine()
         return configuration, server_config(configuration)
 
     def prepare(self, configuration, config: ServerConfig) -> None:
@@ -202,6 +205,19 @@ def apply_log_settings(configuration, logger: Logger = default_logger) -> None:
 def _log_error(configuration, key: str, message: str):
     where = str(configuration.files[0]) if configuration.files else "configuration"
     return configuration_module.ConfigurationError([configuration_module.Issue(where, key, message)])
+
+
+def check_rule_engine() -> None:
+    """Import the condition and rule engine in the master, so a broken one stops the start (or the reload).
+
+    Without it every condition and rule would be off and mail would pass unfiltered; the
+    serving processes import the same modules.
+    """
+    try:
+        importlib.import_module(f"{__package__}.conditions")
+    except Exception as error:
+        raise StartupError(f"the condition and rule engine cannot be loaded ({type(error).__name__}: {error}); "
+                           f"milter-manager does not start without it: reinstall milterman") from None
 
 
 def server_config(configuration) -> ServerConfig:
