@@ -59,6 +59,7 @@ class ManagerApplication(Application):
         self.detect_root = detect_root
         self.logger = logger
         self.launcher_socket = None
+        self.launch_client = None
         self.context = None
         #: set once the server has bound its socket and announced the children (for the stop line)
         self.started = False
@@ -141,8 +142,11 @@ class ManagerApplication(Application):
         from .launcher import LaunchClient
         from .leader import Leader
 
-        launcher = LaunchClient(self.launcher_socket) if self.launcher_socket is not None else None
-        context = build_context(configuration, self.logger, launcher)
+        if self.launcher_socket is not None and self.launch_client is None:
+            self.launch_client = LaunchClient(self.launcher_socket)  # this process's own channel (M-LAU-1)
+        context = build_context(configuration, self.logger, self.launch_client)
+        if self.context is not None:
+            self.context.close()  # a reload in a single process: the new context keeps its own health
         self.context = context
         gevent.get_hub()  # the hub exists before the started hooks run
         self.hooks = Hooks(configuration, self.logger)
@@ -245,20 +249,13 @@ def server_config(configuration) -> ServerConfig:
 
 
 def _launch_function(launcher, milter, logger: Logger):
-    """The callable a child uses to have its command started (M-CON-1/2), or None without a command."""
+    """The child's command as its health keeper starts it (M-CON-1/2, M-LAU-1), or None without one."""
     if launcher is None or not milter.command:
         return None
-    from .launcher import LaunchError, command_line
+    from .launcher import CommandLaunch, command_line
 
-    line = command_line(milter.command, milter.command_options)
-
-    def launch() -> None:
-        try:
-            launcher.launch(line, milter.user_name)
-        except LaunchError as error:
-            logger.warning(f"[manager][launch][error] [{milter.name}] {error}")
-
-    return launch
+    return CommandLaunch(launcher, command_line(milter.command, milter.command_options), milter.user_name,
+                         milter.name, logger)
 
 
 def child_definitions(configuration, conditions_per_milter: dict | None = None, launcher=None,

@@ -94,30 +94,47 @@ class Leader(MilterHandler):
             self._in_progress = True
             self.manager.sessions_processing += 1
         child_offer = self._child_offer(offer)
+        health = self.manager.health
+        health.last_offer = child_offer
         children = [Child(definition, self.logger) for definition in self.manager.definitions]
         self.children = children
 
-        def connect(child: Child) -> Exception | None:
+        def connect(child: Child) -> tuple[Exception, bool] | None:
+            """None when connected, else (the failure, whether the log already has it)."""
             try:
                 child.connect(child_offer)
             except ChildFailure as failure:
-                return failure
+                health.of(child.definition).failed(str(failure))  # the one "down" line
+                return failure, True
             except Exception as failure:  # a bug must not leave the MTA without an answer
-                return ChildFailure(f"internal error: {failure!r}")
+                return ChildFailure(f"internal error: {failure!r}"), False
+            health.of(child.definition).succeeded()
             return None
 
-        jobs = [gevent.spawn(connect, child) for child in children]
-        gevent.joinall(jobs)
-        for child, job in zip(children, jobs, strict=True):
-            error = job.value
-            if error is None:
+        # A child known to be down is not tried: its fallback counts at once (D-14)
+        jobs = {}
+        for child in children:
+            state = health.of(child.definition)
+            if state.down:
+                child.skip(f"down: {state.last_error}")
+                self._count_fallback(child)
+            else:
+                jobs[child] = gevent.spawn(connect, child)
+        gevent.joinall(list(jobs.values()))
+        for child, job in jobs.items():
+            if job.value is None:
                 continue
-            child.expire(f"negotiate: {error}")
-            fallback = child.definition.fallback_status
-            if fallback != Status.ACCEPT:
-                self.pending_fallbacks.append(fallback)
-            self._milter_end(child)
+            error, logged = job.value
+            child.expire(f"negotiate: {error}", log=not logged)
+            self._count_fallback(child)
         self.children_ready = True
+
+    def _count_fallback(self, child: Child) -> None:
+        """A child that could not be reached or negotiated answers its fallback at connect (D-14)."""
+        fallback = child.definition.fallback_status
+        if fallback != Status.ACCEPT:
+            self.pending_fallbacks.append(fallback)
+        self._milter_end(child)
 
     def _wanted(self, offer: Negotiate) -> Wanted:
         """The reply to the MTA, from the children's settled options (D-2)."""

@@ -77,8 +77,29 @@ def test_unknown_user_is_named_in_the_error():
         launcher.launch("sleep 1", "no-such-user-here")
 
 
-def test_manager_launches_an_unreachable_child_and_retries_once_M_CON_1(tmp_path):
-    """A child with a command that is down at the first session: started, retried after retry_delay."""
+def read_until(stream, text: str, timeout: float = 30.0) -> str:
+    """Lines of ``stream`` up to and including the first containing ``text`` (bounded by a timer)."""
+    import threading
+
+    seen: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        for line in iter(stream.readline, ""):
+            seen.append(line)
+            if text in line:
+                found.set()
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert found.wait(timeout), f"{text!r} not seen within {timeout} s:\n{''.join(seen)}"
+    return "".join(seen)
+
+
+def test_manager_launches_an_unreachable_child_in_the_background_M_CON_1(tmp_path):
+    """A child with a command that is down at the first session: that session gets the fallback at once,
+    the command is started once in the background and the child is used as soon as it is back."""
     child_socket = tmp_path / "child.sock"
     config = tmp_path / "milter-manager.toml"
     command = f'"{sys.executable}"'
@@ -97,20 +118,29 @@ retry_delay = 1.0
 """)
     manager = subprocess.Popen([sys.executable, "-m", "milterman.cli.manager", "-c", str(tmp_path), "--no-detect"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=RUN_DIR, text=True)
+    output = ""
     try:
         assert wait_for(lambda: (tmp_path / "manager.sock").exists())
+        started = time.monotonic()
         run = subprocess.run([sys.executable, "-m", "milterman.cli.test_server", "-s", f"unix:{tmp_path}/manager.sock"],
                              capture_output=True, text=True, timeout=60, cwd=RUN_DIR)
-        assert run.stdout.splitlines()[0] == "status: pass", run.stdout
+        # the child is absent (fallback accept, D-14): no child left, the manager's fallback answers at once
+        assert run.stdout.splitlines()[0] == "status: accept", run.stdout
+        assert float(run.stdout.splitlines()[1].split()[1]) < 0.9  # no wait for the launch (retry_delay is 1 s)
+        output += read_until(manager.stdout, "[manager][child][up] [launched]")
+        assert time.monotonic() - started < 20
         assert (tmp_path / "child.pid").exists()
         launched_pid = int((tmp_path / "child.pid").read_text())
-        run = subprocess.run([sys.executable, "-m", "milterman.cli.test_server", "-s", f"unix:{tmp_path}/manager.sock"],
-                             capture_output=True, text=True, timeout=60, cwd=RUN_DIR)
-        assert run.stdout.splitlines()[0] == "status: pass"
+        for _ in range(2):
+            run = subprocess.run([sys.executable, "-m", "milterman.cli.test_server", "-s",
+                                  f"unix:{tmp_path}/manager.sock"], capture_output=True, text=True, timeout=60,
+                                 cwd=RUN_DIR)
+            assert run.stdout.splitlines()[0] == "status: pass", run.stdout
         assert int((tmp_path / "child.pid").read_text()) == launched_pid  # not started twice
     finally:
         manager.send_signal(signal.SIGTERM)
-        output, _ = manager.communicate(timeout=20)
+        rest, _ = manager.communicate(timeout=20)
+        output += rest
         if (tmp_path / "child.pid").exists():
             try:
                 os.kill(int((tmp_path / "child.pid").read_text()), signal.SIGTERM)
@@ -118,6 +148,7 @@ retry_delay = 1.0
                 pass
     assert manager.returncode == 0
     assert output.count("[launcher][launch]") == 1, output
+    assert output.count("[manager][child][down] [launched]") == 1, output
 
 
 WORKER_SCRIPT = r"""
