@@ -64,6 +64,8 @@ class ManagerContext:
                      self.logger, leader.session.id)
     #: each child's health in this process, shared by its sessions (made from ``definitions``)
     health: HealthBoard | None = None
+    #: "All milters are no longer alive" for a session that reached no child is logged (until one is reached)
+    unreachable_reported: bool = False
 
     def __post_init__(self) -> None:
         if self.health is None:

@@ -127,6 +127,8 @@ class Leader(MilterHandler):
             error, logged = job.value
             child.expire(f"negotiate: {error}", log=not logged)
             self._count_fallback(child)
+        if self.manager.unreachable_reported and any(child.negotiated for child in children):
+            self.manager.unreachable_reported = False
         self.children_ready = True
 
     def _count_fallback(self, child: Child) -> None:
@@ -275,12 +277,23 @@ class Leader(MilterHandler):
         """M-ERR-7: the manager itself cannot go on; exactly one reply (fix of M-ERR-7a).
 
         With no child configured at all this is every session's normal path, announced once at
-        start: not an error per mail (issue 8).
+        start: not an error per mail (issue 8). When children are configured but none of the
+        session could be reached, the down lines explain it: the error line is written once until
+        a session reaches a child again, then at debug level.
         """
-        if self.manager.definitions:
-            self.logger.error(f"[{self.session.id}] [manager][error] {reason}")
+        if not self.manager.definitions:
+            if self.logger.enabled(DEBUG):
+                self.logger.debug(f"[{self.session.id}] [manager] no child milter: {reason}")
+        elif self.children_ready and not any(child.negotiated for child in self.children):
+            if self.manager.unreachable_reported:
+                if self.logger.enabled(DEBUG):
+                    self.logger.debug(f"[{self.session.id}] [manager][error] {reason}")
+            else:
+                self.manager.unreachable_reported = True
+                self.logger.error(f"[{self.session.id}] [manager][error] {reason} (no child could be reached; "
+                                  f"said once until a session reaches one again)")
         else:
-            self.logger.debug(f"[{self.session.id}] [manager] no child milter: {reason}")
+            self.logger.error(f"[{self.session.id}] [manager][error] {reason}")
         combined = Combined()
         combined.add(self.manager.fallback_status)
         return self._reply(combined)

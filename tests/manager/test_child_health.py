@@ -267,3 +267,29 @@ def test_a_down_child_with_fallback_temporary_failure_answers_4xx_at_once_D_14(w
     check_down_once_per_worker(manager, status(manager)["workers"])
     assert workers
     world.stop(manager)
+
+
+def test_no_child_reachable_is_said_once_until_one_is_reached_again_M_ERR_7(world):
+    """The only child is down: the manager's fallback answers, and its error line comes once per episode."""
+    config_dir = world.dir / "only"
+    config_dir.mkdir()
+    milters = [{"name": "only", "connection_spec": f"unix:{world.dir}/only.sock", "retry_delay": RETRY_DELAY}]
+    (config_dir / "milter-manager.toml").write_text(configuration_text(
+        {"connection_spec": f"unix:{config_dir}/m.sock", "graceful_timeout": 5.0}, milters))
+    manager = ManagerProcess(config_dir, config_dir / "m.sock")
+    world.managers.append(manager)
+    manager.wait_listening()
+    gone = "[manager][error] All milters are no longer alive."
+    report = load(manager.socket_path, n_sessions=30, concurrency=5)
+    assert report["totals"]["statuses"] == {"accept": 30}  # the manager's fallback
+    assert manager.output.count(gone) == 1, manager.output
+    assert manager.output.count("[manager][child][down] [only]") == 1
+    client = ListeningClient(world.dir / "only.sock")
+    manager.wait_output("[manager][child][up] [only]", timeout=30)
+    assert load(manager.socket_path, n_sessions=10, concurrency=2)["totals"]["statuses"] == {"pass": 10}
+    client.stop()
+    report = load(manager.socket_path, n_sessions=10, concurrency=2)
+    assert report["totals"]["statuses"] == {"accept": 10}
+    assert manager.output.count("[manager][child][down] [only]") == 2
+    assert manager.output.count(gone) == 2, manager.output  # a new episode is said again, once
+    world.stop(manager)
