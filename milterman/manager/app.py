@@ -134,6 +134,12 @@ class ManagerApplication(Application):
         if self.hooks is not None:
             self.hooks.run("maintained", sessions)
 
+    def summarize(self, published: list[dict]) -> dict:
+        """``children``: each child's health over every serving process (the per-worker detail stays)."""
+        from .health import summarize
+
+        return {"children": summarize([entry.get("child_health", {}) for entry in published])}
+
     def make_handler(self, configuration):
         import gevent
 

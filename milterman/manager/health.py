@@ -189,3 +189,29 @@ class HealthBoard:
     def close(self) -> None:
         for health in self.children.values():
             health.close()
+
+
+def summarize(boards: list[dict]) -> dict:
+    """One entry per child over several processes' :meth:`HealthBoard.statistics`.
+
+    ``state`` is ``down`` when any process has it down, else ``up`` when any has it up; ``since``
+    is when the earliest of the processes in that state entered it; ``last_error`` the most recent.
+    """
+    summary: dict[str, dict] = {}
+    for board in boards:
+        for name, entry in board.items():
+            child = summary.setdefault(name, {"workers": {UP: 0, DOWN: 0, UNKNOWN: 0}, "last_error": None,
+                                              "last_error_at": None, "_since": {}})
+            state = entry.get("state", UNKNOWN)
+            child["workers"][state] = child["workers"].get(state, 0) + 1
+            since = child["_since"]
+            since[state] = min(since.get(state, entry["since"]), entry["since"])
+            if entry.get("last_error_at") is not None and (child["last_error_at"] is None
+                                                           or entry["last_error_at"] > child["last_error_at"]):
+                child["last_error"], child["last_error_at"] = entry["last_error"], entry["last_error_at"]
+    for child in summary.values():
+        since = child.pop("_since")
+        counts = child["workers"]
+        child["state"] = DOWN if counts[DOWN] else UP if counts[UP] else UNKNOWN
+        child["since"] = since.get(child["state"])
+    return summary

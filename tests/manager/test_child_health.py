@@ -225,6 +225,9 @@ def test_a_down_child_with_fallback_accept_never_stalls_a_session_D_14(world):
     workers = down_workers(manager, N_SESSIONS)
     serving = check_down_once_per_worker(manager, workers)
     check_launch_error(manager, serving)
+    summary = status(manager)["children"]["absent"]  # the same, over every worker
+    assert summary["state"] == "down" and summary["workers"]["down"] == len(serving), summary
+    assert "absent.sock" in summary["last_error"] and summary["since"] == pytest.approx(min(serving.values()), abs=1)
 
     # The child starts listening: every worker uses it again within its back-off (which doubles from
     # retry_delay, so the wait in force at time t after going down is at most t + retry_delay).
@@ -251,6 +254,8 @@ def test_a_down_child_with_fallback_accept_never_stalls_a_session_D_14(world):
     health = [worker["child_health"]["absent"] for worker in down_workers(manager, N_SESSIONS + 40)
               if "absent" in worker["child_health"]]
     assert all(entry["state"] == "up" for entry in health if entry["last_error"]), health
+    summary = status(manager)["children"]["absent"]
+    assert summary["state"] == "up" and summary["workers"]["down"] == 0, summary
     world.stop(manager)
 
 

@@ -125,3 +125,16 @@ def test_a_session_that_connects_marks_up_without_a_line_unless_it_was_down(firs
     health.succeeded()
     assert health.state == "up"
     assert stream.getvalue() == ""
+
+
+def test_the_summary_over_workers_says_down_when_any_worker_has_it_down():
+    from milterman.manager.health import summarize
+
+    boards = [{"c": {"state": "up", "since": 10.0, "last_error": "connect: old", "last_error_at": 5.0}},
+              {"c": {"state": "down", "since": 20.0, "last_error": "connect: refused", "last_error_at": 20.0}},
+              {"c": {"state": "down", "since": 15.0, "last_error": "connect: earlier", "last_error_at": 15.0},
+               "d": {"state": "unknown", "since": 1.0, "last_error": None, "last_error_at": None}}]
+    summary = summarize(boards)
+    assert summary["c"] == {"state": "down", "since": 15.0, "workers": {"up": 1, "down": 2, "unknown": 0},
+                            "last_error": "connect: refused", "last_error_at": 20.0}
+    assert summary["d"]["state"] == "unknown" and summary["d"]["last_error"] is None
