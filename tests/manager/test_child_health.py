@@ -298,3 +298,37 @@ def test_no_child_reachable_is_said_once_until_one_is_reached_again_M_ERR_7(worl
     assert manager.output.count("[manager][child][down] [only]") == 2
     assert manager.output.count(gone) == 2, manager.output  # a new episode is said again, once
     world.stop(manager)
+
+
+def test_several_launchable_children_in_4_workers_each_worker_hears_about_its_own_command_M_LAU_1(world):
+    """Three down children with their own failing commands, 4 workers launching at once: every launch
+    outcome a worker reports names the command of the child it asked for, with that command's stderr."""
+    config_dir = world.dir / "several"
+    config_dir.mkdir()
+    milters = [{"name": "good", "connection_spec": f"unix:{world.dir}/good.sock"}]
+    for name in ("one", "two", "three"):
+        script = world.dir / f"start-{name}"
+        script.write_text(f"#!/bin/sh\necho '{name}: cannot start' >&2\nexit 4\n")
+        script.chmod(0o755)
+        milters.append({"name": name, "connection_spec": f"unix:{world.dir}/{name}.sock", "command": str(script),
+                        "retry_delay": RETRY_DELAY})
+    (config_dir / "milter-manager.toml").write_text(configuration_text(
+        {"connection_spec": f"unix:{config_dir}/m.sock", "n_workers": N_WORKERS, "graceful_timeout": 5.0}, milters))
+    manager = ManagerProcess(config_dir, config_dir / "m.sock")
+    world.managers.append(manager)
+    manager.wait_listening(n_workers=N_WORKERS)
+    report = load(manager.socket_path, n_sessions=200, concurrency=20)
+    assert report["totals"]["statuses"] == {"pass": 200}
+    time.sleep(2.0)  # a few attempts (0.2, 0.4, 0.8 s) in every worker, each launching its command
+    output = manager.output
+    reported = lines_with(output, "[manager][child][launch][error]")
+    assert reported, output[-3000:]
+    for _, _, text in reported:
+        name = re.search(r"\[launch\]\[error\] \[(\w+)\]", text).group(1)
+        assert f"start-{name}> exited with status 4: {name}: cannot start" in text, text
+    workers = {pid for _, pid, _ in lines_with(output, "[manager][child][down] [one]")}
+    assert len(workers) >= 2
+    for problem in ("launcher unreachable", "closed the connection", "answered about", "[launcher][crash]"):
+        assert problem not in output
+    print(f"launch outcomes reported: {len(reported)} over {len(workers)} workers, none crossed")
+    world.stop(manager)
