@@ -256,6 +256,30 @@ class Launcher:
         level(f"[launcher][launch] <{line}> as <{user or pwd.getpwuid(os.geteuid()).pw_name}>")
 
 
+def close_listeners(keep: set[int]) -> None:
+    """Close every listening socket this process inherited (the MTA's, a socket systemd passed).
+
+    The launcher outlives the master by a moment at a stop, and a listener it held would
+    still accept connections then.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd in keep or fd <= 2:
+            continue
+        try:
+            probe = socket.socket(fileno=fd)
+        except OSError:
+            continue  # not a socket (or already closed: the directory's own descriptor)
+        try:
+            listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        except OSError:
+            listening = 0
+        if listening:
+            probe.close()
+        else:
+            probe.detach()
+
+
 def start_launcher(logger: Logger = default_logger, drop_to: tuple | None = None) -> socket.socket:
     """Fork the launcher; return the registration socket (inherited by the workers).
 
@@ -267,6 +291,7 @@ def start_launcher(logger: Logger = default_logger, drop_to: tuple | None = None
         status = 0
         try:
             ours.close()
+            close_listeners(keep={theirs.fileno()})
             if drop_to is not None:
                 from ..server.process import drop_privileges
 

@@ -222,3 +222,47 @@ def test_the_launcher_reports_how_a_command_ended_with_its_stderr_tail(tmp_path)
     assert answer[:3] == ("exited", str(script), "exited with status 7")
     assert answer[3] == "first line\nno configuration file"
     assert launcher.answer(["launch", "/nonexistent/milter", ""])[0] == "error"
+
+
+def test_the_launcher_holds_no_listening_socket(tmp_path):
+    """The launcher is forked after the MTA socket is bound; it closes it, so a stop closes the port at once."""
+    import psutil
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "milter-manager.toml").write_text(f"""version = 1
+[manager]
+connection_spec = "inet:{port}@[127.0.0.1]"
+n_workers = 2
+[log]
+use_syslog = false
+[[milter]]
+name = "launchable"
+connection_spec = "unix:{tmp_path}/child.sock"
+command = "/bin/true"
+""")
+    manager = subprocess.Popen([sys.executable, "-m", "milterman.cli.manager", "-c", str(tmp_path), "--no-detect"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=RUN_DIR)
+    try:
+        master = psutil.Process(manager.pid)
+
+        def launcher():
+            for child in master.children():
+                try:
+                    if "launcher" in " ".join(child.cmdline()):
+                        return child
+                except psutil.Error:
+                    pass
+            return None
+
+        def listening(process) -> bool:
+            return any(connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+                       for connection in process.net_connections(kind="inet"))
+
+        assert wait_for(lambda: launcher() is not None and listening(master))
+        assert not listening(launcher())
+    finally:
+        manager.send_signal(signal.SIGTERM)
+        manager.wait(20)
+    assert manager.returncode == 0
