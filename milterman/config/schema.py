@@ -260,7 +260,8 @@ MILTER = _settings(
     ("writing_timeout", _TIMEOUT, 7.0, "Seconds to write a packet (M-ERR-2)."),
     ("reading_timeout", _TIMEOUT, 7.0, "Seconds to wait for a reply (M-ERR-2)."),
     ("end_of_message_timeout", _TIMEOUT, 297.0, "Seconds to wait for the end-of-message reply (M-ERR-2)."),
-    ("retry_delay", Number(0.0), 5.0, "Seconds before the one retry to connect (M-CON-5)."),
+    ("retry_delay", Number(0.0), 5.0, "Once the child is down: seconds before the first attempt to bring it "
+     "back (its command is started first); each failed attempt doubles the wait, up to 60 s."),
 )
 
 #: B3 ``[[milter_patch]]`` keys besides the ``[[milter]]`` keys (all but ``name``)

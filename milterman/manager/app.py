@@ -8,6 +8,7 @@ with the standard library only; each serving process then builds the
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 
 from .. import config as configuration_module
@@ -18,6 +19,7 @@ from ..log import logger as default_logger
 from ..net import Timeouts
 from ..net.spec import SpecError, parse_spec
 from ..server.app import Application, ServerConfig
+from ..server.process import StartupError
 from .child import ChildDefinition
 from .status import status_named
 
@@ -57,6 +59,7 @@ class ManagerApplication(Application):
         self.detect_root = detect_root
         self.logger = logger
         self.launcher_socket = None
+        self.launch_client = None
         self.context = None
         #: set once the server has bound its socket and announced the children (for the stop line)
         self.started = False
@@ -85,6 +88,7 @@ class ManagerApplication(Application):
         issues = account_issues(configuration)
         if issues:
             raise configuration_module.ConfigurationError(issues)
+        check_rule_engine()
         return configuration, server_config(configuration)
 
     def prepare(self, configuration, config: ServerConfig) -> None:
@@ -130,6 +134,12 @@ class ManagerApplication(Application):
         if self.hooks is not None:
             self.hooks.run("maintained", sessions)
 
+    def summarize(self, published: list[dict]) -> dict:
+        """``children``: each child's health over every serving process (the per-worker detail stays)."""
+        from .health import summarize
+
+        return {"children": summarize([entry.get("child_health", {}) for entry in published])}
+
     def make_handler(self, configuration):
         import gevent
 
@@ -138,8 +148,11 @@ class ManagerApplication(Application):
         from .launcher import LaunchClient
         from .leader import Leader
 
-        launcher = LaunchClient(self.launcher_socket) if self.launcher_socket is not None else None
-        context = build_context(configuration, self.logger, launcher)
+        if self.launcher_socket is not None and self.launch_client is None:
+            self.launch_client = LaunchClient(self.launcher_socket)  # this process's own channel (M-LAU-1)
+        context = build_context(configuration, self.logger, self.launch_client)
+        if self.context is not None:
+            self.context.close()  # a reload in a single process: the new context keeps its own health
         self.context = context
         gevent.get_hub()  # the hub exists before the started hooks run
         self.hooks = Hooks(configuration, self.logger)
@@ -204,6 +217,19 @@ def _log_error(configuration, key: str, message: str):
     return configuration_module.ConfigurationError([configuration_module.Issue(where, key, message)])
 
 
+def check_rule_engine() -> None:
+    """Import the condition and rule engine in the master, so a broken one stops the start (or the reload).
+
+    Without it every condition and rule would be off and mail would pass unfiltered; the
+    serving processes import the same modules.
+    """
+    try:
+        importlib.import_module(f"{__package__}.conditions")
+    except Exception as error:
+        raise StartupError(f"the condition and rule engine cannot be loaded ({type(error).__name__}: {error}); "
+                           f"milter-manager does not start without it: reinstall milterman") from None
+
+
 def server_config(configuration) -> ServerConfig:
     """The server part of the configuration (B3 [manager], [security])."""
     manager = configuration.manager
@@ -229,20 +255,13 @@ def server_config(configuration) -> ServerConfig:
 
 
 def _launch_function(launcher, milter, logger: Logger):
-    """The callable a child uses to have its command started (M-CON-1/2), or None without a command."""
+    """The child's command as its health keeper starts it (M-CON-1/2, M-LAU-1), or None without one."""
     if launcher is None or not milter.command:
         return None
-    from .launcher import LaunchError, command_line
+    from .launcher import CommandLaunch, command_line
 
-    line = command_line(milter.command, milter.command_options)
-
-    def launch() -> None:
-        try:
-            launcher.launch(line, milter.user_name)
-        except LaunchError as error:
-            logger.warning(f"[manager][launch][error] [{milter.name}] {error}")
-
-    return launch
+    return CommandLaunch(launcher, command_line(milter.command, milter.command_options), milter.user_name,
+                         milter.name, logger)
 
 
 def child_definitions(configuration, conditions_per_milter: dict | None = None, launcher=None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..log import Logger
+from ..log import DEBUG, Logger
 from ..net import ConnectionSpec, MilterIOError, MtaClient, Response, Timeouts
 from ..net.milter import next_id
 from ..protocol import ABORT, QUIT, Command, Negotiate, Options, ProtocolError
@@ -31,8 +31,9 @@ class ChildDefinition:
     timeouts: Timeouts = field(default_factory=lambda: Timeouts(297.0, 7.0, 7.0, 297.0))
     #: the child's applicable conditions in attachment order (a ConditionChain from conditions.build, M-AC-*)
     conditions: tuple = ()
+    #: the first wait before an attempt to bring the child back (doubled after each failed attempt)
     retry_delay: float = 5.0
-    #: called (without arguments) to start the milter when it cannot be reached (M-LAU-1), or None
+    #: the child's ``command`` as a :class:`milterman.manager.launcher.CommandLaunch` (M-LAU-1), or None
     launch: object = None
 
 
@@ -86,24 +87,18 @@ class Child:
     # ------------------------------------------------------------------ connection
 
     def connect(self, offer: Negotiate) -> None:
-        """Connect and negotiate with the MTA's original offer (M-NEG-1, D-2); retry once after a launch (M-CON-*)."""
+        """Connect and negotiate with the MTA's original offer (M-NEG-1, D-2), once.
+
+        No retry here: a failure marks the child down, and bringing it back (launching its
+        command, waiting, trying again) is the health keeper's job, off every session's path.
+        """
         definition = self.definition
         self.stage = "negotiate"
-        attempts = 2 if definition.launch is not None else 1
-        for attempt in range(attempts):
-            try:
-                self.client = MtaClient.open(definition.spec, offer, timeouts=definition.timeouts,
-                                             check_reply_text=False)
-                break
-            except MilterIOError as error:
-                if attempt + 1 < attempts:
-                    self.logger.info(f"[{self.id}] [manager][child][launch] [{self.name}] {error}; launching")
-                    definition.launch()
-                    from gevent import sleep
-
-                    sleep(definition.retry_delay)
-                    continue
-                raise ChildFailure(str(error)) from None
+        try:
+            self.client = MtaClient.open(definition.spec, offer, timeouts=definition.timeouts,
+                                         check_reply_text=False)
+        except MilterIOError as error:
+            raise ChildFailure(f"connect: {error}") from None
         try:
             self.client.negotiate()
         except (MilterIOError, ProtocolError) as error:
@@ -112,6 +107,18 @@ class Child:
         for warning in self.client.state.warnings:
             self.logger.warning(f"[{self.id}] [manager][child][negotiate] [{self.name}] {warning}")
         self.negotiated = True
+
+    def skip(self, reason: str) -> None:
+        """The child is known to be down: not tried in this session, its fallback counts (D-14).
+
+        Logged at debug level only: the log has one line when the child went down.
+        """
+        self.stage = "negotiate"
+        self.failure = reason
+        self.end_status = "error"
+        self.quitted = True
+        if self.logger.enabled(DEBUG):
+            self.logger.debug(f"[{self.id}] [manager][child][skip] [{self.name}] {reason}")
 
     # ------------------------------------------------------------------ commands
 
@@ -184,10 +191,16 @@ class Child:
             pass
         self.client.close(send_quit=False)
 
-    def expire(self, reason: str) -> None:
-        """M-ERR-1: quitted for the rest of the MTA session (the caller counts the fallback)."""
+    def expire(self, reason: str, log: bool = True) -> None:
+        """M-ERR-1: quitted for the rest of the MTA session (the caller counts the fallback).
+
+        ``log=False`` when the line is already in the log (a child that went down says so once).
+        """
         self.failure = reason
-        self.logger.error(f"[{self.id}] [manager][child][error] [{self.name}] {reason}")
+        if log:
+            self.logger.error(f"[{self.id}] [manager][child][error] [{self.name}] {reason}")
+        elif self.logger.enabled(DEBUG):
+            self.logger.debug(f"[{self.id}] [manager][child][error] [{self.name}] {reason}")
         self.end_status = "error"
         self.quitted = True
         self.in_message = False

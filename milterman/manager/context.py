@@ -13,6 +13,7 @@ from ..log import STATISTICS, Logger
 from ..log import logger as default_logger
 from .child import ChildDefinition
 from .disconnect import NO_WATCH, DisconnectCheck, Watch, connection_facts
+from .health import HealthBoard
 from .status import Status
 
 
@@ -61,6 +62,14 @@ class ManagerContext:
             return NO_WATCH
         return Watch(self.disconnect, lambda: connection_facts(leader.session, leader.connect_command),
                      self.logger, leader.session.id)
+    #: each child's health in this process, shared by its sessions (made from ``definitions``)
+    health: HealthBoard | None = None
+    #: "All milters are no longer alive" for a session that reached no child is logged (until one is reached)
+    unreachable_reported: bool = False
+
+    def __post_init__(self) -> None:
+        if self.health is None:
+            self.health = HealthBoard(self.definitions, self.logger)
 
     def conditions_stop(self, leader, child, letter: str, command) -> bool:
         if self.condition_evaluator is None:
@@ -87,7 +96,12 @@ class ManagerContext:
     def statistics(self) -> dict:
         """This process's counters: sessions finished and in progress, each child's end statuses."""
         return {"sessions_finished": self.sessions_finished, "sessions_processing": self.sessions_processing,
-                "children": {name: dict(counts) for name, counts in self.child_counters.items()}}
+                "children": {name: dict(counts) for name, counts in self.child_counters.items()},
+                "child_health": self.health.statistics()}
+
+    def close(self) -> None:
+        """Stop bringing children back (the process serves a new configuration now)."""
+        self.health.close()
 
     def session_finished(self) -> None:
         """ST-FINISHED, batched by max_pending_finished_sessions (M-FIN-1)."""

@@ -94,30 +94,49 @@ class Leader(MilterHandler):
             self._in_progress = True
             self.manager.sessions_processing += 1
         child_offer = self._child_offer(offer)
+        health = self.manager.health
+        health.last_offer = child_offer
         children = [Child(definition, self.logger) for definition in self.manager.definitions]
         self.children = children
 
-        def connect(child: Child) -> Exception | None:
+        def connect(child: Child) -> tuple[Exception, bool] | None:
+            """None when connected, else (the failure, whether the log already has it)."""
             try:
                 child.connect(child_offer)
             except ChildFailure as failure:
-                return failure
+                health.of(child.definition).failed(str(failure))  # the one "down" line
+                return failure, True
             except Exception as failure:  # a bug must not leave the MTA without an answer
-                return ChildFailure(f"internal error: {failure!r}")
+                return ChildFailure(f"internal error: {failure!r}"), False
+            health.of(child.definition).succeeded()
             return None
 
-        jobs = [gevent.spawn(connect, child) for child in children]
-        gevent.joinall(jobs)
-        for child, job in zip(children, jobs, strict=True):
-            error = job.value
-            if error is None:
+        # A child known to be down is not tried: its fallback counts at once (D-14)
+        jobs = {}
+        for child in children:
+            state = health.of(child.definition)
+            if state.down:
+                child.skip(f"down: {state.last_error}")
+                self._count_fallback(child)
+            else:
+                jobs[child] = gevent.spawn(connect, child)
+        gevent.joinall(list(jobs.values()))
+        for child, job in jobs.items():
+            if job.value is None:
                 continue
-            child.expire(f"negotiate: {error}")
-            fallback = child.definition.fallback_status
-            if fallback != Status.ACCEPT:
-                self.pending_fallbacks.append(fallback)
-            self._milter_end(child)
+            error, logged = job.value
+            child.expire(f"negotiate: {error}", log=not logged)
+            self._count_fallback(child)
+        if self.manager.unreachable_reported and any(child.negotiated for child in children):
+            self.manager.unreachable_reported = False
         self.children_ready = True
+
+    def _count_fallback(self, child: Child) -> None:
+        """A child that could not be reached or negotiated answers its fallback at connect (D-14)."""
+        fallback = child.definition.fallback_status
+        if fallback != Status.ACCEPT:
+            self.pending_fallbacks.append(fallback)
+        self._milter_end(child)
 
     def _wanted(self, offer: Negotiate) -> Wanted:
         """The reply to the MTA, from the children's settled options (D-2)."""
@@ -258,12 +277,23 @@ class Leader(MilterHandler):
         """M-ERR-7: the manager itself cannot go on; exactly one reply (fix of M-ERR-7a).
 
         With no child configured at all this is every session's normal path, announced once at
-        start: not an error per mail (issue 8).
+        start: not an error per mail (issue 8). When children are configured but none of the
+        session could be reached, the down lines explain it: the error line is written once until
+        a session reaches a child again, then at debug level.
         """
-        if self.manager.definitions:
-            self.logger.error(f"[{self.session.id}] [manager][error] {reason}")
+        if not self.manager.definitions:
+            if self.logger.enabled(DEBUG):
+                self.logger.debug(f"[{self.session.id}] [manager] no child milter: {reason}")
+        elif self.children_ready and not any(child.negotiated for child in self.children):
+            if self.manager.unreachable_reported:
+                if self.logger.enabled(DEBUG):
+                    self.logger.debug(f"[{self.session.id}] [manager][error] {reason}")
+            else:
+                self.manager.unreachable_reported = True
+                self.logger.error(f"[{self.session.id}] [manager][error] {reason} (no child could be reached; "
+                                  f"said once until a session reaches one again)")
         else:
-            self.logger.debug(f"[{self.session.id}] [manager] no child milter: {reason}")
+            self.logger.error(f"[{self.session.id}] [manager][error] {reason}")
         combined = Combined()
         combined.add(self.manager.fallback_status)
         return self._reply(combined)

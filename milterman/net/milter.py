@@ -148,12 +148,9 @@ class MilterSession:
         self.commands_received = 0
         #: the letter of the command being handled (the macro context of P-MAC)
         self.current: str | None = None
-        try:
-            from gevent.lock import Semaphore
-            self._write_lock = Semaphore()
-        except ImportError:  # used without gevent in plain-socket tests
-            import threading
-            self._write_lock = threading.Lock()
+        from gevent.lock import Semaphore
+
+        self._write_lock = Semaphore()
 
     def _bind_methods(self) -> None:
         handler = self.handler

@@ -78,6 +78,10 @@ class Application:
         """Counters of this serving process (sessions, per child …) for the controller's status."""
         return {}
 
+    def summarize(self, published: list[dict]) -> dict:
+        """Top-level entries of the controller's status drawn from every serving process's counters."""
+        return {}
+
     def make_handler(self, configuration: object) -> Handler:
         """In the serving process: the function that serves one accepted connection."""
         raise ConfigurationError(f"{type(self).__name__} does not define make_handler()")

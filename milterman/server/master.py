@@ -164,6 +164,7 @@ class Master:
                   "workers": sorted(workers, key=lambda worker: worker["pid"])}
         if self.n_workers == 0:
             status["process"] = self.app.statistics()
+        status.update(self.app.summarize([status["process"]] if self.n_workers == 0 else status["workers"]))
         return status
 
     def run(self, on_detached=None) -> int:

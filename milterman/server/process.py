@@ -194,9 +194,7 @@ def activated_sockets() -> list[socket.socket]:
 
 
 def set_process_title(title: str) -> None:
-    """Name the process for ps and top (master/worker and the listening spec)."""
-    try:
-        import setproctitle
-    except ImportError:
-        return
+    """Name the process for ps and top (master/worker and the listening spec); setproctitle is a dependency."""
+    import setproctitle
+
     setproctitle.setproctitle(title)

@@ -160,9 +160,9 @@ EFFECTS: dict[str, tuple[str, ...]] = {
                                M + "test_leader_rules.py::test_D_14_M_NEG_5_unreachable_child_tempfail_fallback"),
     "milter.evaluation_mode": (M + "test_leader_rules.py::test_M_EVAL_1_evaluation_edits_ignored",),
     "milter.applicable_conditions": (M + "test_conditions.py::test_c_cond_1_conditions_in_order_first_stop_ends",),
-    "milter.command": (M + "test_launcher.py::test_manager_launches_an_unreachable_child_and_retries_once_M_CON_1",),
+    "milter.command": (M + "test_launcher.py::test_manager_launches_an_unreachable_child_in_the_background_M_CON_1",),
     "milter.command_options": (
-        M + "test_launcher.py::test_manager_launches_an_unreachable_child_and_retries_once_M_CON_1",
+        M + "test_launcher.py::test_manager_launches_an_unreachable_child_in_the_background_M_CON_1",
                                M + "test_launcher.py::test_command_line_joins_a_list_shell_escaped_M_LAU_1"),
     "milter.user_name": (M + "test_launcher.py::test_command_started_as_its_user_name_M_LAU_1",
                          HERE + "test_privilege_mode_keeps_the_launcher_root"),
@@ -173,7 +173,8 @@ EFFECTS: dict[str, tuple[str, ...]] = {
     "milter.end_of_message_timeout": (
         M + "test_leader_rules.py::test_M_ERR_3_eom_timeout_tempfail_fallback_aborts_the_rest",),
     "milter.retry_delay": (
-        M + "test_launcher.py::test_manager_launches_an_unreachable_child_and_retries_once_M_CON_1",),
+        M + "test_health.py::test_back_off_doubles_from_retry_delay_up_to_the_cap_one_launch_per_attempt",
+        M + "test_child_health.py::test_a_down_child_with_fallback_accept_never_stalls_a_session_D_14"),
     # [[milter_patch]]
     "milter_patch.names": (C + "test_config_merge.py::test_B3_milter_patch_order_and_condition_edits",),
     "milter_patch.add_applicable_conditions": (
