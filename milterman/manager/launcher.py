@@ -242,7 +242,7 @@ class Launcher:
                 os.setuid(entry.pw_uid)
 
         try:
-            process = subprocess.Popen(argv, preexec_fn=switch, stdin=subprocess.DEVNULL,
+            process = subprocess.Popen(argv, preexec_fn=switch, stdin=subprocess.DEVNULL, env=child_environment(),
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         except OSError as error:
             raise LaunchError(f"cannot start <{line}>: {error.strerror or error}") from None
@@ -254,6 +254,17 @@ class Launcher:
         if self._selector is not None:
             self._selector.register(process.stderr, selectors.EVENT_READ, ("stderr", launched))
         level(f"[launcher][launch] <{line}> as <{user or pwd.getpwuid(os.geteuid()).pw_name}>")
+
+
+#: what systemd hands the service itself: a launched milter must not report to systemd as the
+#: manager (NotifyAccess) nor take the manager's passed sockets as its own
+SERVICE_ONLY_VARIABLES = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
+                          "WATCHDOG_PID")
+
+
+def child_environment() -> dict[str, str]:
+    """The launcher's environment less the variables that address the manager's own service."""
+    return {name: value for name, value in os.environ.items() if name not in SERVICE_ONLY_VARIABLES}
 
 
 def close_listeners(keep: set[int]) -> None:

@@ -266,3 +266,18 @@ command = "/bin/true"
         manager.send_signal(signal.SIGTERM)
         manager.wait(20)
     assert manager.returncode == 0
+
+
+def test_a_launched_command_does_not_inherit_the_service_notify_socket_M_LAU_1(tmp_path, monkeypatch):
+    """systemd's NOTIFY_SOCKET and LISTEN_* address milter-manager's service, not the milters it starts."""
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("LISTEN_FDS", "1")
+    monkeypatch.setenv("MILTERMAN_TEST_KEPT", "yes")
+    out = tmp_path / "environment.json"
+    launcher = Launcher(socket.socketpair()[0])
+    script = 'import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], \"w\"))'
+    launcher.launch(f"{sys.executable} -c '{script}' {out}", None)
+    next(iter(launcher.running.values())).wait(timeout=30)
+    environment = json.loads(out.read_text())
+    assert "NOTIFY_SOCKET" not in environment and "LISTEN_FDS" not in environment
+    assert environment["MILTERMAN_TEST_KEPT"] == "yes"
