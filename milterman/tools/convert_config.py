@@ -92,8 +92,9 @@ class Converter:
         self.stack.append(real)
         self.file = path
         try:
+            variables: dict[str, object] = {}  # locals of the file bound to literals (`spec = "inet:…"`)
             for statement in parse(text):
-                self.statement(statement, {})
+                self.statement(statement, variables)
         finally:
             self.file = previous
             self.stack.pop()

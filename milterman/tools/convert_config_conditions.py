@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from .convert_config_ruby import Block, Call, Literal, Name, Node, Operation
+from .convert_config_ruby import Block, Call, Literal, Name, Node, Operation, Unsupported
 from .convert_config_values import NotConvertible, RubyRegex, python_regex
 
 #: Ruby stopper method → (TOML stage, Python method name, Ruby block parameters after the context)
@@ -134,6 +134,8 @@ def translate(node: Node, stage: str, params: list[str]) -> list[Match] | bool:
             return [_negate(match) if node.operator == "!=" else match]
     if isinstance(node, Call):
         return [_call_match(node, stage, params)]
+    if isinstance(node, Unsupported):
+        raise NotConvertible(node.what)
     raise NotConvertible("a stopper body this converter cannot read as a test")
 
 

@@ -105,7 +105,7 @@ def test_exception_is_do_not_stop_and_logged_once_per_session_with_traceback(tmp
     logger = Logger(stream=stream)
     monkeypatch.setattr(conditions_support, "build", lambda config, **kw: build(config, logger=logger, **kw))
     driver = Driver(load_string(config_with(module, "Broken")))
-    for session in range(2):
+    for _session in range(2):
         driver.new_session()
         driver.connect()
         driver.helo()
