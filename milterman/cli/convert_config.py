@@ -22,9 +22,9 @@ Arguments:
 Options:
   -o FILE, --output=FILE       Write the TOML to FILE instead of standard output.
   --strict                     Exit with status 1 when anything could not be converted.
-  --python-skeleton=DIR        Write DIR/milter_manager_conditions.py, a Python module with one class per
-                               Ruby applicable condition that could not be converted, and point the
-                               [[condition]] tables at it.
+  --python-skeleton=DIR        Write DIR/milter_manager_conditions.py (unless it exists), a Python module
+                               with one class per Ruby applicable condition that could not be converted,
+                               and point the [[condition]] tables at it.
   -h, --help                   Show this help.
   --version                    Print the version.
 
@@ -59,8 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if skeleton_dir is not None and result.skeleton is not None:
             os.makedirs(skeleton_dir, exist_ok=True)
-            with open(os.path.join(skeleton_dir, f"{SKELETON_MODULE}.py"), "w", encoding="utf-8") as stream:
-                stream.write(result.skeleton)
+            module = os.path.join(skeleton_dir, f"{SKELETON_MODULE}.py")
+            if os.path.exists(module):  # the site may have filled it in since the last run
+                sys.stderr.write(f"{module}: exists, not overwritten\n")
+            else:
+                with open(module, "w", encoding="utf-8") as stream:
+                    stream.write(result.skeleton)
         if arguments["--output"]:
             with open(arguments["--output"], "w", encoding="utf-8") as stream:
                 stream.write(result.toml)
