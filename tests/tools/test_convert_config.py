@@ -423,7 +423,8 @@ def test_stoppers_become_rules_or_python_with_a_skeleton(tmp_path):
     assert "def envelope_recipient(self, facts) -> bool:" in module and "def data(self, facts) -> bool:" in module
     assert '# Ruby:     ldap.search(filter: "mail=#{recipient}").empty?' in module
     assert 'python = "milter_manager_conditions:Directory"' in result.toml
-    (skeleton_dir / "milter_manager_conditions.py").write_text(module.replace("class Directory:", "class Directory:\n    edited = True"))
+    edited = module.replace("class Directory:", "class Directory:\n    edited = True")
+    (skeleton_dir / "milter_manager_conditions.py").write_text(edited)
     again = convert(source, skeleton_dir, "--python-skeleton", str(skeleton_dir))
     assert "milter_manager_conditions.py: exists, not overwritten" in again.stderr
     assert "edited = True" in (skeleton_dir / "milter_manager_conditions.py").read_text()
