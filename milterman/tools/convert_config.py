@@ -253,6 +253,10 @@ class Converter:
 
     def finish(self) -> None:
         """A milter without a connection spec is skipped by the original at every session: disable it here."""
+        if self.detection and self.document.get("manager", "connection_spec") is None:
+            self.document.section_notes.setdefault("manager", []).append(
+                "milter manager 2.x's Debian package listened on unix:/run/milter-manager/milter-manager.sock; "
+                "set connection_spec to keep Postfix's milter address")
         for name, table in self.document.milters.items():
             if "connection_spec" not in table.values and table.values.get("enabled", True) and not self.detection:
                 self.problem(0, f"the milter {name!r} has no connection_spec (the original skips it at every "

@@ -473,3 +473,45 @@ def test_a_single_file_and_the_usage(tmp_path):
     assert version.returncode == 0 and version.stdout.startswith("milter-manager-convert-config ")
     missing = run_tool("convert_config", str(tmp_path / "nothing"))
     assert missing.returncode == 1 and "no such file or directory" in missing.stdout
+
+
+def test_package_and_database_items(tmp_path):
+    ruby = '''\
+        package.platform = "debian"
+        package.options = "prefix=/usr/pkg"
+        database.type = "sqlite3"
+        database.name = "/var/lib/milter-manager/site.db"
+        database.host = "db.example.com"
+        database.port = 5432
+        database.path = "/run/db.sock"
+        database.user = "milter"
+        database.password = "secret"
+        database.extra_options = {"timeout" => 5}
+        load_default
+        '''
+    source = write_ruby(tmp_path / "ruby", {"milter-manager.conf": ruby}, builtin_files=False)
+    result = convert(source, tmp_path / "toml")
+    shown = check_and_show(result.out_dir)
+    assert shown["package"]["platform"] == "debian"
+    if "options" in shown["package"]:
+        assert shown["package"]["options"] == "prefix=/usr/pkg"
+    else:  # a key milterman refuses is reported, never written
+        assert any(":2: cannot convert: package.options" in line for line in result.problems), result.stderr
+    if "database" in shown:
+        assert shown["database"] == {"type": "sqlite3", "name": "/var/lib/milter-manager/site.db",
+                                     "host": "db.example.com", "port": 5432, "path": "/run/db.sock",
+                                     "user": "milter", "password": "secret", "extra_options": {"timeout": 5}}
+    else:
+        assert sum(": cannot convert: database." in line for line in result.problems) == 8, result.stderr
+
+
+def test_load_default_of_another_platform_is_reported(tmp_path):
+    ruby = 'package.platform = "redhat9"\nload_default\n'
+    source = write_ruby(tmp_path / "ruby", {"milter-manager.conf": ruby}, builtin_files=False)
+    result = convert(source, tmp_path / "toml", "--strict")
+    assert result.returncode == 1
+    assert [line.split(": cannot convert: ")[1] for line in result.problems] == [
+        "load_default for the platform 'redhat9'; milterman detects only Debian's milters: define the milters it "
+        "found as [[milter]] tables"]
+    shown = check_and_show(result.out_dir)
+    assert "platform" not in shown.get("package", {})
