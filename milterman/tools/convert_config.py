@@ -475,6 +475,8 @@ class Converter:
         if patterns:
             table.values["account_patterns"] = patterns
         milters = options.get("milters")
+        if milters is None and not self.detection:
+            milters = list(self.document.milters)  # the original attaches it to the milters defined so far
         if milters is not None:
             table.values["milters"] = [str(item) for item in (milters if isinstance(milters, list) else [milters])]
         self.document.restrictions.append(table)

@@ -63,6 +63,9 @@ trust.clear
 trust.add_envelope_from_domain("Example.COM")
 trust.add_envelope_from_domain(/\.example\.org\z/)
 trust.load_envelope_from_domains("trusted-domains.txt")
+dnsbl.add_service("zen.example.org", "127.0.0.2")
+dnsbl.add_service("bl.example.net")
+dnsbl.name_servers = ["192.0.2.53"]
 
 define_milter("milter-greylist") do |milter|
   milter.connection_spec = "unix:/run/milter-greylist/milter-greylist.sock"
@@ -105,6 +108,8 @@ end
 
 restrict_accounts_by_list("bob@example.com", /@example\.co\.jp\z/,
                           condition_name: "Restrict Accounts", milters: ["milter-bcc"])
+restrict_accounts_by_list("carol@example.com")
+define_milter("late") { |m| m.connection_spec = "inet:10032@[127.0.0.1]" }
 '''
 
 
@@ -146,16 +151,24 @@ def test_every_part_a_item_converts_loads_and_shows_as_the_original(tmp_path):
     assert shown["trust"]["envelope_from_domains"] == ["example.com"]
     assert shown["trust"]["envelope_from_domain_patterns"] == [r"\.example\.org\Z"]
     assert shown["trust"]["envelope_from_domain_files"] == [str(source / "trusted-domains.txt")]
+    assert shown["dnsbl"]["services"] == [{"zone": "zen.example.org", "expect": "127.0.0.2"},
+                                          {"zone": "bl.example.net"}]
+    assert shown["dnsbl"]["name_servers"] == ["192.0.2.53"]
 
-    assert [milter["name"] for milter in milters(shown)] == ["milter-greylist", "clamav-milter", "milter-bcc"]
-    greylist, clamav, bcc = milters(shown)
+    assert [milter["name"] for milter in milters(shown)] == ["milter-greylist", "clamav-milter", "milter-bcc",
+                                                             "late"]
+    greylist, clamav, bcc, late = milters(shown)
+    # without milters:, a restriction goes to the milters defined when it is called, not to "late"
+    generated = "Restrict Accounts by List: [\"carol@example.com\"]"
+    assert late["applicable_conditions"] == []
+    assert greylist["applicable_conditions"][-1] == clamav["applicable_conditions"][-1] == generated
     assert greylist == {
         "name": "milter-greylist", "connection_spec": "unix:/run/milter-greylist/milter-greylist.sock",
         "description": "greylisting", "enabled": True, "evaluation_mode": False,
         # defined_milters.each redefines every milter: the original resets fallback_status ("reject") there
         "fallback_status": "accept",
         "applicable_conditions": ["Sendmail Compatible", "Stress Notify", "Trust", "Remote Network", "S25R",
-                                  "Unauthenticated", "No Stress"],
+                                  "Unauthenticated", "No Stress", generated],
         "command": "/usr/bin/systemctl", "command_options": ["start", "milter-greylist"], "user_name": "nobody",
         "connection_timeout": 60.0, "writing_timeout": 15.5, "reading_timeout": 20.0,
         "end_of_message_timeout": 120.0, "retry_delay": 5.0}
@@ -163,9 +176,9 @@ def test_every_part_a_item_converts_loads_and_shows_as_the_original(tmp_path):
     assert clamav["connection_spec"] == "unix:/run/clamav/clamav-milter.ctl"
     assert clamav["command_options"] == "start clamav-milter"
     assert clamav["fallback_status"] == "accept" and clamav["evaluation_mode"] is False
-    assert clamav["end_of_message_timeout"] == 200.0 and clamav["applicable_conditions"] == ["No Stress"]
+    assert clamav["end_of_message_timeout"] == 200.0 and clamav["applicable_conditions"] == ["No Stress", generated]
     assert bcc["enabled"] is False
-    assert bcc["applicable_conditions"] == ["No Stress", "Restrict Accounts"]
+    assert bcc["applicable_conditions"] == ["No Stress", "Restrict Accounts", generated]
     assert shown["restrict_accounts"][0]["condition_name"] == "Restrict Accounts"
     assert shown["restrict_accounts"][0]["accounts"] == ["bob@example.com"]
     assert shown["restrict_accounts"][0]["account_patterns"] == [r"@example\.co\.jp\Z"]
