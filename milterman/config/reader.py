@@ -304,8 +304,8 @@ class _FileReader:
         if python is not None and rules:
             self.report(f"{key}.python", "a condition has either rules or python, not both")
             return
-        if python is not None and not self.importable(python, f"{key}.python"):  # type: ignore[arg-type]
-            return
+        if python is not None:
+            self.importable(python, f"{key}.python")  # type: ignore[arg-type]  (reported; the name still exists)
         definition = ConditionDefinition(name, values.get("description"), tuple(rules),  # type: ignore[arg-type]
                                          source=f"defined in {self.path}", python=python)  # type: ignore[arg-type]
         self.document.conditions.append(ConditionEntry(self.path, key, definition,

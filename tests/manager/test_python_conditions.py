@@ -164,3 +164,27 @@ def test_show_config_writes_the_python_key_back(tmp_path, monkeypatch):
     shown = render(load_string(config_with(module, "C")))
     assert f'python = "{module}:C"' in shown
     assert load_string(shown).conditions[0].python == f"{module}:C"
+
+
+def test_a_module_broken_before_a_reload_is_refused_and_the_old_configuration_serves(env):
+    """SIGHUP with a module that no longer imports: FILE: condition[0].python in the reload error, still serving."""
+    import os
+    import signal
+
+    name = f"reload_site_{next(_numbers)}"
+    module = env.dir / f"{name}.py"
+    module.write_text("class C:\n    def helo(self, facts):\n        return False\n")
+    env.milter("c1")
+    manager = env.start([{"name": "c1", "applicable_conditions": ["site"]}],
+                        extra=f'\n[[condition]]\nname = "site"\npython = "{name}:C"\n')
+    module.write_text("raise ImportError('broken on purpose')\n")
+    os.kill(manager.proc.pid, signal.SIGHUP)
+    manager.wait_output("[server][reload][error]")
+    config = env.dir / "milter-manager.toml"
+    assert (f'{config}: condition[0].python: cannot use "{name}:C": ImportError: broken on purpose'
+            in manager.output), manager.output
+    assert "unknown condition" not in manager.output  # one error, not a cascade
+    mta = env.mta()  # the old configuration still serves
+    mta.negotiate()
+    assert [type(reply).__name__ for reply in mta.connect()] == ["Continue"]
+    mta.close()
