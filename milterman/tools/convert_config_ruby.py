@@ -156,6 +156,8 @@ class Parser:
                 self.index = start
                 line = self.peek().line
                 self.skip_statement()
+                if self.index == start:  # a stray `)`, `}` or `end`: step over it
+                    self.advance()
                 result.append(Unsupported(line, f"Ruby this converter does not read ({error})",
                                           self.tokens[max(self.index - 1, 0)].line))
 

@@ -125,7 +125,8 @@ def test_only_the_files_the_input_names_are_opened_in_process(tmp_path, monkeypa
 
 @pytest.mark.parametrize("text", ["x = <<~EOS\n  a\nEOS\n", "def helper(x)\n  system(x)\nend\nhelper('ls')\n",
                                   "case x\nwhen 1 then system('ls')\nend\n", 'class Foo; def x; end; end\n',
-                                  "BEGIN { system('ls') }\n", "-> { system('ls') }.call\n"])
+                                  "BEGIN { system('ls') }\n", "-> { system('ls') }.call\n",
+                                  ")\nend\n}\nlog.level = 'all'\n", "define_milter('x') do |m|\n"])
 def test_ruby_outside_the_subset_is_reported_not_run(tmp_path, text):
     source = write_ruby(tmp_path / "ruby", {"milter-manager.conf": text}, builtin_files=False)
     result = convert(source, tmp_path / "toml", "--strict")
