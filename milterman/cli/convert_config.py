@@ -72,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(result.toml)
     except OSError as error:
         fail(f"milter-manager-convert-config: {error.filename}: {error.strerror}")
+    output = arguments["--output"]
+    if skeleton_dir is not None and result.skeleton is not None and output is not None and \
+            os.path.realpath(os.path.dirname(os.path.abspath(output))) != os.path.realpath(skeleton_dir):
+        sys.stderr.write(f"note: {SKELETON_MODULE}.py is not beside {output}: copy it there, or put "
+                         f"{skeleton_dir} on PYTHONPATH, so milter-manager finds it\n")
     if result.problems and arguments["--strict"]:
         return 1
     return 0

@@ -188,3 +188,30 @@ def test_a_module_broken_before_a_reload_is_refused_and_the_old_configuration_se
     mta.negotiate()
     assert [type(reply).__name__ for reply in mta.connect()] == ["Continue"]
     mta.close()
+
+
+def test_in_the_real_manager_an_exception_lets_the_child_run_and_is_logged_once_per_session(env):
+    """The real leader and child (a scripted milter): the child still gets RCPT; one traceback per session."""
+    name = f"raising_site_{next(_numbers)}"
+    (env.dir / f"{name}.py").write_text(
+        "class Boom:\n    def envelope_recipient(self, facts):\n        raise LookupError('no directory')\n")
+    child = env.milter("c1")
+    manager = env.start([{"name": "c1", "applicable_conditions": ["site"]}],
+                        extra=f'\n[[condition]]\nname = "site"\npython = "{name}:Boom"\n')
+    for _session in range(2):
+        mta = env.mta()
+        mta.negotiate()
+        mta.connect()
+        mta.helo()
+        mta.mail()
+        mta.rcpt("<a@example.org>")
+        mta.rcpt("<b@example.org>")
+        mta.quit()
+        mta.close()
+    wait = manager.wait_output("LookupError: no directory", count=2)
+    records = child.wait_sessions(2)
+    assert [[command.address for command in record.commands("R")] for record in records] == \
+        [["<a@example.org>", "<b@example.org>"]] * 2  # "do not stop": the child got every recipient
+    errors = [line for line in wait.splitlines() if "[manager][condition][error]" in line]
+    assert len(errors) == 2, wait
+    assert wait.count("Traceback (most recent call last)") == 2
