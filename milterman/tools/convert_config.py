@@ -259,8 +259,9 @@ class Converter:
                 "set connection_spec to keep Postfix's milter address")
         for name, table in self.document.milters.items():
             if "connection_spec" not in table.values and table.values.get("enabled", True) and not self.detection:
-                self.problem(0, f"the milter {name!r} has no connection_spec (the original skips it at every "
-                             "session)", "give it one; it is converted as enabled = false", table.notes)
+                self.file = table.origin[0] or self.file
+                self.problem(table.origin[1], f"the milter {name!r} has no connection_spec (the original skips it "
+                             "at every session)", "give it one; it is converted as enabled = false", table.notes)
                 table.values["enabled"] = False
 
     # ------------------------------------------------------------------------------------------ calls
@@ -291,7 +292,7 @@ class Converter:
     def _define_milter(self, node: Call, variables: dict[str, object]) -> None:
         name = self._one_string(node, variables)
         known = name in self.document.milters
-        table = self.document.milters.setdefault(name, Table({"name": name}))
+        table = self.document.milters.setdefault(name, Table({"name": name}, origin=(self.file, node.line)))
         if known:
             # C-Q-1: the original starts a redefinition afresh except for a few fields
             for key in ("fallback_status", "evaluation_mode"):

@@ -16,7 +16,7 @@ from .. import __version__
 from ..config.render import format_key, format_value
 from ..config.schema import SECTIONS
 from ..config.values import Octal
-from .convert_config_ruby import ArrayNode, HashNode, Literal, Name, Node, Unsupported
+from .convert_config_ruby import ArrayNode, Call, HashNode, Literal, Name, Node, Operation, Unsupported
 
 
 class NotConvertible(Exception):
@@ -75,7 +75,11 @@ def describe(node: Node) -> str:
         return node.what
     if isinstance(node, Name):
         return f"the value of `{node.name}`"
-    return f"a computed value ({type(node).__name__})"
+    if isinstance(node, Call):
+        return f"a value computed by `{node.name}`"
+    if isinstance(node, Operation):
+        return f"a value computed with `{node.operator}`"
+    return "a value computed at run time"
 
 
 def value_of(node: Node, variables: dict[str, object] | None = None) -> object:
@@ -124,6 +128,8 @@ class Table:
     values: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     rules: list[dict[str, object]] = field(default_factory=list)
+    #: where it was first defined (file, line), for reports about the table as a whole
+    origin: tuple[str, int] = ("", 0)
 
 
 SECTION_ORDER = tuple(SECTIONS)
