@@ -28,8 +28,9 @@ Options:
   -h, --help                   Show this help.
   --version                    Print the version.
 
-The files are read, never run: load, load_if_exist and load_default are followed to the
-files they name, relative to the configuration directory, and nothing else is opened.
+The files are read, never run: load and load_if_exist are followed to the files they name,
+relative to the configuration directory, and nothing else is opened (load_default becomes
+[package] platform = "debian"; the package's defaults files are not read).
 What cannot be converted is reported on standard error as
   FILE:LINE: cannot convert: WHAT; WHAT TO DO INSTEAD
 and written as a comment in the TOML where it would have gone.
