@@ -249,7 +249,9 @@ class Converter:
 
             setting.kind.parse(toml_value(value), Context(self.config_dir))
         except Invalid as error:
-            raise NotConvertible(f"{label} = {value!r} ({error.message})", "use a value milterman accepts") from None
+            refused = type(setting.kind).__name__ == "Refused"  # a key milterman keeps only to explain its refusal
+            raise NotConvertible(f"{label} = {value!r} ({error.message})",
+                                 "leave it out" if refused else "use a value milterman accepts") from None
 
     def finish(self) -> None:
         """A milter without a connection spec is skipped by the original at every session: disable it here."""
