@@ -207,6 +207,8 @@ class ConditionDefinition:
     description: str | None
     rules: tuple[ConditionRule, ...]
     source: str | None = field(default=None, compare=False)
+    #: a Python class ``"module:Class"`` with per-stage methods, instead of rules
+    python: str | None = None
 
     def rules_for(self, stage: str) -> tuple[ConditionRule, ...]:
         """The rules of one stage, in file order."""

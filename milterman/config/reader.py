@@ -300,10 +300,35 @@ class _FileReader:
             return
         if not self.unique(seen, name, key, "condition"):  # type: ignore[arg-type]
             return
+        python = values.get("python")
+        if python is not None and rules:
+            self.report(f"{key}.python", "a condition has either rules or python, not both")
+            return
+        if python is not None:
+            self.importable(python, f"{key}.python")  # type: ignore[arg-type]  (reported; the name still exists)
         definition = ConditionDefinition(name, values.get("description"), tuple(rules),  # type: ignore[arg-type]
-                                         source=f"defined in {self.path}")
+                                         source=f"defined in {self.path}", python=python)  # type: ignore[arg-type]
         self.document.conditions.append(ConditionEntry(self.path, key, definition,
                                                        values.get("attach_to", ())))  # type: ignore[arg-type]
+
+    def importable(self, reference: str, key: str) -> bool:
+        """``[[condition]] python``: the class must import now (at start and on reload), not at the first mail.
+
+        Modules are looked for on Python's path, then in the directory of the file that names them.
+        """
+        import sys
+
+        from ..manager.python_conditions import load_condition_object
+
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if directory not in sys.path:
+            sys.path.append(directory)
+        try:
+            load_condition_object(reference, fresh=True)
+        except Exception as error:  # the site's module: any failure to import or instantiate refuses the file
+            self.report(key, f"cannot use {show(reference)}: {type(error).__name__}: {error}")
+            return False
+        return True
 
     def reply(self, raw: object, key: str, action: str | None) -> Reply | None:
         """B7 ``reply``: code 400–599 whose class matches the status, ``class.subject.detail`` xcode (M-RC-2)."""

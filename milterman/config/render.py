@@ -152,6 +152,8 @@ def render_condition(condition: model.ConditionDefinition) -> list[str]:
     lines.append(_assign("name", condition.name))
     if condition.description is not None:
         lines.append(_assign("description", condition.description))
+    if condition.python is not None:
+        lines.append(_assign("python", condition.python))
     for rule in condition.rules:
         lines += ["  [[condition.rule]]", _assign("stage", rule.stage, indent="  ")]
         if rule.match:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from . import model
 from .builtins import TRUST_PATTERN_FLAGS
 from .predicates import CONDITION_STAGES, STAGES
-from .values import (AddressKind, AnyTable, Boolean, Checker, Choice, CommandOptions, Context, DnsblServiceKind,
+from .values import (AddressKind, AnyTable, Boolean, Checker, Choice, ClassReference, CommandOptions, Context,
+                     DnsblServiceKind,
                      Domain, EntryPoint, Facility, Integer, Kind, ListOf, LogLevel, Mode, NetworkKind, Number, Path,
                      RegexKind, Refused, Spec, Status, Text)
 
@@ -300,6 +301,9 @@ CONDITION = _settings(
     ("name", Text(), None, "Unique; may not reuse a built-in name.", {"required": True}),
     ("description", _STR, None, "Free text."),
     ("attach_to", _GLOBS, (), "Globs of milters this condition is appended to (after merging, before patches)."),
+    ("python", ClassReference(), None, "A Python class `\"module:Class\"` whose stage methods (`connect`, `helo`, "
+     "`envelope_from`, `envelope_recipient`, `data`, `header`, `end_of_header`, `body`, `end_of_message`) return "
+     "whether to stop the child; instead of rules. Imported at start and on reload."),
     ("rule", _Placeholder("array of tables"), (), "The rules, `[[condition.rule]]`."),
 )
 

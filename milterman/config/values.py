@@ -423,6 +423,12 @@ class EntryPoint(Text):
         return text
 
 
+class ClassReference(EntryPoint):
+    """``[[condition]] python``: a Python class (or object) named ``"package.module:Class"``."""
+
+    label = '"module:Class"'
+
+
 class Checker(Text):
     """B3 ``manager.connection_checkers``: ``"netstat"`` or ``"python:module:function"``."""
 

@@ -29,6 +29,7 @@ from ..log import logger as default_logger
 from .builtin_conditions import (SENDMAIL_COMPATIBLE_MACROS, Condition, Resolver, Site, builtin_conditions,
                                  restrict_accounts_condition)
 from .predicates import STAGE_LETTERS, Scope, add_macros, compile_match, match_reads
+from .python_conditions import python_condition
 from .rules import RuleChain
 
 __all__ = ["Built", "Condition", "ConditionChain", "Site", "build", "compile_condition", "condition_evaluator",
@@ -160,7 +161,10 @@ def build(configuration: Configuration, *, resolver: Resolver | None = None,
     for restriction in configuration.restrict_accounts:
         defined[restriction.condition_name] = restrict_accounts_condition(restriction)
     for definition in configuration.conditions:
-        defined[definition.name] = compile_condition(definition, site)
+        if definition.python is not None:
+            defined[definition.name] = python_condition(definition.name, definition.python, logger)
+        else:
+            defined[definition.name] = compile_condition(definition, site)
 
     per_milter: dict[str, ConditionChain] = {}
     used: dict[str, Condition] = {}

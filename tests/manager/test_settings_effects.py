@@ -188,6 +188,10 @@ EFFECTS: dict[str, tuple[str, ...]] = {
     "condition.name": (M + "test_conditions.py::test_c_cond_1_conditions_in_order_first_stop_ends",),
     "condition.description": (C + "test_config_merge.py::test_B6_condition_with_existing_name_replaced_entirely",),
     "condition.attach_to": (C + "test_config_merge.py::test_B5_attach_to_after_merging_before_patches",),
+    "condition.python": (
+        M + "test_python_conditions.py::test_python_condition_stops_per_recipient_and_sees_the_session_facts",
+        M + "test_python_conditions.py::test_import_error_is_refused_with_file_and_key",
+        "tests/interop/test_python_condition_postfix.py::test_python_condition_keeps_the_child_away_from_one_domain"),
     "condition.rule": (M + "test_conditions.py::test_c_cond_1_first_matching_rule_decides",),
     "condition.rule.stage": (M + "test_conditions.py::test_c_cond_1_first_matching_rule_decides",),
     "condition.rule.match": (M + "test_conditions.py::test_b5_1_predicate",),

@@ -38,7 +38,7 @@ from smtp_sink import SmtpSink  # noqa: E402
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 COMMANDS = ("milter-test-server", "milter-test-client", "milter-manager", "milter-performance-check",
-            "milter-manager-log-analyzer", "milter-report-statistics")
+            "milter-manager-log-analyzer", "milter-report-statistics", "milter-manager-convert-config")
 WORKED_EXAMPLE = REPO / "tests" / "tools" / "data" / "log_analyzer" / "worked-example.log"
 #: files of the checkout that are no part of the sdist: git's own, and Debian's packaging (built from the checkout)
 NOT_IN_SDIST = re.compile(r"^(\.gitignore|\.gitattributes|debian/.*)$")
