@@ -143,7 +143,8 @@ class ChildHealth:
         if outcome is None:
             return error
         how, tail = outcome
-        text = f"<{launch.line}> {how}" + (f": {tail}" if tail else "")
+        # one log line: the tail's own lines joined (the log and its analyzer read a line per entry)
+        text = f"<{launch.line}> {how}" + (f": {' | '.join(tail.splitlines())}" if tail else "")
         if not how.endswith("status 0") and text != self._reported_launch:
             self._reported_launch = text
             self.logger.error(f"[manager][child][launch][error] [{self.name}] {text}")

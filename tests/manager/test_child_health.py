@@ -308,7 +308,7 @@ def test_several_launchable_children_in_4_workers_each_worker_hears_about_its_ow
     milters = [{"name": "good", "connection_spec": f"unix:{world.dir}/good.sock"}]
     for name in ("one", "two", "three"):
         script = world.dir / f"start-{name}"
-        script.write_text(f"#!/bin/sh\necho '{name}: cannot start' >&2\nexit 4\n")
+        script.write_text(f"#!/bin/sh\necho 'warming up' >&2\necho '{name}: cannot start' >&2\nexit 4\n")
         script.chmod(0o755)
         milters.append({"name": name, "connection_spec": f"unix:{world.dir}/{name}.sock", "command": str(script),
                         "retry_delay": RETRY_DELAY})
@@ -325,7 +325,8 @@ def test_several_launchable_children_in_4_workers_each_worker_hears_about_its_ow
     assert reported, output[-3000:]
     for _, _, text in reported:
         name = re.search(r"\[launch\]\[error\] \[(\w+)\]", text).group(1)
-        assert f"start-{name}> exited with status 4: {name}: cannot start" in text, text
+        # the stderr tail's two lines stay on the error's own log line
+        assert f"start-{name}> exited with status 4: warming up | {name}: cannot start" in text, text
     workers = {pid for _, pid, _ in lines_with(output, "[manager][child][down] [one]")}
     assert len(workers) >= 2
     for problem in ("launcher unreachable", "closed the connection", "answered about", "[launcher][crash]"):
