@@ -10,10 +10,27 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from manager_harness import RUN_DIR, clean_env, configuration_text, toml_table
+
+
+def listening(path, timeout: float = 10.0) -> bool:
+    """Whether ``path`` accepts a connection within ``timeout``: the controller binds after the
+    manager's own socket is listening, so a first refusal may only mean "not yet"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(5)
+            try:
+                probe.connect(str(path))
+                return True
+            except (ConnectionRefusedError, FileNotFoundError):
+                if time.monotonic() > deadline:
+                    return False
+        time.sleep(0.05)
 
 
 def stale_socket(path) -> None:
@@ -64,8 +81,6 @@ def test_remove_unix_socket_on_create_true_and_on_close(env, table, remove):
     else:
         env.start([], extra=f'\n[controller]\nconnection_spec = "unix:{controller_path}"\n'
                             f"remove_unix_socket_on_close = {'true' if remove else 'false'}\n")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(5)
-        probe.connect(str(path))  # listening: the stale file was replaced
+    assert listening(path), f"{path} never accepted: the stale file was not replaced"
     assert env.manager.stop() == 0
     assert path.exists() is (not remove)
