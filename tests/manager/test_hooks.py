@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from manager_harness import RUN_DIR, clean_env, letters, wait_until
+from manager_harness import RUN_DIR, clean_env, one_session, wait_until
 
 HOOKS = textwrap.dedent('''
     import json
@@ -66,14 +66,6 @@ def records(record: Path) -> list[dict]:
     if not record.exists():
         return []
     return [json.loads(line) for line in record.read_text().splitlines()]
-
-
-def one_session(env) -> None:
-    mta = env.mta()
-    mta.session_start()
-    assert letters(mta.mail()) == ["c"]
-    mta.quit()
-    mta.close()
 
 
 @pytest.mark.parametrize("n_workers", [0, 2])

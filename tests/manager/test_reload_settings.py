@@ -12,18 +12,10 @@ import signal
 import psutil
 import pytest
 
-from manager_harness import configuration_text, letters, wait_until
+from manager_harness import configuration_text, one_session, wait_until
 from milterman.config import load_string
 from milterman.log import Logger, parse_level
 from milterman.manager.app import apply_log_settings
-
-
-def one_session(env) -> None:
-    mta = env.mta()
-    mta.session_start()
-    assert letters(mta.mail()) == ["c"]
-    mta.quit()
-    mta.close()
 
 
 def rewrite(env, manager: dict, log: dict) -> None:

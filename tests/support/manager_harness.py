@@ -364,6 +364,15 @@ def letters(packets: Iterable[Reply]) -> list[str]:
     return [packet.LETTER for packet in packets]
 
 
+def one_session(env: "ManagerEnv") -> None:
+    """One mail through the manager that every child continues; then quit."""
+    mta = env.mta()
+    mta.session_start()
+    assert letters(mta.mail()) == ["c"]
+    mta.quit()
+    mta.close()
+
+
 # ------------------------------------------------------------------------------------------ one test's world
 
 
