@@ -35,8 +35,8 @@ from ..log import Logger
 from ..log import logger as default_logger
 from ..net.sockets import ListenError, bind_listener, remove_unix_socket
 from .app import Application, ConfigurationError, ServerConfig
-from .process import (PidFile, StartupError, activated_sockets, daemonize, drop_privileges, ensure_standard_fds,
-                      set_file_descriptor_limit, set_process_title, systemd_notify)
+from .process import (PidFile, StartupError, activated_sockets, close_quietly, daemonize, drop_privileges,
+                      ensure_standard_fds, set_file_descriptor_limit, set_process_title, systemd_notify)
 from .signals import SignalQueue, signal_name
 from .single import SingleProcess
 from .supervision import (BOOT_ATTEMPTS, BOOT_ERROR_STATUS, HALT_STATUS, ReportPipe, WorkerProcess, describe_status,
@@ -216,11 +216,7 @@ class Master:
             self.signals.close_wakeup()
             self.signals.restore_defaults()
             self.reports.close()
-            for fd in (self._master_read, self._master_write):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            close_quietly(self._master_read, self._master_write)
         self.logger.message("[server][stop] all workers finished")
         return self.exit_status
 
@@ -231,7 +227,7 @@ class Master:
             except InterruptedError:
                 pass
             self.signals.clear_wakeup()
-            self._read_reports()  # before reaping: a worker's last report is read before its exit is
+            self._read_reports()
             self.signals.dispatch(self)
             self._log_dropped_signals()
             self._reap()
@@ -393,6 +389,7 @@ class Master:
                 return
             if pid == 0:
                 return
+            self._read_reports()  # what it wrote before it exited: ready, or why it could not boot
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue

@@ -20,6 +20,8 @@ import os
 import signal
 from collections.abc import Iterable
 
+from .process import close_quietly
+
 #: every signal the master handles (each needs a ``handle_<name>`` method on the master)
 QUEUED_SIGNALS: tuple[int, ...] = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
                                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
@@ -113,10 +115,5 @@ class SignalQueue:
     def close_wakeup(self) -> None:
         """Stop waking (the master at exit, a worker right after fork)."""
         signal.set_wakeup_fd(-1)
-        for fd in (self._wake_read, self._wake_write):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        close_quietly(self._wake_read, self._wake_write)
         self._wake_read = self._wake_write = -1

@@ -18,6 +18,8 @@ import os
 import signal
 from dataclasses import dataclass
 
+from .process import close_quietly
+
 #: a worker's exit status when it failed before it could serve (the master halts after BOOT_ATTEMPTS in a row)
 BOOT_ERROR_STATUS = 3
 #: boot failures in a row that make the master halt
@@ -110,10 +112,5 @@ class ReportPipe:
         return reports
 
     def close(self) -> None:
-        for fd in (self.read_fd, self.write_fd):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        close_quietly(self.read_fd, self.write_fd)
         self.read_fd = self.write_fd = -1

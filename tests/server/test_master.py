@@ -129,6 +129,20 @@ def test_master_halts_when_workers_cannot_boot(start_app, workdir):
                for process in app.known.values())
 
 
+def test_a_reload_whose_workers_cannot_boot_halts_after_the_old_workers_finish(start_app, servers, workdir):
+    """The new configuration loads, but its workers fail at boot: the master halts instead of leaving the old
+    generation serving beside a restart loop; the old workers get a graceful stop (status 3 for the master)."""
+    app = start_app(n_workers=2, extra_args=("--log-level", "+info"))
+    old = app.wait_workers(2)
+    servers.write_config(app.config_path, app.server_table,
+                         {"header_value": "v2", "boot_plan": "F" * 20, "boot_count_file": str(workdir / "boots")})
+    app.signal(signal.SIGHUP)
+    assert app.wait_exit(30) == HALT_STATUS
+    assert app.wait_log(r"^\[server\]\[halt\] workers cannot start: ConfigurationError: boot plan: boot \d+ fails")
+    stopped = app.wait_log(r"^\[server\]\[worker\]\[exit\] pid \d+ exited with status 0$", count=2)
+    assert {int(line.split()[2]) for line in stopped} >= set(old), stopped
+
+
 def test_boot_failures_below_the_limit_are_retried_and_a_ready_worker_resets_the_count(start_app, workdir):
     """Plan: two failures, a good boot, then (after the good worker is killed) two failures again and a good
     boot. Without the reset the fourth boot would be the third failure in a row and the master would halt."""
