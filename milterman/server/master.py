@@ -50,7 +50,14 @@ FAST_STOP_TIMEOUT = 2.0
 
 
 class Master:
-    """Runs an :class:`Application` under the process model of D-5."""
+    """Runs an :class:`Application` under the process model of D-5.
+
+    It owns the start-up (configuration, listening socket, pid file, privileges, daemon,
+    controller), the reload (:meth:`_reload_configuration`), the controller's status
+    (:meth:`_status`) and, with workers, the supervision: the signal queue, the workers'
+    records and reports, their replacement, and the halt when they cannot boot. With
+    ``n_workers = 0`` it hands the serving to :class:`.single.SingleProcess`.
+    """
 
     def __init__(self, app: Application, *, logger: Logger = default_logger) -> None:
         self.app = app
