@@ -29,6 +29,8 @@ skipped with a reason (:func:`detect_with_reasons`; :func:`detect` logs the reas
 warnings). Sockets that listen on every address are connected to on the loopback
 address of their family.
 
+Reading the host (dpkg, services, unit and sh files, rspamd's UCL) is
+:mod:`milterman.manager.debian_host`; this module is the per-milter knowledge.
 The facts per milter (Debian 12 "bookworm" packages unless noted, read from the
 packages' shipped files) are in the docstring of each ``_socket_*`` function; the
 table :data:`MILTERS` ties them to names, services and default applicable conditions.
@@ -36,15 +38,16 @@ table :data:`MILTERS` ties them to names, services and default applicable condit
 
 from __future__ import annotations
 
-import glob
 import ipaddress
 import os
 import re
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from milterman.log import logger
+
+from .debian_host import (DebianHost, DetectionError, first_positional, keyword_setting, option_value, split_words,
+                          ucl_parse)
 
 #: the conditions the original's Debian defaults give each kind of milter
 NO_CONDITIONS: tuple[str, ...] = ()
@@ -53,9 +56,6 @@ FILTER_CONDITIONS = ("Remote Network", "Unauthenticated", "No Stress")
 
 DEFAULT_SUFFIX = " (package default)"
 
-
-class DetectionError(ValueError):
-    """A milter's socket cannot be determined; the message is the reason it is skipped."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class MilterKnowledge:
     service: str
     description: str
     applicable_conditions: tuple[str, ...]
-    find_socket: Callable[[_System], _Found] = field(repr=False)
+    find_socket: Callable[[DebianHost], _Found] = field(repr=False)
 
 
 # -- socket syntax conversion ---------------------------------------------------------------------------------------
@@ -196,286 +196,10 @@ _CONVERTERS: dict[str, Callable[[str], str]] = {"libmilter": libmilter_socket_to
                                                  "rspamd": rspamd_socket_to_spec}
 
 
-# -- reading the tree -----------------------------------------------------------------------------------------------
-
-_ASSIGNMENT = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")
-_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-
-
-def _expand(text: str, variables: dict[str, tuple[str, str]]) -> str:
-    return _VARIABLE.sub(lambda m: variables.get(m.group(1) or m.group(2), ("", ""))[0], text)
-
-
-def _shell_value(raw: str, variables: dict[str, tuple[str, str]]) -> str:
-    """The value of ``NAME=raw`` as sh would assign it (quotes, ``$VAR``/``${VAR}``; no commands)."""
-    out: list[str] = []
-    i = 0
-    while i < len(raw):
-        char = raw[i]
-        if char in " \t":
-            break
-        if char == "'":
-            end = raw.find("'", i + 1)
-            end = len(raw) if end < 0 else end
-            out.append(raw[i + 1:end])
-            i = end + 1
-        elif char == '"':
-            j = i + 1
-            chunk: list[str] = []
-            while j < len(raw) and raw[j] != '"':
-                if raw[j] == "\\" and j + 1 < len(raw) and raw[j + 1] in '"\\$`':
-                    j += 1
-                chunk.append(raw[j])
-                j += 1
-            out.append(_expand("".join(chunk), variables))
-            i = j + 1
-        else:
-            j = i
-            while j < len(raw) and raw[j] not in " \t'\"":
-                j += 1
-            out.append(_expand(raw[i:j], variables))
-            i = j
-    return "".join(out)
-
-
-def _split_words(text: str) -> list[str]:
-    """Split a command line or an ``OPTIONS`` value into words (unbalanced quotes: on blanks)."""
-    try:
-        return shlex.split(text, comments=False)
-    except ValueError:
-        return text.split()
-
-
-def _option(argv: list[tuple[str, str]], option: str) -> tuple[str, str] | None:
-    """The last value of ``option`` (``-p X`` or ``-pX``) in a getopt-style argv of (word, source) pairs."""
-    found = None
-    for index, (word, source) in enumerate(argv):
-        if word == option and index + 1 < len(argv):
-            found = argv[index + 1]
-        elif word.startswith(option) and len(word) > len(option) and not word.startswith("--"):
-            found = (word[len(option):], source)
-    return found
-
-
-def _first_positional(argv: list[tuple[str, str]]) -> tuple[str, str] | None:
-    """The first word of argv after the program that is not an option (dkimpy/pyspf take their config so)."""
-    return argv[1] if len(argv) > 1 and not argv[1][0].startswith("-") else None
-
-
-class _System:
-    """Read-only access to a Debian file tree under ``root``."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-        self._status: dict[str, str] | None = None
-        self.systemd = self._uses_systemd()
-
-    def path(self, path: str) -> str:
-        return os.path.join(self.root, path.lstrip("/"))
-
-    def exists(self, path: str) -> bool:
-        return os.path.lexists(self.path(path))
-
-    def executable(self, path: str) -> bool:
-        real = self.path(path)
-        return os.path.isfile(real) and os.access(real, os.X_OK)
-
-    def read(self, path: str) -> str:
-        """The text of a file; :class:`DetectionError` naming it when it cannot be read."""
-        try:
-            with open(self.path(path), encoding="utf-8", errors="strict") as handle:
-                return handle.read()
-        except FileNotFoundError:
-            raise DetectionError(f"{path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            raise DetectionError(f"{path} cannot be read: {reason}") from None
-
-    def read_optional(self, path: str) -> str | None:
-        """Like :meth:`read`, but ``None`` for a file that does not exist."""
-        return self.read(path) if os.path.exists(self.path(path)) else None
-
-    def _uses_systemd(self) -> bool:
-        if os.path.isdir(self.path("/run/systemd/system")):
-            return True
-        init = self.path("/sbin/init")
-        if not os.path.lexists(init):
-            return True
-        return os.path.islink(init) and os.path.basename(os.readlink(init)) == "systemd"
-
-    # dpkg
-
-    def _dpkg_status(self) -> dict[str, str] | None:
-        if self._status is None:
-            try:
-                text = self.read("/var/lib/dpkg/status")
-            except DetectionError:
-                return None
-            status: dict[str, str] = {}
-            for stanza in re.split(r"\n\s*\n", text):
-                package = re.search(r"^Package:\s*(\S+)", stanza, re.M)
-                state = re.search(r"^Status:\s*(.+)$", stanza, re.M)
-                if package and state:
-                    status[package.group(1)] = state.group(1).strip()
-            self._status = status
-        return self._status
-
-    def installed(self, package: str) -> bool:
-        """dpkg's view: the status file, or ``info/<package>.list`` when there is no status file."""
-        status = self._dpkg_status()
-        if status is not None:
-            return status.get(package, "").split()[-1:] == ["installed"]
-        return bool(glob.glob(self.path(f"/var/lib/dpkg/info/{glob.escape(package)}.list"))
-                    or glob.glob(self.path(f"/var/lib/dpkg/info/{glob.escape(package)}:*.list")))
-
-    # services
-
-    _UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
-                  "/lib/systemd/system", "/usr/lib/systemd/system")
-
-    def unit_file(self, service: str) -> str | None:
-        """The unit file systemd would load for ``service``, or None."""
-        for directory in self._UNIT_DIRS:
-            candidate = f"{directory}/{service}.service"
-            if os.path.lexists(self.path(candidate)):
-                return candidate
-        return None
-
-    def masked(self, service: str) -> bool:
-        for directory in ("/etc/systemd/system", "/run/systemd/system"):
-            candidate = self.path(f"{directory}/{service}.service")
-            if os.path.islink(candidate) and os.readlink(candidate) == "/dev/null":
-                return True
-        return False
-
-    def runs_unit(self, service: str) -> bool:
-        """systemd runs a unit the package ships (otherwise the init script runs, even under systemd)."""
-        unit = self.unit_file(service)
-        return self.systemd and unit is not None and not self.masked(service)
-
-    def service_enabled(self, service: str) -> bool:
-        if self.masked(service):
-            return False
-        if self.runs_unit(service):
-            wants = glob.glob(self.path(f"/etc/systemd/system/*.wants/{glob.escape(service)}.service"))
-            return bool(wants)
-        return bool(glob.glob(self.path(f"/etc/rc[2345].d/S[0-9][0-9]{glob.escape(service)}")))
-
-    def exec_start(self, service: str) -> list[tuple[str, str]]:
-        """The ``ExecStart`` argv of ``service`` with its drop-ins applied; each word paired with its file."""
-        unit = self.unit_file(service)
-        if unit is None:
-            raise DetectionError(f"no systemd unit {service}.service")
-        drop_ins: dict[str, str] = {}
-        for directory in reversed(self._UNIT_DIRS):  # later directories in _UNIT_DIRS lose to earlier ones
-            for found in glob.glob(self.path(f"{directory}/{glob.escape(service)}.service.d/*.conf")):
-                drop_ins[os.path.basename(found)] = f"{directory}/{service}.service.d/{os.path.basename(found)}"
-        exec_start: tuple[str, str] | None = None
-        environment: dict[str, tuple[str, str]] = {}
-        for path in [unit] + [drop_ins[name] for name in sorted(drop_ins)]:
-            for key, value in _unit_settings(self.read(path)):
-                if key == "ExecStart":
-                    exec_start = (value, path) if value else None
-                elif key == "Environment":
-                    for word in _split_words(value):
-                        name, _, assigned = word.partition("=")
-                        environment[name] = (assigned, path)
-                elif key == "EnvironmentFile" and value:
-                    optional = value.startswith("-")
-                    env_path = value.lstrip("-")
-                    if optional and not os.path.exists(self.path(env_path)):
-                        continue
-                    environment.update(_shell_assignments(self.read(env_path), environment, env_path)[0])
-        if exec_start is None:
-            raise DetectionError(f"{unit} has no ExecStart")
-        command, path = exec_start
-        command = command.lstrip("-@:+!")
-        words = [_VARIABLE.sub(lambda m: environment.get(m.group(1) or m.group(2), ("", ""))[0], word)
-                 for word in _split_words(command)]
-        return [(word, path) for word in words]
-
-    def command(self, service: str) -> tuple[str, ...] | None:
-        """How the manager starts the service (A2: ``systemctl start NAME`` or the init script)."""
-        if self.systemd:
-            return ("systemctl", "start", service)
-        if self.exists(f"/etc/init.d/{service}"):
-            return (f"/etc/init.d/{service}", "start")
-        return None
-
-    def shell_file(self, path: str, variables: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
-        """``variables`` after sourcing ``path`` (a missing file changes nothing); values are (text, file)."""
-        text = self.read_optional(path)
-        if text is None:
-            return dict(variables)
-        return _shell_assignments(text, variables, path)[0]
-
-
-def _shell_assignments(text: str, variables: dict[str, tuple[str, str]],
-                       source: str) -> tuple[dict[str, tuple[str, str]], set[str]]:
-    """Apply the plain ``NAME=value`` lines of a sourced sh file (other lines are ignored)."""
-    result = dict(variables)
-    assigned: set[str] = set()
-    lines = text.replace("\\\n", "").splitlines()
-    for line in lines:
-        if line.lstrip().startswith("#"):
-            continue
-        match = _ASSIGNMENT.fullmatch(line.rstrip())
-        if match:
-            result[match.group(1)] = (_shell_value(match.group(2), result), source)
-            assigned.add(match.group(1))
-    return result, assigned
-
-
-def _unit_settings(text: str) -> list[tuple[str, str]]:
-    """``(key, value)`` of a unit file's ``[Service]`` section, continuation lines joined."""
-    settings: list[tuple[str, str]] = []
-    section = ""
-    logical = re.sub(r"\\\n", " ", text)
-    for line in logical.splitlines():
-        line = line.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            section = line
-            continue
-        key, equals, value = line.partition("=")
-        if equals and section == "[Service]":
-            settings.append((key.strip(), value.strip()))
-    return settings
-
-
-def _keyword_setting(text: str, key: str, *, separator: str | None = None, quoted: bool = False) -> str | None:
-    """The last ``KEY value`` (or ``KEY = value`` with ``separator="="``) of a line-oriented config file.
-
-    ``#`` starts a comment anywhere on a line (opendkim.conf(5), dkimpy, spf-engine and
-    clamav all read it so). ``quoted``: the value is the first double-quoted string
-    (greylist.conf: ``socket "PATH" [MODE]``).
-    """
-    found = None
-    for line in text.splitlines():
-        if quoted:
-            match = re.match(rf'\s*{re.escape(key)}\s+"([^"]*)"', line)
-            if match:
-                found = match.group(1)
-            continue
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if separator:
-            parts = [part.strip() for part in line.split(separator)]
-            if len(parts) == 2 and parts[0] == key:
-                found = parts[1]
-        else:
-            words = line.split(None, 1)
-            if words[0] == key and len(words) == 2:
-                found = words[1].strip()
-    return found
-
-
 # -- one function per milter ----------------------------------------------------------------------------------------
 
 
-def _opendkim_family(system: _System, name: str, *, config_option: str,
+def _opendkim_family(system: DebianHost, name: str, *, config_option: str,
                      init_defaults: dict[str, str]) -> _Found:
     """opendkim and opendmarc: same packaging, same rules (see :func:`_socket_opendkim`)."""
     config = f"/etc/{name}.conf"
@@ -488,28 +212,28 @@ def _opendkim_family(system: _System, name: str, *, config_option: str,
         variables = system.shell_file(f"/etc/default/{name}", variables)
         # the init script passes -p $SOCKET only when /etc/NAME.conf has no Socket line
         config_text = system.read_optional(config)
-        config_socket = _keyword_setting(config_text, "Socket") if config_text is not None else None
+        config_socket = keyword_setting(config_text, "Socket") if config_text is not None else None
         argv = [(f"/usr/sbin/{name}", init)]
         socket, socket_source = variables.get("SOCKET", ("", ""))
         if socket and not config_socket:
             argv += [("-p", socket_source), (socket, socket_source)]
         options, options_source = variables.get("DAEMON_OPTS", ("", ""))
-        argv += [(word, options_source) for word in _split_words(options)]
-    socket_option = _option(argv, "-p")
+        argv += [(word, options_source) for word in split_words(options)]
+    socket_option = option_value(argv, "-p")
     if socket_option:  # the command line wins over the configuration file (opendkim(8), opendmarc(8))
         return _Found(*socket_option)
-    config_option_value = _option(argv, config_option)
+    config_option_value = option_value(argv, config_option)
     config = config_option_value[0] if config_option_value else config
     config_text = system.read_optional(config)
     if config_text is None:
         raise DetectionError(f"{config} does not exist and the command line has no -p (the socket is mandatory)")
-    socket = _keyword_setting(config_text, "Socket")
+    socket = keyword_setting(config_text, "Socket")
     if not socket:
         raise DetectionError(f"{config} sets no Socket and the command line has no -p (the socket is mandatory)")
     return _Found(socket, config)
 
 
-def _socket_opendkim(system: _System) -> _Found:
+def _socket_opendkim(system: DebianHost) -> _Found:
     """opendkim 2.11.0~beta2-8 (bookworm).
 
     * ``/etc/opendkim.conf`` (``-x FILE`` on the command line names another), key
@@ -528,7 +252,7 @@ def _socket_opendkim(system: _System) -> _Found:
     return _opendkim_family(system, "opendkim", config_option="-x", init_defaults={})
 
 
-def _socket_opendmarc(system: _System) -> _Found:
+def _socket_opendmarc(system: DebianHost) -> _Found:
     """opendmarc 1.4.2-2 (bookworm): packaged exactly like opendkim.
 
     ``/etc/opendmarc.conf`` (``-c FILE`` names another), key ``Socket``; Debian ships
@@ -542,7 +266,7 @@ def _socket_opendmarc(system: _System) -> _Found:
                             init_defaults={"SOCKET": "local:/run/opendmarc/opendmarc.sock"})
 
 
-def _socket_spamass_milter(system: _System) -> _Found:
+def _socket_spamass_milter(system: DebianHost) -> _Found:
     """spamass-milter 0.4.0-2 (bookworm): an init script only (systemd runs it through its sysv generator).
 
     ``/etc/init.d/spamass-milter`` runs ``spamass-milter -P PIDFILE -f -p $SOCKET $OPTIONS``
@@ -565,12 +289,12 @@ def _socket_spamass_milter(system: _System) -> _Found:
     socket_value, socket_source = variables["SOCKET"]
     options, options_source = variables["OPTIONS"]
     argv = [("/usr/sbin/spamass-milter", init), ("-f", init), ("-p", socket_source), (socket_value, socket_source)]
-    argv += [(word, options_source) for word in _split_words(options)]
-    found = _option(argv, "-p") or (socket_value, socket_source)
+    argv += [(word, options_source) for word in split_words(options)]
+    found = option_value(argv, "-p") or (socket_value, socket_source)
     return _Found(*found)
 
 
-def _socket_clamav_milter(system: _System) -> _Found:
+def _socket_clamav_milter(system: DebianHost) -> _Found:
     """clamav-milter 1.4.6+dfsg-0+deb12u1 (bookworm): an init script only.
 
     ``/etc/clamav/clamav-milter.conf``, key ``MilterSocket`` ("Name value" lines, ``#``
@@ -584,13 +308,13 @@ def _socket_clamav_milter(system: _System) -> _Found:
     text = system.read(config)
     if re.search(r"^\s*Example\b", text, re.M):
         raise DetectionError(f"{config} still has the 'Example' line; clamav-milter refuses such a file")
-    socket = _keyword_setting(text, "MilterSocket")
+    socket = keyword_setting(text, "MilterSocket")
     if not socket:
         raise DetectionError(f"{config} sets no MilterSocket (it is mandatory)")
     return _Found(socket, config)
 
 
-def _socket_amavisd_milter(system: _System) -> _Found:
+def _socket_amavisd_milter(system: DebianHost) -> _Found:
     """amavisd-milter 1.7.2-1 (bookworm): an init script only.
 
     ``/etc/init.d/amavisd-milter`` sources ``/etc/default/amavisd-milter`` (everything
@@ -605,14 +329,14 @@ def _socket_amavisd_milter(system: _System) -> _Found:
     if socket:
         argv += [("-s", socket_source), (socket, socket_source)]
     extra, extra_source = variables.get("EXTRAPARAMS", ("", ""))
-    argv += [(word, extra_source) for word in _split_words(extra)]
-    found = _option(argv, "-s")
+    argv += [(word, extra_source) for word in split_words(extra)]
+    found = option_value(argv, "-s")
     if found:
         return _Found(*found)
     return _Found("/var/lib/amavis/amavisd-milter.sock", "/usr/sbin/amavisd-milter" + DEFAULT_SUFFIX)
 
 
-def _socket_dkimpy_milter(system: _System) -> _Found:
+def _socket_dkimpy_milter(system: DebianHost) -> _Found:
     """dkimpy-milter 1.2.3-1 (bookworm).
 
     systemd: ``ExecStart=/usr/bin/dkimpy-milter /etc/dkimpy-milter/dkimpy-milter.conf -P
@@ -624,16 +348,16 @@ def _socket_dkimpy_milter(system: _System) -> _Found:
     """
     config = "/etc/dkimpy-milter/dkimpy-milter.conf"
     if system.runs_unit("dkimpy-milter"):
-        argument = _first_positional(system.exec_start("dkimpy-milter"))
+        argument = first_positional(system.exec_start("dkimpy-milter"))
         config = argument[0] if argument else "/usr/local/etc/dkimpy-milter.conf"
     text = system.read_optional(config)
-    socket = _keyword_setting(text, "Socket") if text is not None else None
+    socket = keyword_setting(text, "Socket") if text is not None else None
     if socket:
         return _Found(socket, config)
     return _Found("local:/var/run/dkimpy-milter/dkimpy-milter.sock", "/usr/bin/dkimpy-milter" + DEFAULT_SUFFIX)
 
 
-def _socket_pyspf_milter(system: _System) -> _Found:
+def _socket_pyspf_milter(system: DebianHost) -> _Found:
     """pyspf-milter 3.0.4-2 (bookworm; the code is in python3-spf-engine).
 
     systemd: ``ExecStart=/usr/bin/pyspf-milter /etc/pyspf-milter/pyspf-milter.conf``
@@ -644,16 +368,16 @@ def _socket_pyspf_milter(system: _System) -> _Found:
     """
     config = "/etc/pyspf-milter/pyspf-milter.conf"
     if system.runs_unit("pyspf-milter"):
-        argument = _first_positional(system.exec_start("pyspf-milter"))
+        argument = first_positional(system.exec_start("pyspf-milter"))
         config = argument[0] if argument else "/etc/python-policyd-spf/policyd-spf.conf"
     text = system.read_optional(config)
-    socket = _keyword_setting(text, "Socket", separator="=") if text is not None else None
+    socket = keyword_setting(text, "Socket", separator="=") if text is not None else None
     if socket:
         return _Found(socket, config)
     return _Found("local:/run/pyspf-milter/pyspf-milter.sock", "/usr/bin/pyspf-milter" + DEFAULT_SUFFIX)
 
 
-def _socket_milter_greylist(system: _System) -> _Found:
+def _socket_milter_greylist(system: DebianHost) -> _Found:
     """milter-greylist 4.6.4-4 (Debian trixie; in bullseye as 4.6.2-3, not in bookworm).
 
     ``/etc/milter-greylist/greylist.conf`` (``-f FILE`` names another), ``socket "PATH"
@@ -677,20 +401,20 @@ def _socket_milter_greylist(system: _System) -> _Found:
         enabled_flag = variables["ENABLED"][0] != "0"
         options, options_source = variables["OPTIONS"]
         socket, socket_source = variables["SOCKET"]
-        argv = [("/usr/sbin/milter-greylist", init)] + [(word, options_source) for word in _split_words(options)]
+        argv = [("/usr/sbin/milter-greylist", init)] + [(word, options_source) for word in split_words(options)]
         argv += [("-p", socket_source), (socket, socket_source)]
-    found = _option(argv, "-p")
+    found = option_value(argv, "-p")
     if found:
         return _Found(found[0], found[1], enabled_flag=enabled_flag)
-    config_option = _option(argv, "-f")
+    config_option = option_value(argv, "-f")
     config = config_option[0] if config_option else "/etc/milter-greylist/greylist.conf"
-    socket = _keyword_setting(system.read(config), "socket", quoted=True)
+    socket = keyword_setting(system.read(config), "socket", quoted=True)
     if not socket:
         raise DetectionError(f"{config} sets no socket and the command line has no -p (the socket is mandatory)")
     return _Found(socket, config, enabled_flag=enabled_flag)
 
 
-def _socket_rspamd(system: _System) -> _Found:
+def _socket_rspamd(system: DebianHost) -> _Found:
     """rspamd 3.4-1 (bookworm): the proxy worker in milter mode.
 
     ``/etc/rspamd/rspamd.conf`` defines ``worker "rspamd_proxy" { bind_socket =
@@ -705,7 +429,7 @@ def _socket_rspamd(system: _System) -> _Found:
     ``rspamd.conf.override`` are not read.
     """
     config = "/etc/rspamd/rspamd.conf"
-    entries = _ucl_parse(system.read(config), config)
+    entries = ucl_parse(system.read(config), config)
     worker = next((value for key, name, value, _ in entries
                    if key == "worker" and name == "rspamd_proxy" and isinstance(value, list)), None)
     if worker is None:
@@ -723,7 +447,7 @@ def _socket_rspamd(system: _System) -> _Found:
                     include_priority = int(params.get("priority", "0"))
                 except ValueError:
                     raise DetectionError(f"{source}: bad priority in .include of {path}") from None
-                collect(_ucl_parse(system.read(path), path), include_priority, path)
+                collect(ucl_parse(system.read(path), path), include_priority, path)
             elif key not in settings or priority > settings[key][0]:
                 settings[key] = (priority, value, source)
 
@@ -747,94 +471,6 @@ def _socket_rspamd(system: _System) -> _Found:
     return _Found(bind_socket, settings["bind_socket"][2], style="rspamd")
 
 
-_UCL_TOKEN = re.compile(r"""
-    (?P<skip>\s+|\#[^\n]*|//[^\n]*|/\*.*?\*/)
-  | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-  | (?P<heredoc><<(?P<tag>[A-Z]+)\n.*?\n(?P=tag)(?=\s|$))
-  | (?P<macro>\.[A-Za-z_]+(?:\s*\([^)]*\))?)
-  | (?P<punct>[{}\[\];,=])
-  | (?P<word>[^\s{}\[\];,="'\#]+)
-""", re.S | re.X)
-
-
-def _ucl_parse(text: str, path: str) -> list:
-    """A small subset of UCL (rspamd's syntax): a list of ``(key, name, value, params)``.
-
-    ``value`` is a string, a list of strings (``[…]`` or a repeated key is not merged
-    here) or, for ``key ["name"] { … }``, the list of entries inside. ``.include(p=v)
-    "PATH"`` becomes key ``.include`` with the path as value and the parameters in
-    ``params``. Anything else raises :class:`DetectionError` naming the file.
-    """
-    tokens: list[tuple[str, str]] = []
-    position = 0
-    while position < len(text):
-        match = _UCL_TOKEN.match(text, position)
-        if match is None:
-            raise DetectionError(f"{path}: cannot parse near {text[position:position + 20]!r}")
-        position = match.end()
-        kind = next(name for name in ("skip", "string", "heredoc", "macro", "punct", "word") if match.group(name))
-        if kind != "skip":
-            value = match.group()
-            if kind == "string":
-                value = re.sub(r"\\(.)", r"\1", value[1:-1])
-            elif kind == "heredoc":
-                kind, value = "string", value[value.index("\n") + 1:value.rindex("\n")]
-            tokens.append((kind, value))
-
-    def parse_object(index: int, closing: str | None) -> tuple[list, int]:
-        items: list = []
-        while index < len(tokens):
-            kind, value = tokens[index]
-            if kind == "punct" and value == closing:
-                return items, index + 1
-            if kind == "punct" and value in ";,":
-                index += 1
-                continue
-            if kind == "macro":
-                name, _, raw = value.partition("(")
-                params = dict(part.strip().partition("=")[::2] for part in re.split(r"[;,]", raw.rstrip(")"))
-                              if part.strip())
-                if index + 1 >= len(tokens) or tokens[index + 1][0] not in ("string", "word"):
-                    raise DetectionError(f"{path}: {name.strip()} without an argument")
-                items.append((name.strip(), None, tokens[index + 1][1], params))
-                index += 2
-                continue
-            if kind not in ("string", "word"):
-                raise DetectionError(f"{path}: unexpected {value!r}")
-            key = value.rstrip(":")
-            index += 1
-            name = None
-            if index < len(tokens) and tokens[index][0] == "string" and index + 1 < len(tokens) \
-                    and tokens[index + 1] == ("punct", "{"):
-                name = tokens[index][1]
-                index += 1
-            if index < len(tokens) and tokens[index] == ("punct", "="):
-                index += 1
-            if index >= len(tokens):
-                raise DetectionError(f"{path}: {key} has no value")
-            kind, value = tokens[index]
-            if (kind, value) == ("punct", "{"):
-                body, index = parse_object(index + 1, "}")
-                items.append((key, name, body, {}))
-            elif (kind, value) == ("punct", "["):
-                values: list[str] = []
-                index += 1
-                while index < len(tokens) and tokens[index] != ("punct", "]"):
-                    if tokens[index][0] in ("string", "word"):
-                        values.append(tokens[index][1])
-                    index += 1
-                items.append((key, name, values, {}))
-                index += 1
-            elif kind in ("string", "word"):
-                items.append((key, name, value, {}))
-                index += 1
-            else:
-                raise DetectionError(f"{path}: {key} has no value")
-        if closing is not None:
-            raise DetectionError(f"{path}: missing {closing!r}")
-        return items, index
-
-    return parse_object(0, None)[0]
 
 
 # -- the table ------------------------------------------------------------------------------------------------------
@@ -862,7 +498,7 @@ MILTERS: tuple[MilterKnowledge, ...] = (
 )
 
 
-def _detect_one(system: _System, milter: MilterKnowledge) -> DetectedMilter:
+def _detect_one(system: DebianHost, milter: MilterKnowledge) -> DetectedMilter:
     found = milter.find_socket(system)
     spec = _CONVERTERS[found.style](found.socket)
     enabled = system.service_enabled(milter.service) and found.enabled_flag is not False
@@ -875,7 +511,7 @@ def detect_with_reasons(root: str = "/",
                         milters: tuple[MilterKnowledge, ...] = MILTERS
                         ) -> tuple[list[DetectedMilter], list[SkippedMilter]]:
     """Detect the installed milters under ``root``: those registered, and those skipped with a reason."""
-    system = _System(root)
+    system = DebianHost(root)
     detected: list[DetectedMilter] = []
     skipped: list[SkippedMilter] = []
     for milter in milters:

@@ -1,10 +1,10 @@
 """The pre-forking master (D-5): bind, drop privileges, daemonize, fork workers, supervise.
 
-Standard library only: the master never imports gevent. Signal handlers only
-queue the signal and wake the loop through a pipe; all work happens in
-:meth:`Master._loop`:
+Standard library only: the master never imports gevent. Signal handlers only queue the
+signal (:class:`.signals.SignalQueue`, bounded: each signal waits at most once) and wake
+the loop; :meth:`Master._loop` dispatches each to its ``handle_<name>`` method:
 
-* SIGTERM: workers finish their sessions (bounded by the graceful timeout), then exit 0;
+* SIGTERM (``handle_term``): workers finish their sessions (bounded by the graceful timeout), then exit 0;
 * SIGINT, SIGQUIT: the same without waiting;
 * SIGHUP: reload and validate the configuration; on success new workers start with it
   and the old ones finish their sessions; on failure the error is logged and the old
@@ -13,8 +13,11 @@ queue the signal and wake the loop through a pipe; all work happens in
 * SIGTTIN / SIGTTOU: one worker more / fewer;
 * SIGCHLD: a worker died; it is replaced (with a back-off when workers die at start).
 
-With ``n_workers = 0`` the master serves in its own process (:func:`worker.serve`) with
-the same signals.
+Workers that cannot boot (:mod:`.supervision`: three in a row fail before serving) make
+the master halt: it logs ``[server][halt]`` with the workers' error, stops the others
+gracefully and exits with status 3.
+
+With ``n_workers = 0`` the master serves in its own process (:class:`.single.SingleProcess`).
 """
 
 from __future__ import annotations
@@ -27,47 +30,34 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
 
 from ..log import Logger
 from ..log import logger as default_logger
 from ..net.sockets import ListenError, bind_listener, remove_unix_socket
 from .app import Application, ConfigurationError, ServerConfig
-from .process import (PidFile, StartupError, activated_sockets, daemonize, drop_privileges, ensure_standard_fds,
-                      set_file_descriptor_limit, set_process_title, systemd_notify)
+from .process import (PidFile, StartupError, activated_sockets, close_quietly, daemonize, drop_privileges,
+                      ensure_standard_fds, set_file_descriptor_limit, set_process_title, systemd_notify)
+from .signals import SignalQueue, signal_name
+from .single import SingleProcess
+from .supervision import (BOOT_ATTEMPTS, BOOT_ERROR_STATUS, HALT_STATUS, ReportPipe, WorkerProcess, describe_status,
+                          is_boot_failure)
 from .worker import SERVE_SIGNALS, BackendError, check_event_loop
 
-QUEUED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGTTIN,
-                  signal.SIGTTOU, signal.SIGCHLD)
 #: a worker that dies sooner than this after its start counts as a start failure (back-off)
 QUICK_DEATH = 2.0
 MAX_BACKOFF = 10.0
 FAST_STOP_TIMEOUT = 2.0
 
 
-@dataclass
-class WorkerProcess:
-    pid: int
-    generation: int
-    heartbeat_fd: int
-    started: float
-    stop_sent: float | None = None
-
-
-def describe_status(status: int) -> str:
-    """How a child ended, for the log: an exit code or a signal name."""
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(number).name
-        except ValueError:
-            name = str(number)
-        return f"killed by signal {name}"
-    return f"exited with status {os.WEXITSTATUS(status)}"
-
-
 class Master:
-    """Runs an :class:`Application` under the process model of D-5."""
+    """Runs an :class:`Application` under the process model of D-5.
+
+    It owns the start-up (configuration, listening socket, pid file, privileges, daemon,
+    controller), the reload (:meth:`_reload_configuration`), the controller's status
+    (:meth:`_status`) and, with workers, the supervision: the signal queue, the workers'
+    records and reports, their replacement, and the halt when they cannot boot. With
+    ``n_workers = 0`` it hands the serving to :class:`.single.SingleProcess`.
+    """
 
     def __init__(self, app: Application, *, logger: Logger = default_logger) -> None:
         self.app = app
@@ -82,10 +72,15 @@ class Master:
         self.n_workers = 0
         self.stopping: str | None = None      # "graceful" or "fast"
         self.stop_deadline = 0.0
-        self.signals: list[int] = []
+        self.signals = SignalQueue()
         self.quick_deaths = 0
         self.next_spawn = 0.0
-        self._wake_read = self._wake_write = -1
+        #: workers in a row that could not boot, and the last one's error
+        self.boot_failures = 0
+        self.halted: str | None = None
+        self.exit_status = 0
+        self.reports: ReportPipe | None = None
+        self._wake_read = -1
         self.controller = None
         self.started_at = time.time()
         self._master_read = self._master_write = -1
@@ -171,12 +166,11 @@ class Master:
         """Start, serve until stopped, clean up; the exit status."""
         # From the first moment, signals are only queued: one that arrives during start-up is
         # handled once serving begins, instead of killing a half-started server.
-        for number in QUEUED_SIGNALS:
-            signal.signal(number, self._queue_signal)
+        self.signals.install()
         try:
             self.start(on_detached)
             if self.n_workers == 0:
-                return self._serve_single()
+                return SingleProcess(self).serve()
             return self._supervise()
         finally:
             self._cleanup()
@@ -197,49 +191,11 @@ class Master:
         if self.pid_file is not None:
             self.pid_file.remove()
 
-    def _title(self, role: str) -> str:
+    def title(self, role: str) -> str:
         config = self.config
         return f"{config.process_name}: {role} [{config.spec}]"
 
-    # -------------------------------------------------------------------------- n_workers = 0
-
-    def _serve_single(self) -> int:
-        """Serve in this process; SIGHUP reloads the configuration for new sessions."""
-        from .worker import select_event_loop, serve
-
-        config = self.config
-        set_process_title(self._title("master"))
-        select_event_loop(config.event_loop_backend)
-        current = {"handle": self.app.make_handler(self.configuration)}
-
-        def handle(sock, address) -> bool | None:
-            return current["handle"](sock, address)
-
-        def hangup() -> None:
-            systemd_notify("RELOADING=1")  # as with workers: RELOADING=1, then READY=1 either way
-            loaded = self._reload_configuration()
-            if loaded is not None:
-                current["handle"] = self.app.make_handler(loaded[0])
-                self.configuration, self.config = loaded
-            systemd_notify("READY=1")
-
-        def ready() -> None:
-            self.logger.message(f"[server][listen] {config.spec}")
-            systemd_notify(f"READY=1\nMAINPID={os.getpid()}")
-            early, self.signals = [n for n in self.signals if n not in (signal.SIGCHLD, signal.SIGTTIN,
-                                                                         signal.SIGTTOU)], []
-            for number in early:
-                os.kill(os.getpid(), number)  # now handled by serve()'s own handlers
-
-        for ignored in (signal.SIGTTIN, signal.SIGTTOU):
-            signal.signal(ignored, signal.SIG_IGN)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        status = serve(self.listener, handle, settings=self._serve_settings(config), logger=self.logger,
-                       on_ready=ready, on_hangup=hangup, on_stop=lambda: systemd_notify("STOPPING=1"))
-        self.logger.message("[server][stop] stopped")  # as with workers: the stop is seen in the log
-        return status
-
-    def _serve_settings(self, config: ServerConfig):
+    def serve_settings(self, config: ServerConfig):
         from .worker import ServeSettings
 
         return ServeSettings(max_connections=config.max_connections, graceful_timeout=config.graceful_timeout,
@@ -254,47 +210,33 @@ class Master:
 
     def _supervise(self) -> int:
         self.logger.with_pid = True
-        set_process_title(self._title("master"))
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
+        set_process_title(self.title("master"))
+        self._wake_read = self.signals.open_wakeup()
+        self.reports = ReportPipe()
         self._master_read, self._master_write = os.pipe()
-        signal.set_wakeup_fd(self._wake_write)
-        for number in QUEUED_SIGNALS:
-            signal.signal(number, self._queue_signal)
         self.logger.message(f"[server][listen] {self.config.spec} with {self.n_workers} workers")
         self._spawn_missing()
         systemd_notify(f"READY=1\nMAINPID={os.getpid()}")
         try:
             self._loop()
         finally:
-            signal.set_wakeup_fd(-1)
-            for number in QUEUED_SIGNALS:
-                signal.signal(number, signal.SIG_DFL)
-            for fd in (self._wake_read, self._wake_write, self._master_read, self._master_write):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            self.signals.close_wakeup()
+            self.signals.restore_defaults()
+            self.reports.close()
+            close_quietly(self._master_read, self._master_write)
         self.logger.message("[server][stop] all workers finished")
-        return 0
-
-    def _queue_signal(self, number: int, frame) -> None:
-        self.signals.append(number)
+        return self.exit_status
 
     def _loop(self) -> None:
         while True:
             try:
-                select.select([self._wake_read], [], [], 0.25)
+                select.select([self._wake_read, self.reports.read_fd], [], [], 0.25)
             except InterruptedError:
                 pass
-            try:
-                while os.read(self._wake_read, 4096):
-                    pass
-            except (BlockingIOError, InterruptedError):
-                pass
-            while self.signals:
-                self._handle_signal(self.signals.pop(0))
+            self.signals.clear_wakeup()
+            self._read_reports()
+            self.signals.dispatch(self)
+            self._log_dropped_signals()
             self._reap()
             now = time.monotonic()
             if self.stopping:
@@ -309,33 +251,52 @@ class Master:
             self._retire_old_generations(now)
             self._spawn_missing()
 
-    def _handle_signal(self, number: int) -> None:
-        if number == signal.SIGCHLD:
+    def _log_dropped_signals(self) -> None:
+        for number, count in self.signals.take_dropped().items():
+            self.logger.info(f"[server][signal][dropped] {signal_name(number)} ({count} times): "
+                             f"the same signal was still waiting to be handled")
+
+    # -------------------------------------------------------------------------- one method per signal
+
+    def handle_chld(self) -> None:
+        """A worker ended: nothing here, the loop reaps on every turn."""
+
+    def handle_term(self) -> None:
+        self._begin_stop("graceful", signal.SIGTERM, self.config.graceful_timeout)
+
+    def handle_int(self) -> None:
+        self._begin_stop("fast", signal.SIGQUIT, FAST_STOP_TIMEOUT)
+
+    handle_quit = handle_int
+
+    def handle_hup(self) -> None:
+        if self.stopping:  # new workers would only be stopped again
+            self.logger.info("[server][reload] ignored: the server is stopping")
             return
-        if number == signal.SIGTERM:
-            self._begin_stop("graceful", signal.SIGTERM, self.config.graceful_timeout)
-        elif number in (signal.SIGINT, signal.SIGQUIT):
-            self._begin_stop("fast", signal.SIGQUIT, FAST_STOP_TIMEOUT)
-        elif number == signal.SIGHUP:
-            self._reload()
-        elif number == signal.SIGUSR1:
-            self.logger.reopen()
-            for pid in list(self.workers):
-                self._kill(pid, signal.SIGUSR1)
-        elif number == signal.SIGTTIN:
-            if self.n_workers < 1000:
-                self.n_workers += 1
-            self.logger.message(f"[server][workers] {self.n_workers} workers (SIGTTIN)")
-        elif number == signal.SIGTTOU:
-            if self.n_workers > 1:
-                self.n_workers -= 1
-                # not those already stopping (a previous SIGTTOU): each signal stops one more worker
-                current = [worker for worker in self.workers.values()
-                           if worker.generation == self.generation and worker.stop_sent is None]
-                if len(current) > self.n_workers:
-                    newest = max(current, key=lambda worker: worker.started)
-                    self._stop_worker(newest, time.monotonic())
-            self.logger.message(f"[server][workers] {self.n_workers} workers (SIGTTOU)")
+        self._reload()
+
+    def handle_usr1(self) -> None:
+        self.logger.reopen()
+        for pid in list(self.workers):
+            self._kill(pid, signal.SIGUSR1)
+
+    def handle_ttin(self) -> None:
+        if self.n_workers < 1000:
+            self.n_workers += 1
+        self.logger.message(f"[server][workers] {self.n_workers} workers (SIGTTIN)")
+
+    def handle_ttou(self) -> None:
+        if self.n_workers > 1:
+            self.n_workers -= 1
+            # not those already stopping (a previous SIGTTOU): each signal stops one more worker
+            current = [worker for worker in self.workers.values()
+                       if worker.generation == self.generation and worker.stop_sent is None]
+            if len(current) > self.n_workers:
+                newest = max(current, key=lambda worker: worker.started)
+                self._stop_worker(newest, time.monotonic())
+        self.logger.message(f"[server][workers] {self.n_workers} workers (SIGTTOU)")
+
+    # -------------------------------------------------------------------------- stopping and reloading
 
     def _begin_stop(self, how: str, worker_signal: int, timeout: float) -> None:
         if self.stopping == "fast" or (self.stopping == "graceful" and how == "graceful"):
@@ -346,6 +307,14 @@ class Master:
         systemd_notify("STOPPING=1")
         for pid in list(self.workers):
             self._kill(pid, worker_signal)
+
+    def _halt(self, error: str) -> None:
+        """Workers cannot boot: say why, stop the others gracefully, exit with HALT_STATUS."""
+        self.halted = error
+        self.exit_status = HALT_STATUS
+        self.logger.critical(f"[server][halt] workers cannot start: {error} ({self.boot_failures} failures in a row); "
+                             f"stopping with exit status {HALT_STATUS}")
+        self._begin_stop("graceful", signal.SIGTERM, self.config.graceful_timeout)
 
     def _reload_configuration(self) -> tuple[object, ServerConfig] | None:
         """Load the configuration again; ``None`` (and the error logged) when it is unusable."""
@@ -406,6 +375,19 @@ class Master:
         except ProcessLookupError:
             pass
 
+    def _read_reports(self) -> None:
+        """What workers said: ready (the boot-failure count starts again) or why they could not boot."""
+        for pid, kind, text in self.reports.read():
+            worker = self.workers.get(pid)
+            if worker is None:
+                continue
+            if kind == "ready":
+                worker.ready = True
+                self.boot_failures = 0
+                self.logger.debug(f"[server][worker][ready] pid {pid}")
+            elif kind == "boot-error":
+                worker.boot_error = text
+
     def _reap(self) -> None:
         while True:
             try:
@@ -414,6 +396,7 @@ class Master:
                 return
             if pid == 0:
                 return
+            self._read_reports()  # what it wrote before it exited: ready, or why it could not boot
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
@@ -424,7 +407,17 @@ class Master:
             if expected:
                 self.logger.info(f"[server][worker][exit] pid {pid} {how}")
                 continue
-            self.logger.error(f"[server][worker][exit] pid {pid} {how} after {lifetime:.1f} s; starting a new one")
+            if is_boot_failure(worker, status):
+                self.boot_failures += 1
+                error = worker.boot_error or "no reason reported"
+                if self.boot_failures >= BOOT_ATTEMPTS:
+                    self._halt(error)
+                    continue
+                self.logger.error(f"[server][worker][boot-error] pid {pid} could not start ({self.boot_failures} of "
+                                  f"{BOOT_ATTEMPTS} in a row): {error}; starting a new one")
+            else:
+                self.logger.error(f"[server][worker][exit] pid {pid} {how} after {lifetime:.1f} s; "
+                                  f"starting a new one")
             if lifetime < QUICK_DEATH:
                 self.quick_deaths += 1
                 delay = min(MAX_BACKOFF, 0.1 * 2 ** self.quick_deaths)
@@ -472,16 +465,21 @@ class Master:
         self.logger.info(f"[server][worker][start] pid {pid} (generation {generation})")
 
     def _become_worker(self, heartbeat_fd: int) -> None:
-        """In the child after fork: never returns."""
+        """In the child after fork: never returns. An exception before serving is a boot error (supervision)."""
         status = 1
+        ready = False
+
+        def report_ready() -> None:
+            nonlocal ready
+            ready = True
+            self.reports.ready()
+
         try:
-            signal.set_wakeup_fd(-1)
-            for number in QUEUED_SIGNALS:
-                signal.signal(number, signal.SIG_DFL)
+            self.signals.close_wakeup()
+            self.signals.restore_defaults()
             for ignored in (signal.SIGTTIN, signal.SIGTTOU):
                 signal.signal(ignored, signal.SIG_IGN)
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            self.reports.in_worker()
             os.close(self._master_write)
             for worker in self.workers.values():
                 os.close(worker.heartbeat_fd)
@@ -489,16 +487,19 @@ class Master:
             self.logger.after_fork()
             self.controller = None
             config = self.config
-            set_process_title(self._title("worker"))
+            set_process_title(self.title("worker"))
             from .worker import select_event_loop, serve
 
             select_event_loop(config.event_loop_backend)
             handle = self.app.make_handler(self.configuration)
-            status = serve(self.listener, handle, settings=self._serve_settings(config), logger=self.logger,
-                           heartbeat_fd=heartbeat_fd, master_fd=self._master_read)
+            status = serve(self.listener, handle, settings=self.serve_settings(config), logger=self.logger,
+                           heartbeat_fd=heartbeat_fd, master_fd=self._master_read, on_ready=report_ready)
         except SystemExit as exit_:
             status = exit_.code if isinstance(exit_.code, int) else 1
-        except BaseException:
+        except BaseException as error:
+            if not ready:
+                status = BOOT_ERROR_STATUS
+                self.reports.boot_error(error)
             try:
                 self.logger.critical(f"[server][worker][crash] {traceback.format_exc()}")
             except BaseException:
@@ -515,7 +516,11 @@ def run_application(app: Application, *, logger: Logger = default_logger, on_det
     """Run ``app`` and turn start-up failures into a message on stdout and exit status 1."""
     master = Master(app, logger=logger)
     try:
-        return master.run(on_detached)
+        status = master.run(on_detached)
+        if master.halted is not None:
+            sys.stdout.write(f"workers cannot start: {master.halted}\n")
+            sys.stdout.flush()
+        return status
     except (StartupError, ConfigurationError, BackendError) as error:
         sys.stdout.write(f"{error}\n")
         sys.stdout.flush()

@@ -34,6 +34,16 @@ def ensure_standard_fds() -> None:
                 os.close(null)
 
 
+def close_quietly(*fds: int) -> None:
+    """Close each descriptor that is open (>= 0); one already closed is no error at clean-up."""
+    for fd in fds:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 def resolve_user(option: str, value: str | int) -> pwd.struct_passwd:
     """A user name or id → its passwd entry; unknown users are named in the error."""
     try:

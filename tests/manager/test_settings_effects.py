@@ -449,6 +449,9 @@ def test_unix_socket_mode_and_group_of_manager_and_controller(env):
     env.start([], manager={"unix_socket_mode": 0o640, "unix_socket_group": "mail"},
               extra=f'\n[controller]\nconnection_spec = "unix:{controller}"\nunix_socket_mode = 0o600\n'
                     f'unix_socket_group = "nogroup"\n')
+    deadline = time.monotonic() + 10  # the controller binds after the manager's socket listens
+    while not controller.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     for path, mode, group in ((env.socket_path, 0o640, "mail"), (controller, 0o600, "nogroup")):
         info = os.stat(path)
         assert stat.S_IMODE(info.st_mode) == mode, (path, oct(info.st_mode))

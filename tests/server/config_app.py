@@ -14,6 +14,9 @@ anything there. This program can: it is run as a real process by the tests::
     [milter]
     header_value = "v1"             # added as "X-Config: v1" at end of message
     delay = 0.0                     # seconds slept (gevent.sleep) in end_of_message
+    load_delay = 0.0                # seconds load() sleeps after reading the file (a slow reload)
+    boot_plan = "FFO"               # worker boots in order: F fails (make_handler raises), O boots;
+    boot_count_file = "/tmp/x/n"    #   the boots are counted in this file; past the plan every boot works
 
 ``load()`` (run by the master at start and on SIGHUP) validates every key: an
 unknown key or a value of the wrong type raises ``ConfigurationError`` whose
@@ -35,6 +38,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import tomllib
 
 from milterman.log import logger, parse_level
@@ -64,13 +68,33 @@ SERVER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
 MILTER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "header_value": ((str,), "a string"),
     "delay": ((int, float), "a number"),
+    "load_delay": ((int, float), "a number"),
+    "boot_plan": ((str,), "a string"),
+    "boot_count_file": ((str,), "a string"),
 }
 
 
 class MilterSettings:
-    def __init__(self, header_value: str = "v1", delay: float = 0.0) -> None:
+    def __init__(self, header_value: str = "v1", delay: float = 0.0, load_delay: float = 0.0, boot_plan: str = "",
+                 boot_count_file: str = "") -> None:
         self.header_value = header_value
         self.delay = float(delay)
+        self.load_delay = float(load_delay)
+        self.boot_plan = boot_plan
+        self.boot_count_file = boot_count_file
+
+    def boot(self) -> None:
+        """Count this boot; raise if the plan says this one fails (the master's boot-error handling)."""
+        if not self.boot_plan:
+            return
+        fd = os.open(self.boot_count_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"x")  # O_APPEND: the offset after this write is this boot's own number
+            number = os.lseek(fd, 0, os.SEEK_CUR)
+        finally:
+            os.close(fd)
+        if number <= len(self.boot_plan) and self.boot_plan[number - 1] == "F":
+            raise ConfigurationError(f"boot plan: boot {number} fails")
 
 
 def _check_section(path: str, name: str, table: object, keys: dict) -> dict:
@@ -129,9 +153,14 @@ class ConfigApplication(Application):
                      "greenlet": "greenlet" in sys.modules}
             with open(self.record_path, "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
-        return load_file(self.path)
+        settings, config = load_file(self.path)
+        if settings.load_delay:
+            time.sleep(settings.load_delay)  # signals that come meanwhile are queued by the master
+        return settings, config
 
     def make_handler(self, settings: MilterSettings):
+        settings.boot()
+
         def handle(sock, address) -> None:
             MilterSession(sock, lambda session: ConfigHandler(session, settings)).run()
 

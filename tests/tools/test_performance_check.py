@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from milterman.tools.performance_check import (PERIODIC_HEADER, parse_duration, periodic_line, render_report,
-                                               summarize)
+from milterman.tools.performance_check import parse_duration
+from milterman.tools.performance_report import PERIODIC_HEADER, periodic_line, render_report, summarize
 from milterman.tools.smtp_client import (SmtpUnsupportedError, choose_mechanism, cram_md5_response, dot_stuff,
                                          xtext)
 
