@@ -185,7 +185,7 @@ class Child:
         if self.client is None:
             return
         try:
-            if self.client.state.awaiting is None and self.client.state.phase not in ("init", "closed"):
+            if self.client.state.can_quit:
                 self.client.begin(QUIT)
         except (MilterIOError, ProtocolError):
             pass
