@@ -6,6 +6,12 @@ SMFIM numbers), so a typo in one row fails here rather than in a session.
 
 from __future__ import annotations
 
+import ast
+import pathlib
+
+import pytest
+
+import milterman
 from milterman.protocol import COMMAND_TYPES, MacroStage, Step
 from milterman.protocol import stages
 from milterman.protocol.flags import NO_REPLY_STEPS, SKIP_STEPS
@@ -63,3 +69,42 @@ def test_message_steps_and_refusals_P_SM_1_P_SM_6():
 def test_stage_name_lookup():
     assert stages.stage_name("R") == "envelope-recipient"
     assert stages.stage_name("K") == "K" and stages.stage_name("K", "start") == "start"
+
+
+PACKAGE = pathlib.Path(milterman.__file__).parent
+_WORDS = {stage.name for stage in stages.STAGES} | {stage.handler for stage in stages.STAGES}
+
+
+def stage_tables(path: pathlib.Path) -> list[int]:
+    """Lines of literals that spell out the stage vocabulary: a dict pairing three or more stage letters with
+    stage or handler names (either way round), or a sequence of three or more stage names."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Dict):
+            pairs = [(key.value, value.value) for key, value in zip(node.keys, node.values, strict=True)
+                     if isinstance(key, ast.Constant) and isinstance(value, ast.Constant)]
+            if sum((a in stages.BY_LETTER and b in _WORDS) or (b in stages.BY_LETTER and a in _WORDS)
+                   for a, b in pairs) >= 3:
+                found.append(node.lineno)
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            if sum(isinstance(item, ast.Constant) and item.value in _WORDS for item in node.elts) >= 3:
+                found.append(node.lineno)
+    return found
+
+
+@pytest.mark.parametrize("relative", ["protocol", "net", "manager/child.py", "config/predicates.py", "tools"])
+def test_the_stage_table_is_spelled_out_once(relative):
+    """Issue 11 item 1: these modules read protocol/stages.py and write no stage table of their own."""
+    root = PACKAGE / relative
+    files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+    offenders = [f"{path.relative_to(PACKAGE)}:{line}" for path in files if path.name != "stages.py"
+                 for line in stage_tables(path)]
+    assert offenders == []
+
+
+def test_the_check_finds_a_stage_table(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text('NAMES = {"C": "connect", "H": "helo", "M": "envelope-from"}\n'
+                      'ORDER = ("connect", "helo", "data")\nOTHER = {"C": 1, "connect": "x"}\n')
+    assert stage_tables(sample) == [1, 2]
+    assert stage_tables(PACKAGE / "protocol" / "stages.py") == []  # the table is built, not spelled out
