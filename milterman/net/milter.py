@@ -315,8 +315,7 @@ class MilterSession:
         self.logger.error(f"[{self.id}] [milter][error][protocol] {error}")
         try:
             reply = self.handler.protocol_error(error)
-            if reply is not None and self.state.phase != "init":
-                self.connection.last_word(reply)
+            if reply is not None and self.connection.last_word(reply):
                 self.flush()
         except Exception as failure:
             if self.logger.enabled(ERROR):

@@ -19,7 +19,7 @@ from .flags import MAX_DATA_SIZE_1M
 from .messages import Command, Negotiate, Reply
 from .negotiation import Options
 from .stages import ALL_SKIP_BITS, LETTERS, SKIP_BITS
-from .state import MilterState
+from .state import INIT, MilterState
 
 #: a stage command's handler calls: its own letter; end of message with data also calls body first
 _CALLS = {letter: letter for letter in LETTERS}
@@ -104,11 +104,14 @@ class MilterConnection:
         self.outgoing.append(data)
         self.pending_bytes += len(data)
 
-    def last_word(self, reply: Reply) -> None:
-        """Replace what is queued with ``reply``, unchecked: the answer to the MTA's protocol error,
-        sent just before the connection is closed."""
+    def last_word(self, reply: Reply) -> bool:
+        """Replace what is queued with ``reply``, unchecked: the answer to the MTA's protocol error, sent just
+        before the connection is closed; ``False`` (nothing queued) before negotiation, when no reply is read."""
+        if self.state.phase == INIT:
+            return False
         self.outgoing.clear()
         self.outgoing.append(reply.encode())
+        return True
 
     def data_to_send(self) -> bytes:
         """Everything queued, as one packet stream (P-FRM-6); empties the queue."""

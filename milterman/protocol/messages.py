@@ -414,11 +414,7 @@ END_OF_MESSAGE = EndOfMessage()
 
 
 Abort = _empty_type("Abort", Command, "A", "SMFIC_ABORT: ends the current message only (P-CMD-12, P-SM-3).")
-
-
 Quit = _empty_type("Quit", Command, "Q", "SMFIC_QUIT (P-CMD-13).")
-
-
 QuitNewConnection = _empty_type("QuitNewConnection", Command, "K",
                                 "SMFIC_QUIT_NC: a new SMTP connection follows on this socket (P-CMD-14, D-4).")
 
@@ -483,26 +479,12 @@ class NegotiateReply(Reply):
 
 
 Continue = _empty_type("Continue", Reply, "c", "SMFIR_CONTINUE (P-RPL-2).")
-
-
 Accept = _empty_type("Accept", Reply, "a", "SMFIR_ACCEPT (P-RPL-3).")
-
-
 Reject = _empty_type("Reject", Reply, "r", "SMFIR_REJECT (P-RPL-4).")
-
-
 TempFail = _empty_type("TempFail", Reply, "t", "SMFIR_TEMPFAIL (P-RPL-5).")
-
-
 Discard = _empty_type("Discard", Reply, "d", "SMFIR_DISCARD (P-RPL-6).")
-
-
 Skip = _empty_type("Skip", Reply, "s", "SMFIR_SKIP (P-RPL-8).")
-
-
 Shutdown = _empty_type("Shutdown", Reply, "4", "SMFIR_SHUTDOWN, Postfix only (P-RPL-11).")
-
-
 ConnectionFailure = _empty_type("ConnectionFailure", Reply, "f",
                                 "SMFIR_CONN_FAIL: decodable; no MTA accepts it and we never send it (P-RPL-12).")
 

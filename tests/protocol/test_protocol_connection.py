@@ -138,8 +138,17 @@ def test_last_word_replaces_the_queue_unchecked():
     conn.receive_data(b"\0\0\0\x01Z")
     with pytest.raises(RemoteProtocolError):
         list(conn.events())
-    conn.last_word(REJECT)
+    assert conn.last_word(REJECT)
     assert conn.data_to_send() == REJECT.encode()
+
+
+def test_no_last_word_before_negotiation():
+    conn = MilterConnection()
+    conn.receive_data(CONNECT.encode())
+    with pytest.raises(UnexpectedMessage) as error:
+        list(conn.events())
+    assert error.value.rule == "P-NEG-1"
+    assert not conn.last_word(REJECT) and conn.data_to_send() == b""
 
 
 def test_a_command_while_a_reply_is_owed_is_the_mtas_mistake_P_RPL_1():
