@@ -22,7 +22,7 @@ from ..log import DEBUG, ERROR, TRACE, Logger, logger as default_logger
 from ..protocol import (CONTINUE, PROGRESS, Action, AddHeader, AddRcpt, AddRcptWithParameters, ChangeFrom, ChangeHeader,
                         DeleteRcpt, InsertHeader, Negotiate, Options, ProtocolError, Quarantine,
                         RemoteProtocolError, ReplaceBody, Reply, Step, chunk_body)
-from ..protocol.connection import MilterConnection
+from ..protocol.connection import BODY_THEN_END, MilterConnection
 from ..protocol.flags import MAX_DATA_SIZE_1M
 from ..protocol.stages import HANDLER_METHODS
 from .sockets import send_all
@@ -144,8 +144,17 @@ class MilterSession:
         self._write_lock = Semaphore()
 
     def _bind_methods(self) -> None:
+        """The handler's methods by the ``calls`` of :meth:`MilterConnection.events` (one lookup per command)."""
         handler = self.handler
-        self._methods = {letter: getattr(handler, name) for letter, name in HANDLER_METHODS.items()}
+        methods = {letter: getattr(handler, name) for letter, name in HANDLER_METHODS.items()}
+        body, end_of_message = methods["B"], methods["E"]
+
+        def body_then_end(command):
+            body(command)
+            return end_of_message(command)
+
+        methods[BODY_THEN_END] = body_then_end
+        self._methods = methods
 
     @property
     def state(self):
@@ -186,9 +195,8 @@ class MilterSession:
 
     def queue(self, reply: Reply) -> None:
         """Queue a reply or modification (checked against the protocol state) for the next write."""
-        connection = self.connection
-        connection.send(reply)
-        if self.packet_buffer_size and connection.pending_bytes >= self.packet_buffer_size:
+        self.connection.send(reply)
+        if self.packet_buffer_size and self.connection.pending_bytes >= self.packet_buffer_size:
             self.flush()
 
     def add_header(self, name: str, value: str) -> None:
@@ -285,10 +293,8 @@ class MilterSession:
             if calls is not None:
                 self.current = letter
                 self._handler_used = True
-                reply = None
                 try:
-                    for call in calls:
-                        reply = self._methods[call](command)
+                    reply = self._methods[calls](command) if calls else None
                 except Interrupt as interrupt:
                     reply = self.handler.interrupted(interrupt)
                 if owed:

@@ -23,7 +23,7 @@ from .state import INIT, MilterState
 
 #: a stage command's handler calls: its own letter; end of message with data also calls body first
 _CALLS = {letter: letter for letter in LETTERS}
-_BODY_THEN_END = "BE"
+BODY_THEN_END = "BE"
 
 #: what :meth:`MilterConnection.events` yields per command: (command, abort first?, handler calls, reply owed?)
 Event = tuple[Command, bool, str | None, bool]
@@ -76,13 +76,13 @@ class MilterConnection:
             in_message = state.message_step != 0
             owed = state.receive(command)
             calls = _CALLS.get(letter)
-            if calls is not None:
+            if calls is not None and (letter == "E" or self.unwanted):
                 if letter == "E":
                     if command.chunk:  # type: ignore[attr-defined]
-                        calls = _BODY_THEN_END
+                        calls = BODY_THEN_END
                 elif self.unwanted & SKIP_BITS[letter]:
                     calls = ""
-            yield command, in_message and (letter == "M" or letter == "H" or letter == "A"), calls, owed
+            yield command, in_message and letter in "MHA", calls, owed
 
     def negotiate(self, offer: Negotiate, *, actions: int, protocol: int,
                   macro_lists: tuple[tuple[int, str], ...] = (), required_actions: int = 0) -> Options:

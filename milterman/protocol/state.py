@@ -114,7 +114,7 @@ class _Grammar:
         return self._FAIL(message, rule)
 
     def _opening(self, letter: str) -> None:
-        """The checks every command passes before the grammar proper (P-RPL-1, P-SM-4)."""
+        """Refuse a command while a reply is owed or after QUIT (P-RPL-1, P-SM-4); called only when one holds."""
         if self.awaiting is not None:
             raise self._fail(f"command {letter!r} arrived while the reply to {self.awaiting!r} is owed", "P-RPL-1")
         if self.phase == CLOSED:
@@ -181,8 +181,9 @@ class MilterState(_Grammar):
         (P-BAD-9, P-BAD-21), and when a command arrives while our reply is owed.
         """
         letter = command.LETTER
-        self._opening(letter)
         phase = self.phase
+        if self.awaiting is not None or phase == CLOSED:
+            self._opening(letter)
         if phase == INIT:
             if letter != "O":
                 raise UnexpectedMessage(f"command {letter!r} before option negotiation", "P-NEG-1")
@@ -301,8 +302,9 @@ class MtaState(_Grammar):
         grammar forbid (P-NEG-10, P-NEG-11, P-SM-1).
         """
         letter = command.LETTER
-        self._opening(letter)
         phase = self.phase
+        if self.awaiting is not None or phase == CLOSED:
+            self._opening(letter)
         if phase == INIT:
             if command != self.offer:
                 raise LocalProtocolError("the first command must be our negotiation offer", "P-NEG-1")
