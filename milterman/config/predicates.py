@@ -15,13 +15,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..protocol.stages import NAMES
 from .errors import Invalid, show
 from .values import (Boolean, Choice, Context, Domain, Kind, ListOf, NetworkKind, Regex, RegexKind, Status, Text,
                      expect)
 
-#: C-TOML-5 stages, in protocol order
-STAGES = ("connect", "helo", "envelope-from", "envelope-recipient", "data", "unknown", "header", "end-of-header",
-          "body", "end-of-message")
+#: C-TOML-5 stages, in protocol order (the protocol's stage table)
+STAGES = NAMES
 #: stages a ``[[condition.rule]]`` may use (B5: "unknown" not allowed, M-AC-1)
 CONDITION_STAGES = tuple(stage for stage in STAGES if stage != "unknown")
 #: the order used for "available at X →" (unknown is not in it: it may come at any time)

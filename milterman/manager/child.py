@@ -14,10 +14,10 @@ from ..log import DEBUG, Logger
 from ..net import ConnectionSpec, MilterIOError, MtaClient, Response, Timeouts
 from ..net.milter import next_id
 from ..protocol import ABORT, QUIT, Command, Negotiate, Options, ProtocolError
+from ..protocol.stages import STAGE_NAMES, stage_name
 from .status import Status
 
-STAGE_NAMES = {"O": "negotiate", "C": "connect", "H": "helo", "M": "envelope-from", "R": "envelope-recipient",
-               "T": "data", "U": "unknown", "L": "header", "N": "end-of-header", "B": "body", "E": "end-of-message"}
+__all__ = ["STAGE_NAMES", "Child", "ChildDefinition", "ChildFailure"]  # STAGE_NAMES: the leader reads it here
 
 
 @dataclass(frozen=True)
@@ -146,16 +146,16 @@ class Child:
                 self.client.queue_macros(letter, macros)
             return self.client.begin(command)
         except (MilterIOError, ProtocolError) as error:
-            raise ChildFailure(f"{STAGE_NAMES.get(letter, letter)}: {error}") from None
+            raise ChildFailure(f"{stage_name(letter)}: {error}") from None
 
     def collect(self, letter: str) -> Response:
         try:
             response = self.client.collect(letter)
         except (MilterIOError, ProtocolError) as error:
-            raise ChildFailure(f"{STAGE_NAMES.get(letter, letter)}: {error}") from None
+            raise ChildFailure(f"{stage_name(letter)}: {error}") from None
         if response.final.LETTER in ("4", "f"):
             # M-ERR-5 Py: shutdown / connection-failure from a child is a child failure (M-ERR-1, fallback)
-            raise ChildFailure(f"{STAGE_NAMES.get(letter, letter)}: the milter answered "
+            raise ChildFailure(f"{stage_name(letter)}: the milter answered "
                                f"{type(response.final).__name__}")
         return response
 
@@ -185,7 +185,7 @@ class Child:
         if self.client is None:
             return
         try:
-            if self.client.state.awaiting is None and self.client.state.phase not in ("init", "closed"):
+            if self.client.state.can_quit:
                 self.client.begin(QUIT)
         except (MilterIOError, ProtocolError):
             pass

@@ -3,7 +3,8 @@
 The shape is the one libmilter users know: a handler object per connection with
 one method per stage, returning a reply (or ``None`` for continue), and calls on
 the session for end-of-message modifications. Protocol rules stay in
-:mod:`milterman.protocol.state`; this module only moves bytes (gevent sockets).
+:class:`milterman.protocol.connection.MilterConnection`; this module only moves bytes
+(gevent sockets) and calls the handler.
 
 Replies produced while handling one batch of received packets leave in one
 write; modifications queue in front of the final reply (P-FRM-6: one writer).
@@ -18,12 +19,12 @@ from dataclasses import dataclass
 from collections.abc import Callable
 
 from ..log import DEBUG, ERROR, TRACE, Logger, logger as default_logger
-from ..protocol import (CONTINUE, PROGRESS, Action, AddHeader, AddRcpt, AddRcptWithParameters, ChangeFrom,
-                        ChangeHeader, CommandDecoder, DeleteRcpt, InsertHeader, MilterState, Negotiate,
-                        Options, ProtocolError, Quarantine, RemoteProtocolError, ReplaceBody, Reply, Step,
-                        chunk_body)
+from ..protocol import (CONTINUE, PROGRESS, Action, AddHeader, AddRcpt, AddRcptWithParameters, ChangeFrom, ChangeHeader,
+                        DeleteRcpt, InsertHeader, Negotiate, Options, ProtocolError, Quarantine,
+                        RemoteProtocolError, ReplaceBody, Reply, Step, chunk_body)
+from ..protocol.connection import BODY_THEN_END, MilterConnection
 from ..protocol.flags import MAX_DATA_SIZE_1M
-from ..protocol.negotiation import EVENT_FLAGS
+from ..protocol.stages import HANDLER_METHODS
 from .sockets import send_all
 
 #: process-wide id counter for sessions and child connections
@@ -33,11 +34,6 @@ _ids = itertools.count(1)
 def next_id() -> int:
     """A fresh id for a protocol agent (MTA-side session or child connection)."""
     return next(_ids)
-
-
-#: command letter → handler method name
-HANDLER_METHODS = {"C": "connect", "H": "helo", "M": "envelope_from", "R": "envelope_recipient", "T": "data",
-                   "U": "unknown", "L": "header", "N": "end_of_header", "B": "body", "E": "end_of_message"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,24 +124,19 @@ class MilterSession:
         self.sock = sock
         self.id = next_id() if session_id is None else session_id
         self.logger = logger
-        self.state = MilterState(strict=strict)
-        self.decoder = CommandDecoder(max_data_size=max_data_size, strict=strict)
+        #: the protocol side of the connection: state, decoder, queued replies (no I/O)
+        self.connection = MilterConnection(strict=strict, max_data_size=max_data_size)
         self.idle_timeout = idle_timeout
         self._factory = handler_factory
         self.handler = handler_factory(self)
-        self._outgoing: list[bytes] = []
-        self._queued_bytes = 0
         #: flush once this many reply bytes are queued (0: one write per received batch)
         self.packet_buffer_size = packet_buffer_size
-        self._unwanted = 0
         self._methods: dict[str, Callable] = {}
         self._bind_methods()
         self.closed = False
         #: the MTA's negotiation offer (a handler made after QUIT_NC needs it again, D-4)
         self.offer: Negotiate | None = None
         self._handler_used = True
-        #: commands received from the MTA: a connection without any is no milter session (M-MNT-1)
-        self.commands_received = 0
         #: the letter of the command being handled (the macro context of P-MAC)
         self.current: str | None = None
         from gevent.lock import Semaphore
@@ -153,8 +144,39 @@ class MilterSession:
         self._write_lock = Semaphore()
 
     def _bind_methods(self) -> None:
+        """The handler's methods by the ``calls`` of :meth:`MilterConnection.events` (one lookup per command)."""
         handler = self.handler
-        self._methods = {letter: getattr(handler, name) for letter, name in HANDLER_METHODS.items()}
+        methods = {letter: getattr(handler, name) for letter, name in HANDLER_METHODS.items()}
+        body, end_of_message = methods["B"], methods["E"]
+
+        def body_then_end(command):
+            body(command)
+            return end_of_message(command)
+
+        methods[BODY_THEN_END] = body_then_end
+        self._methods = methods
+
+    @property
+    def state(self):
+        """The protocol state machine (:class:`~milterman.protocol.MilterState`)."""
+        return self.connection.state
+
+    @property
+    def decoder(self):
+        return self.connection.decoder
+
+    @decoder.setter
+    def decoder(self, decoder) -> None:
+        self.connection.decoder = decoder
+
+    @property
+    def _outgoing(self) -> list[bytes]:
+        return self.connection.outgoing
+
+    @property
+    def commands_received(self) -> int:
+        """Commands received from the MTA: a connection without any is no milter session (M-MNT-1)."""
+        return self.connection.commands_received
 
     # ----------------------------------------------------------------- what handlers use
 
@@ -173,13 +195,9 @@ class MilterSession:
 
     def queue(self, reply: Reply) -> None:
         """Queue a reply or modification (checked against the protocol state) for the next write."""
-        self.state.check_send(reply)
-        data = reply.encode()
-        self._outgoing.append(data)
-        if self.packet_buffer_size:
-            self._queued_bytes += len(data)
-            if self._queued_bytes >= self.packet_buffer_size:
-                self.flush()
+        self.connection.send(reply)
+        if self.packet_buffer_size and self.connection.pending_bytes >= self.packet_buffer_size:
+            self.flush()
 
     def add_header(self, name: str, value: str) -> None:
         self.queue(AddHeader(name, value))
@@ -211,19 +229,16 @@ class MilterSession:
 
     def progress(self) -> None:
         """Tell the MTA we are still working (P-RPL-9); sent at once, end of message only."""
-        self.state.check_send(PROGRESS)
-        self._outgoing.append(PROGRESS.encode())
+        self.connection.send(PROGRESS)
         self.flush()
 
     def flush(self) -> None:
         """Write everything queued, as one packet stream (P-FRM-6)."""
-        if not self._outgoing:
+        connection = self.connection
+        if not connection.outgoing:
             return
         with self._write_lock:
-            data = b"".join(self._outgoing)
-            self._outgoing.clear()
-            self._queued_bytes = 0
-            send_all(self.sock, data)
+            send_all(self.sock, connection.data_to_send())
 
     # ----------------------------------------------------------------- the loop
 
@@ -242,10 +257,9 @@ class MilterSession:
                 except TimeoutError:
                     log.error(f"[{self.id}] [milter][error][timeout] no command for {self.idle_timeout:g} s")
                     break
+                self.connection.receive_data(data)
                 if not data:
-                    self.decoder.feed_eof()
                     break
-                self.decoder.feed(data)
                 self._handle_available()
                 self.flush()
         except RemoteProtocolError as error:
@@ -266,42 +280,27 @@ class MilterSession:
         state = self.state
         log = self.logger
         tracing = log.enabled(TRACE)
-        for command in self.decoder:
-            self.commands_received += 1
+        for command, abort, calls, owed in self.connection.events():
             if tracing:
                 log.trace(f"[{self.id}] [milter][receive] {command!r}")
-            letter = command.LETTER
-            was_in_message = state.message_step != 0
-            if was_in_message and (letter == "M" or letter == "H"):
-                self.handler.abort()  # implied abort (P-SM-8)
-            needs_reply = state.receive(command)
+            if abort:
+                self.handler.abort()  # implied by MAIL or HELO (P-SM-8), or ABORT with an open message (P-SM-3)
             if state.warnings:
                 for warning in state.warnings:
                     log.warning(f"[{self.id}] [milter][warning] {warning}")
                 state.warnings.clear()
-            method = self._methods.get(letter)
-            if method is not None:
+            letter = command.LETTER
+            if calls is not None:
                 self.current = letter
                 self._handler_used = True
                 try:
-                    if letter == "E" and command.chunk:  # lenient mode: data on E is a last body chunk (P-BAD-20)
-                        self._methods["B"](command)
-                    if letter in EVENT_FLAGS and self._unwanted & EVENT_FLAGS[letter][0]:
-                        reply = None  # an event the application asked to skip: answer it ourselves (P-NEG-8 step 4)
-                    else:
-                        reply = method(command)
+                    reply = self._methods[calls](command) if calls else None
                 except Interrupt as interrupt:
                     reply = self.handler.interrupted(interrupt)
-                if needs_reply:
+                if owed:
                     self.queue(reply or CONTINUE)
-                continue
-            if letter == "D":
-                continue
-            if letter == "O":
+            elif letter == "O":
                 self._negotiate(command)
-            elif letter == "A":
-                if was_in_message:
-                    self.handler.abort()
             elif letter == "Q":
                 self.closed = True
                 return
@@ -314,24 +313,15 @@ class MilterSession:
     def _negotiate(self, offer: Negotiate) -> None:
         self.offer = offer
         wanted = self.handler.negotiate(offer)
-        reply = self.state.negotiate(offer, actions=wanted.actions, protocol=wanted.protocol,
-                                     macro_lists=wanted.macro_lists, required_actions=wanted.required_actions)
-        self._unwanted = int(wanted.protocol) & int(Step.NO_CONNECT | Step.NO_HELO | Step.NO_MAIL | Step.NO_RCPT
-                                               | Step.NO_BODY | Step.NO_HEADERS | Step.NO_END_OF_HEADER
-                                               | Step.NO_UNKNOWN | Step.NO_DATA)
-        self._outgoing.append(reply.encode())
-        options = self.state.options
-        if options is not None and options.max_data_size > self.decoder.max_data_size:
-            self.decoder.max_data_size = options.max_data_size
+        options = self.connection.negotiate(offer, actions=wanted.actions, protocol=wanted.protocol,
+                                            macro_lists=wanted.macro_lists, required_actions=wanted.required_actions)
         self.handler.negotiated(options)
 
     def _protocol_error(self, error: RemoteProtocolError) -> None:
         self.logger.error(f"[{self.id}] [milter][error][protocol] {error}")
         try:
             reply = self.handler.protocol_error(error)
-            if reply is not None and self.state.phase != "init":
-                self._outgoing.clear()
-                self._outgoing.append(reply.encode())
+            if reply is not None and self.connection.last_word(reply):
                 self.flush()
         except Exception as failure:
             if self.logger.enabled(ERROR):
@@ -340,7 +330,7 @@ class MilterSession:
     def _finish(self) -> None:
         self.closed = True
         try:
-            if self.state.message_step:
+            if self.connection.message_open:
                 self.handler.abort()
             if self._handler_used:
                 self.handler.close()

@@ -1,9 +1,9 @@
 """The MTA side of a milter socket: send commands, collect replies, apply timeouts (P-SM-9, P-SM-12).
 
 :class:`MtaClient` is the low-level exchange that the manager's child side and the
-test server share; :func:`play_transaction` plays one whole SMTP transaction the way
-milter-test-server does and returns every reply and
-modification.
+test server share; the protocol rules it follows are :class:`~milterman.protocol.MtaState`'s
+and :func:`~milterman.protocol.macros.macro_packet`'s (the tools' whole transaction is
+:func:`milterman.tools.transaction.play_transaction`).
 """
 
 from __future__ import annotations
@@ -11,37 +11,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..protocol import (
-    ABORT,
-    DATA,
-    END_OF_HEADER,
-    END_OF_MESSAGE,
-    QUIT,
-    Body,
-    Command,
-    Connect,
-    Continue,
-    Header,
-    Helo,
-    Macro,
-    Mail,
-    Modification,
-    MtaState,
-    Negotiate,
-    Options,
-    ProtocolError,
-    Quarantine,
-    Rcpt,
-    Reject,
-    Reply,
-    ReplyCode,
-    ReplyDecoder,
-    Skip,
-    TempFail,
-    Unknown,
-    strip_braces,
-)
+from ..protocol import QUIT, Command, MtaState, Negotiate, Options, ProtocolError, Reply, ReplyDecoder
 from ..protocol.flags import MAX_DATA_SIZE_1M
+from ..protocol.macros import macro_packet
 from .sockets import connect as open_connection
 from .sockets import send_all
 from .spec import ConnectionSpec
@@ -127,21 +99,10 @@ class MtaClient:
         return self.state.will_send(letter)
 
     def queue_macros(self, stage: str, macros: dict[str, str] | list[tuple[str, str]]) -> None:
-        """Queue a macro packet for ``stage``, filtered by the milter's macro-list request (P-NEG-14).
-
-        Names are sent sorted, braced when longer than one character.
-        """
-        items = macros.items() if isinstance(macros, dict) else macros
-        options = self.state.options
-        requested = options.macro_request(stage) if options is not None else None
-        normalized = {strip_braces(name): value for name, value in items}
-        if requested is not None:
-            wanted = {strip_braces(name) for name in requested}
-            normalized = {name: value for name, value in normalized.items() if name in wanted}
-        if not normalized:
-            return
-        pairs = tuple(sorted(normalized.items()))
-        self._pending.append(Macro(stage, pairs).encode())
+        """Queue a macro packet for ``stage``, filtered by the milter's macro-list request (P-NEG-14)."""
+        packet = macro_packet(self.state.options, stage, macros)
+        if packet is not None:
+            self._pending.append(packet.encode())
 
     def queue_encoded_macros(self, stage: str, packet: bytes) -> bool:
         """Queue an already encoded macro packet when this milter asked for no list at ``stage`` (the
@@ -228,7 +189,7 @@ class MtaClient:
     def close(self, send_quit: bool = True) -> None:
         """Send QUIT (when still possible) and close the socket."""
         try:
-            if send_quit and self.state.phase not in ("init", "closed") and self.state.awaiting is None:
+            if send_quit and self.state.can_quit:
                 self.send(QUIT)
         except (MilterIOError, ProtocolError):
             pass
@@ -237,160 +198,3 @@ class MtaClient:
                 self.sock.close()
             except OSError:
                 pass
-
-
-# ------------------------------------------------------------------------------ whole transactions
-
-
-@dataclass(slots=True)
-class Transaction:
-    """One SMTP transaction as milter commands; macros per stage letter."""
-
-    connect: Connect
-    helo: str
-    sender: str
-    recipients: list[str]
-    headers: list[tuple[str, str]]
-    body: list[bytes]
-    unknown: str | None = None
-    macros: dict[str, dict[str, str]] = field(default_factory=dict)
-    #: macros added to the RCPT stage per recipient (e.g. ``rcpt_addr``)
-    recipient_macros: list[dict[str, str]] | None = None
-
-
-@dataclass(slots=True)
-class TransactionResult:
-    """What a milter did to one transaction."""
-
-    status: str = "pass"
-    reply_code: ReplyCode | None = None
-    last_stage: str = "start"
-    responses: list[tuple[Command, Response]] = field(default_factory=list)
-    modifications: list[Reply] = field(default_factory=list)
-    quarantine_reason: str | None = None
-    accepted_recipients: list[str] = field(default_factory=list)
-    rejected_recipients: list[str] = field(default_factory=list)
-    options: Options | None = None
-    error: str | None = None
-    elapsed: float = 0.0
-
-
-STAGE_NAMES = {"O": "negotiate", "C": "connect", "H": "helo", "M": "envelope-from", "R": "envelope-recipient",
-               "U": "unknown", "T": "data", "L": "header", "N": "end-of-header", "B": "body",
-               "E": "end-of-message"}
-
-
-#: status nick of each final reply letter; ``y`` depends on its code
-REPLY_STATUS = {"c": "pass", "s": "pass", "a": "accept", "r": "reject", "t": "temporary-failure",
-                "d": "discard", "4": "abort", "f": "error"}
-
-
-def reply_status(reply: Reply) -> str:
-    """The status nick of a final reply."""
-    if isinstance(reply, ReplyCode):
-        return "temporary-failure" if reply.is_temporary else "reject"
-    return REPLY_STATUS.get(reply.LETTER, "error")
-
-
-class _Stop(Exception):
-    """Internal: the transaction ends here."""
-
-
-def play_transaction(client: MtaClient, transaction: Transaction) -> TransactionResult:
-    """Negotiate and play ``transaction``; never raises for milter failures.
-
-    Errors (timeouts, protocol errors, a closed connection) end up in
-    ``result.error`` with ``status`` ``error``.
-    """
-    result = TransactionResult()
-    started = time.monotonic()
-    in_message = False
-
-    def exchange(command: Command) -> Reply | None:
-        result.last_stage = STAGE_NAMES.get(command.LETTER, result.last_stage)
-        response = client.send(command)
-        if response is None:
-            return None
-        result.responses.append((command, response))
-        for modification in response.modifications:
-            if isinstance(modification, Quarantine):
-                result.quarantine_reason = modification.reason
-        if isinstance(response.final, ReplyCode):
-            result.reply_code = response.final
-        return response.final
-
-    def step(letter: str, command: Command, macros: dict[str, str] | None = None) -> Reply | None:
-        if not client.will_send(letter):
-            return None
-        stage_macros = transaction.macros.get(letter, {})
-        if macros:
-            stage_macros = {**stage_macros, **macros}
-        if stage_macros:
-            client.queue_macros(letter, stage_macros)
-        return exchange(command)
-
-    def decide(reply: Reply | None) -> None:
-        if reply is None or isinstance(reply, (Continue, Skip)):
-            return
-        result.status = reply_status(reply)
-        raise _Stop
-
-    try:
-        result.last_stage = "negotiate"
-        result.options = client.negotiate()
-        decide(step("C", transaction.connect))
-        decide(step("H", Helo(transaction.helo)))
-        in_message = True
-        decide(step("M", Mail(transaction.sender)))
-        remaining = 0
-        last_refusal: Reply | None = None
-        for index, recipient in enumerate(transaction.recipients):
-            extra = transaction.recipient_macros[index] if transaction.recipient_macros else None
-            reply = step("R", Rcpt(recipient), extra)
-            if isinstance(reply, (Reject, TempFail, ReplyCode)):
-                result.rejected_recipients.append(recipient)
-                last_refusal = reply
-                continue
-            decide(reply)
-            result.accepted_recipients.append(recipient)
-            remaining += 1
-        if transaction.recipients and remaining == 0 and last_refusal is not None:
-            decide(last_refusal)
-        if transaction.unknown is not None and result.options.version >= 3:
-            decide(step("U", Unknown(transaction.unknown)))
-        decide(step("T", DATA))
-        for name, value in transaction.headers:
-            decide(step("L", Header(name, value)))
-        decide(step("N", END_OF_HEADER))
-        for chunk in transaction.body:
-            reply = step("B", Body(chunk))
-            if isinstance(reply, Skip):
-                break
-            decide(reply)
-        reply = step("E", END_OF_MESSAGE)
-        in_message = False
-        if result.responses and result.responses[-1][0].LETTER == "E":
-            result.modifications = [m for m in result.responses[-1][1].modifications
-                                    if isinstance(m, Modification) and not isinstance(m, Quarantine)]
-        decide(reply)
-        if result.quarantine_reason is not None:
-            result.status = "quarantine"
-    except _Stop:
-        pass
-    except MilterIOError as error:
-        result.status = "error"
-        result.error = str(error)
-    except ProtocolError as error:
-        result.status = "error"
-        result.error = str(error)
-    finally:
-        result.elapsed = time.monotonic() - started
-    try:
-        if result.error is None:
-            if in_message or client.state.message_step:
-                client.send(ABORT)
-            client.send(QUIT)
-    except (MilterIOError, ProtocolError):
-        pass
-    client.close(send_quit=False)
-    return result

@@ -5,6 +5,7 @@ manager, the server and every tool build on these names.
 """
 
 from .codec import CommandDecoder, Decoder, ReplyDecoder, decode_one, encode
+from .connection import MilterConnection
 from .errors import (
     FramingError,
     LocalProtocolError,
@@ -88,6 +89,7 @@ from .messages import (
 )
 from .negotiation import Options, answer_offer, check_reply
 from .replycode import ParsedReply, format_reply_text, parse_reply_text, unescape_percent
+from .stages import STAGES, Stage
 from .state import MilterState, MtaState
 
 

@@ -95,14 +95,6 @@ class MacroStage(enum.IntEnum):
     END_OF_HEADER = 6
 
 
-#: Stage number → command letter the macros travel with (P-NEG-13).
-MACRO_STAGE_LETTERS = {
-    MacroStage.CONNECT: "C", MacroStage.HELO: "H", MacroStage.MAIL: "M",
-    MacroStage.RCPT: "R", MacroStage.DATA: "T", MacroStage.END_OF_MESSAGE: "E",
-    MacroStage.END_OF_HEADER: "N",
-}
-MACRO_LETTER_STAGES = {letter: stage for stage, letter in MACRO_STAGE_LETTERS.items()}
-
 ACTION_NAMES = (
     (Action.ADD_HEADERS, "add-headers"),
     (Action.CHANGE_BODY, "change-body"),

@@ -1,4 +1,4 @@
-"""Macro values as a milter sees them (P-MAC-2, P-MAC-5, P-MAC-6).
+"""Macro values as a milter sees them (P-MAC-2, P-MAC-5, P-MAC-6), and as the MTA side sends them (P-NEG-14).
 
 Values arrive per stage letter and are replaced per stage; a command clears
 the stages after it; a lookup searches the newest stage first, and ``x`` and
@@ -7,7 +7,13 @@ the stages after it; a lookup searches the newest stage first, and ``x`` and
 
 from __future__ import annotations
 
-from .messages import strip_braces
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from .messages import Macro, strip_braces
+
+if TYPE_CHECKING:
+    from .negotiation import Options
 
 #: Stage letters from oldest to newest (Postfix's ``L``/``B`` sit with EOH/EOM, P-MAC-2).
 STAGE_ORDER = "CUHMRTLNBE"
@@ -71,3 +77,21 @@ class MacroStore:
             if values:
                 result.update(values)
         return result
+
+
+def macro_packet(options: Options | None, stage: str,
+                 macros: Mapping[str, str] | Iterable[tuple[str, str]]) -> Macro | None:
+    """The macro packet the MTA side sends a milter for ``stage`` (P-NEG-14, P-MAC-5).
+
+    Only the names the milter asked for at that stage when it sent a list (with or
+    without braces alike), sorted; ``None`` when nothing is left to send.
+    """
+    items = macros.items() if isinstance(macros, Mapping) else macros
+    normalized = {strip_braces(name): value for name, value in items}
+    requested = options.macro_request(stage) if options is not None else None
+    if requested is not None:
+        wanted = {strip_braces(name) for name in requested}
+        normalized = {name: value for name, value in normalized.items() if name in wanted}
+    if not normalized:
+        return None
+    return Macro(stage, tuple(sorted(normalized.items())))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .errors import MalformedPacket
+from .flags import Action
 from .replycode import ParsedReply, parse_reply_text, unescape_percent
 
 _U32 = struct.Struct(">I")
@@ -413,11 +414,7 @@ END_OF_MESSAGE = EndOfMessage()
 
 
 Abort = _empty_type("Abort", Command, "A", "SMFIC_ABORT: ends the current message only (P-CMD-12, P-SM-3).")
-
-
 Quit = _empty_type("Quit", Command, "Q", "SMFIC_QUIT (P-CMD-13).")
-
-
 QuitNewConnection = _empty_type("QuitNewConnection", Command, "K",
                                 "SMFIC_QUIT_NC: a new SMTP connection follows on this socket (P-CMD-14, D-4).")
 
@@ -482,26 +479,12 @@ class NegotiateReply(Reply):
 
 
 Continue = _empty_type("Continue", Reply, "c", "SMFIR_CONTINUE (P-RPL-2).")
-
-
 Accept = _empty_type("Accept", Reply, "a", "SMFIR_ACCEPT (P-RPL-3).")
-
-
 Reject = _empty_type("Reject", Reply, "r", "SMFIR_REJECT (P-RPL-4).")
-
-
 TempFail = _empty_type("TempFail", Reply, "t", "SMFIR_TEMPFAIL (P-RPL-5).")
-
-
 Discard = _empty_type("Discard", Reply, "d", "SMFIR_DISCARD (P-RPL-6).")
-
-
 Skip = _empty_type("Skip", Reply, "s", "SMFIR_SKIP (P-RPL-8).")
-
-
 Shutdown = _empty_type("Shutdown", Reply, "4", "SMFIR_SHUTDOWN, Postfix only (P-RPL-11).")
-
-
 ConnectionFailure = _empty_type("ConnectionFailure", Reply, "f",
                                 "SMFIR_CONN_FAIL: decodable; no MTA accepts it and we never send it (P-RPL-12).")
 
@@ -556,7 +539,8 @@ class ReplyCode(Reply):
 
 
 class Modification(Reply):
-    """A request only valid at end of message (P-MOD-1); ``ACTION`` is the flag it needs (P-MOD-2)."""
+    """A request only valid at end of message (P-MOD-1); ``ACTION`` is the :class:`Action` bit it needs, as a
+    plain int for the per-packet check (P-MOD-2)."""
 
     __slots__ = ()
     FINAL: ClassVar[bool] = False
@@ -588,7 +572,7 @@ class Quarantine(Modification):
     """SMFIR_QUARANTINE: put the message on hold with a reason (P-RPL-10)."""
 
     LETTER: ClassVar[str] = "q"
-    ACTION: ClassVar[int] = 0x020
+    ACTION: ClassVar[int] = int(Action.QUARANTINE)
     reason: str
 
     def payload(self) -> bytes:
@@ -607,7 +591,7 @@ class AddHeader(Modification):
     """SMFIR_ADDHEADER: append a header (P-MOD-3)."""
 
     LETTER: ClassVar[str] = "h"
-    ACTION: ClassVar[int] = 0x001
+    ACTION: ClassVar[int] = int(Action.ADD_HEADERS)
     name: str
     value: str
 
@@ -624,7 +608,7 @@ class InsertHeader(Modification):
     """SMFIR_INSHEADER: insert at a 0-based position over all headers (P-MOD-4)."""
 
     LETTER: ClassVar[str] = "i"
-    ACTION: ClassVar[int] = 0x001
+    ACTION: ClassVar[int] = int(Action.ADD_HEADERS)
     index: int
     name: str
     value: str
@@ -643,7 +627,7 @@ class ChangeHeader(Modification):
     """SMFIR_CHGHEADER: change the ``index``-th (1-based) header of that name; empty value deletes (P-MOD-5)."""
 
     LETTER: ClassVar[str] = "m"
-    ACTION: ClassVar[int] = 0x010
+    ACTION: ClassVar[int] = int(Action.CHANGE_HEADERS)
     index: int
     name: str
     value: str
@@ -662,7 +646,7 @@ class AddRcpt(Modification):
     """SMFIR_ADDRCPT (P-MOD-7)."""
 
     LETTER: ClassVar[str] = "+"
-    ACTION: ClassVar[int] = 0x004
+    ACTION: ClassVar[int] = int(Action.ADD_RCPT)
     recipient: str
 
     def payload(self) -> bytes:
@@ -698,7 +682,7 @@ class AddRcptWithParameters(Modification):
     """SMFIR_ADDRCPT_PAR: recipient and optionally one space-separated argument string (P-MOD-8)."""
 
     LETTER: ClassVar[str] = "2"
-    ACTION: ClassVar[int] = 0x080
+    ACTION: ClassVar[int] = int(Action.ADD_RCPT_WITH_PARAMETERS)
     recipient: str
     args: str | None = None
 
@@ -715,7 +699,7 @@ class DeleteRcpt(Modification):
     """SMFIR_DELRCPT (P-MOD-9)."""
 
     LETTER: ClassVar[str] = "-"
-    ACTION: ClassVar[int] = 0x008
+    ACTION: ClassVar[int] = int(Action.DELETE_RCPT)
     recipient: str
 
     def payload(self) -> bytes:
@@ -734,7 +718,7 @@ class ChangeFrom(Modification):
     """SMFIR_CHGFROM: new envelope sender and optional argument string (P-MOD-10)."""
 
     LETTER: ClassVar[str] = "e"
-    ACTION: ClassVar[int] = 0x040
+    ACTION: ClassVar[int] = int(Action.CHANGE_FROM)
     sender: str
     args: str | None = None
 
@@ -751,7 +735,7 @@ class ReplaceBody(Modification):
     """SMFIR_REPLBODY: one piece of the replacement body (P-MOD-11)."""
 
     LETTER: ClassVar[str] = "b"
-    ACTION: ClassVar[int] = 0x002
+    ACTION: ClassVar[int] = int(Action.CHANGE_BODY)
     chunk: bytes
 
     def payload(self) -> bytes:

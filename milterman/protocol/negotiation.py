@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from .errors import NegotiationError
 from .flags import (
     CAPABILITY_STEPS,
-    MACRO_STAGE_LETTERS,
     MAX_DATA_SIZE_1M,
     MAX_DATA_SIZE_256K,
     MAX_DATA_SIZE_DEFAULT,
@@ -27,19 +26,8 @@ from .flags import (
     Step,
 )
 from .messages import Negotiate, NegotiateReply, strip_braces
+from .stages import EVENT_FLAGS, MACRO_STAGE_LETTERS  # EVENT_FLAGS: also read from here by older callers
 
-#: letter → (skip bit, no-reply bit, lowest version that defines the event) (P-CMD-0, P-NEG-11)
-EVENT_FLAGS: dict[str, tuple[int, int, int]] = {
-    "C": (int(Step.NO_CONNECT), int(Step.NO_REPLY_CONNECT), 2),
-    "H": (int(Step.NO_HELO), int(Step.NO_REPLY_HELO), 2),
-    "M": (int(Step.NO_MAIL), int(Step.NO_REPLY_MAIL), 2),
-    "R": (int(Step.NO_RCPT), int(Step.NO_REPLY_RCPT), 2),
-    "T": (int(Step.NO_DATA), int(Step.NO_REPLY_DATA), 4),
-    "L": (int(Step.NO_HEADERS), int(Step.NO_REPLY_HEADER), 2),
-    "N": (int(Step.NO_END_OF_HEADER), int(Step.NO_REPLY_END_OF_HEADER), 2),
-    "B": (int(Step.NO_BODY), int(Step.NO_REPLY_BODY), 2),
-    "U": (int(Step.NO_UNKNOWN), int(Step.NO_REPLY_UNKNOWN), 3),
-}
 _MACRO_NAME_SPLIT = re.compile(r"[\s,]+")
 _NO_MAIL = int(Step.NO_MAIL)
 _HEADER_LEADING_SPACE = int(Step.HEADER_LEADING_SPACE)

@@ -6,13 +6,14 @@ says which need a reply under the negotiated no-reply bits, and refuses replies
 our own code must never send. :class:`MtaState` is the mirror for the side that
 plays the MTA (our test server, the manager's child side).
 
-Neither does I/O; both raise :class:`UnexpectedMessage` for a peer's mistake and
-:class:`LocalProtocolError` for ours.
+Both walk one grammar (:class:`_Grammar`, the stage table's message steps and
+refusals); a breach is the peer's (:class:`UnexpectedMessage`) on the milter side and
+ours (:class:`LocalProtocolError`) on the MTA side. Neither does I/O.
 """
 
 from __future__ import annotations
 
-from .errors import LocalProtocolError, MalformedPacket, UnexpectedMessage
+from .errors import LocalProtocolError, MalformedPacket, ProtocolError, UnexpectedMessage
 from .macros import MacroStore
 from .messages import (
     Command,
@@ -29,8 +30,9 @@ from .messages import (
     ReplyCode,
     Skip,
 )
-from .negotiation import EVENT_FLAGS, Options, answer_offer, check_reply
+from .negotiation import Options, answer_offer, check_reply
 from .replycode import parse_reply_text
+from .stages import BY_LETTER, END_OF_MESSAGE_STEP, MESSAGE_STEPS, NO_REPLY_BITS
 
 # Connection phases
 INIT = "init"                 # waiting for OPTNEG
@@ -39,12 +41,20 @@ CONNECTED = "connected"       # connection context running
 REFUSED = "refused"           # a connection-level decision ended it: only D, A, Q, K may follow
 CLOSED = "closed"             # QUIT seen
 
-#: message step of each message command, and whether it may repeat (P-SM-1)
-MESSAGE_STEPS = {"M": (1, False), "R": (2, True), "T": (3, False), "L": (4, True), "N": (5, False),
-                 "B": (6, True), "E": (7, False)}
-END_OF_MESSAGE_STEP = 7
-#: final replies that end the message when they answer these commands (P-SM-6); RCPT is per recipient
-_MESSAGE_ENDING = {"M", "T", "L", "N", "B", "E"}
+__all__ = ["CLOSED", "CONNECTED", "END_OF_MESSAGE_STEP", "INIT", "MESSAGE_STEPS", "NEGOTIATED", "REFUSED",
+           "MilterState", "MtaState"]
+
+#: what a final reply does to the session, by what a refusal at the answered stage ends (P-SM-6);
+#: ``None`` keeps the message step, ``0`` ends the message, ``"refused"`` ends the connection
+_DECISIONS = {
+    "connection": {"d": None},            # reject/tempfail/accept end the connection; discard is ignored
+    "recipient": {"a": 0, "d": 0, "*": None},  # reject/tempfail refuse this recipient only
+    "message": {"*": 0},
+    "nothing": {"*": None},               # UNKNOWN: the MTA's own error stands
+}
+_REFUSED = "refused"
+#: the rules a modification breaks: the peer's (P-BAD-*) and ours (P-MOD-*)
+_MODIFICATION_RULES = {False: ("P-BAD-38", "P-BAD-37", "P-BAD-43"), True: ("P-MOD-2", "P-MOD-1", "P-MOD-11")}
 
 
 def _next_message_step(step: int, letter: str, mail_skipped: bool) -> int | None:
@@ -61,45 +71,108 @@ def _next_message_step(step: int, letter: str, mail_skipped: bool) -> int | None
 
 def _decision_effect(letter: str, reply: Reply, message_step: int) -> tuple[bool, int]:
     """(connection refused?, new message step) after final ``reply`` to ``letter`` (P-SM-6)."""
-    if reply.LETTER == "c" or reply.LETTER == "s":
+    kind = reply.LETTER
+    if kind == "c" or kind == "s":
         return False, 0 if letter == "E" else message_step
-    if reply.LETTER == "4" or (reply.LETTER == "y" and reply.text[:3] == "421"):
+    if kind == "4" or (kind == "y" and reply.text[:3] == "421"):
         return True, 0  # the MTA answers 421 and ends the SMTP session (P-RPL-11, P-CODE-8)
-    if letter in ("C", "H"):
-        if reply.LETTER == "d":
-            return False, message_step
+    table = _DECISIONS[BY_LETTER[letter].refusal]
+    effect = table.get(kind, table.get("*", _REFUSED))
+    if effect == _REFUSED:
         return True, 0
-    if letter == "R":
-        if reply.LETTER in ("a", "d"):
-            return False, 0
-        return False, message_step  # reject/tempfail refuse this recipient only
-    if letter in _MESSAGE_ENDING:
-        return False, 0
-    return False, message_step  # UNKNOWN: the MTA's own error stands
+    return False, message_step if effect is None else effect
 
 
-class MilterState:
-    """Milter-side session state: legal commands, replies owed, replies allowed (P-SM-8)."""
+class _Grammar:
+    """What both sides track: phase, message step, the reply owed, the end-of-message modifications."""
 
-    __slots__ = ("phase", "message_step", "options", "macros", "awaiting", "strict", "_body_replaced",
-                 "_modified_after_body", "warnings")
+    __slots__ = ("phase", "message_step", "options", "awaiting", "strict", "warnings", "_body_replaced",
+                 "_modified_after_body")
+    #: the error class of a breach of the grammar on this side
+    _FAIL: type[ProtocolError] = UnexpectedMessage
 
-    def __init__(self, *, strict: bool = True) -> None:
+    def __init__(self, strict: bool) -> None:
         self.phase = INIT
         self.message_step = 0
         self.options: Options | None = None
-        self.macros = MacroStore()
-        #: the letter of the command that still needs our final reply, if any
+        #: the letter of the command whose final reply is owed, if any
         self.awaiting: str | None = None
         self.strict = strict
+        #: notes about tolerated mistakes (P-BAD-18, P-BAD-22, P-NEG-12), for the log; cleared by the reader
+        self.warnings: list[str] = []
         self._body_replaced = False
         self._modified_after_body = False
-        #: notes about tolerated peer mistakes (P-BAD-18, P-BAD-22), for the log; cleared by the reader
-        self.warnings: list[str] = []
 
     @property
     def in_message(self) -> bool:
         return self.message_step != 0
+
+    def _fail(self, message: str, rule: str, mta_rule: str | None = None) -> ProtocolError:
+        """The breach as this side reports it; ``mta_rule`` where the MTA side cites another rule."""
+        if mta_rule is not None and self._FAIL is LocalProtocolError:
+            rule = mta_rule
+        return self._FAIL(message, rule)
+
+    def _opening(self, letter: str) -> None:
+        """Refuse a command while a reply is owed or after QUIT (P-RPL-1, P-SM-4); called only when one holds."""
+        if self.awaiting is not None:
+            raise self._fail(f"command {letter!r} arrived while the reply to {self.awaiting!r} is owed", "P-RPL-1")
+        if self.phase == CLOSED:
+            raise self._fail(f"command {letter!r} after QUIT", "P-SM-4")
+
+    def _event(self, letter: str, options: Options) -> None:
+        """Advance over an SMTP-event command (P-SM-1, P-SM-8); ``H`` or ``M`` inside a message implies an abort."""
+        if letter == "C":
+            if self.phase != NEGOTIATED:
+                raise self._fail("CONNECT after the connection context started", "P-SM-8", "P-SM-1")
+        elif letter in MESSAGE_STEPS:
+            step = _next_message_step(self.message_step, letter, options.mail_skipped)
+            if step is None:
+                where = f"message step {self.message_step}" if self.message_step else "no open message"
+                raise self._fail(f"command {letter!r} out of order ({where})", "P-BAD-21", "P-SM-1")
+            if letter == "M" or letter == "E":  # each end of message has its own modifications (P-MOD-11)
+                self._body_replaced = False
+                self._modified_after_body = False
+            self.message_step = step
+        elif letter == "H":
+            self.message_step = 0
+        self.phase = CONNECTED
+
+    def _modification(self, reply: Modification, awaiting: str, options: Options, local: bool) -> None:
+        """A modification is allowed: negotiated, at end of message, replace-body packets consecutive (P-MOD-*)."""
+        action_rule, outside_rule, replace_rule = _MODIFICATION_RULES[local]
+        fail = LocalProtocolError if local else UnexpectedMessage
+        name = type(reply).__name__
+        if not options.action_bits & reply.ACTION:
+            raise fail(f"{name} needs an action that was not negotiated", action_rule)
+        if isinstance(reply, Quarantine) and not local:
+            return  # accepted after any command, as Postfix does (P-BAD-44)
+        if awaiting != "E":
+            raise fail(f"{name} outside end of message", outside_rule)
+        if isinstance(reply, ReplaceBody):
+            if self._modified_after_body:
+                raise fail("replace-body packets must be consecutive", replace_rule)
+            self._body_replaced = True
+        elif self._body_replaced:
+            self._modified_after_body = True
+
+    def _final(self, awaiting: str, reply: Reply) -> bool:
+        """Account for the final reply to ``awaiting`` (P-SM-6); ``True`` when it ended the connection."""
+        self.awaiting = None
+        refused, self.message_step = _decision_effect(awaiting, reply, self.message_step)
+        if refused:
+            self.phase = REFUSED
+        return refused
+
+
+class MilterState(_Grammar):
+    """Milter-side session state: legal commands, replies owed, replies allowed (P-SM-8)."""
+
+    __slots__ = ("macros",)
+
+    def __init__(self, *, strict: bool = True) -> None:
+        super().__init__(strict)
+        self.macros = MacroStore()
 
     def receive(self, command: Command) -> bool:
         """Account for one command from the MTA; ``True`` when it needs a reply.
@@ -109,11 +182,8 @@ class MilterState:
         """
         letter = command.LETTER
         phase = self.phase
-        if phase == CLOSED:
-            raise UnexpectedMessage(f"command {letter!r} after QUIT", "P-SM-4")
-        if self.awaiting is not None:
-            raise UnexpectedMessage(f"command {letter!r} arrived while the reply to {self.awaiting!r} is owed",
-                                    "P-RPL-1")
+        if self.awaiting is not None or phase == CLOSED:
+            self._opening(letter)
         if phase == INIT:
             if letter != "O":
                 raise UnexpectedMessage(f"command {letter!r} before option negotiation", "P-NEG-1")
@@ -133,51 +203,25 @@ class MilterState:
             self.message_step = 0
             self.macros.command_arrived("A")
             return False
-        if letter == "Q":
-            self.phase = CLOSED
-            self.message_step = 0
-            self.macros.clear()
-            return False
-        if letter == "K":
-            if self.options is not None and self.options.version < 6:
+        if letter == "Q" or letter == "K":
+            if letter == "K" and self.options is not None and self.options.version < 6:
                 self.warnings.append("QUIT_NC on a connection negotiated below version 6 (P-NEG-11)")
-            self.phase = NEGOTIATED
+            self.phase = CLOSED if letter == "Q" else NEGOTIATED
             self.message_step = 0
             self.macros.clear()
             return False
         if phase == REFUSED:
-            raise UnexpectedMessage(f"command {letter!r} after the connection was refused or accepted",
-                                    "P-SM-6")
+            raise UnexpectedMessage(f"command {letter!r} after the connection was refused or accepted", "P-SM-6")
         options = self.options
         assert options is not None
         suppressed = letter not in options.sent
         if suppressed:
             self.warnings.append(f"MTA sent {letter!r} although negotiation suppressed it (P-BAD-22)")
-        if letter == "C":
-            if phase != NEGOTIATED:
-                raise UnexpectedMessage("CONNECT after the connection context started", "P-SM-8")
-            self.phase = CONNECTED
-            self.macros.command_arrived("C")
-        elif letter in MESSAGE_STEPS:
-            self.phase = CONNECTED
-            step = _next_message_step(self.message_step, letter, options.mail_skipped)
-            if step is None:
-                where = f"message step {self.message_step}" if self.message_step else "no open message"
-                raise UnexpectedMessage(f"command {letter!r} out of order ({where})", "P-BAD-21")
-            if letter == "M" or letter == "E":  # each end of message has its own modifications (P-MOD-11)
-                self._body_replaced = False
-                self._modified_after_body = False
-            self.message_step = step
-            if letter in "MR":
-                self.macros.command_arrived(letter)
-        elif letter == "H":
-            self.phase = CONNECTED
-            self.message_step = 0  # HELO inside a message implies an abort (P-SM-8)
-            self.macros.command_arrived("H")
-        else:  # "U"
-            self.phase = CONNECTED
+        self._event(letter, options)
+        if letter in "CHMR":
+            self.macros.command_arrived(letter)
         if letter == "E" or letter in options.answered or (
-                suppressed and not options.protocol_bits & EVENT_FLAGS[letter][1]):
+                suppressed and not options.protocol_bits & NO_REPLY_BITS[letter]):
             # a suppressed event sent anyway is processed and answered unless its no-reply bit is set (P-BAD-22)
             self.awaiting = letter
             return True
@@ -206,21 +250,13 @@ class MilterState:
             if awaiting != "E":
                 raise LocalProtocolError(f"{type(reply).__name__} outside end of message", "P-MOD-1")
             if isinstance(reply, Modification):
-                if not options.action_bits & reply.ACTION:
-                    raise LocalProtocolError(f"{type(reply).__name__} needs an action that was not negotiated",
-                                             "P-MOD-2")
-                if isinstance(reply, ReplaceBody):
-                    if self._modified_after_body:
-                        raise LocalProtocolError("replace-body packets must be consecutive", "P-MOD-11")
-                    self._body_replaced = True
-                elif self._body_replaced:
-                    self._modified_after_body = True
+                self._modification(reply, awaiting, options, local=True)
             elif not isinstance(reply, Progress):
                 raise LocalProtocolError(f"unexpected non-final reply {reply!r}", "P-RPL-1")
             return
         if isinstance(reply, Skip) and (awaiting != "B" or not options.skip_allowed):
             raise LocalProtocolError("skip is only sent for body chunks with SKIP negotiated", "P-RPL-8")
-        if isinstance(reply, Discard) and awaiting in ("C", "H", "U"):
+        if isinstance(reply, Discard) and not BY_LETTER[awaiting].discard_allowed:
             raise LocalProtocolError("discard is meaningless at connect, helo and unknown", "P-RPL-6")
         if isinstance(reply, ConnectionFailure):
             raise LocalProtocolError("connection-failure is accepted by no MTA", "P-RPL-12")
@@ -229,30 +265,20 @@ class MilterState:
                 parse_reply_text(reply.text)
             except MalformedPacket as error:
                 raise LocalProtocolError(f"invalid reply text: {error}", error.rule) from None
-        self.awaiting = None
-        refused, self.message_step = _decision_effect(awaiting, reply, self.message_step)
-        if refused:
-            self.phase = REFUSED
+        self._final(awaiting, reply)
 
 
-class MtaState:
+class MtaState(_Grammar):
     """MTA-side session state: what we may send, which replies are owed and legal (P-SM-9, P-SM-10)."""
 
-    __slots__ = ("offer", "strict", "phase", "message_step", "options", "awaiting", "skipped",
-                 "_body_replaced", "_modified_after_body", "warnings")
+    __slots__ = ("offer", "skipped")
+    _FAIL = LocalProtocolError
 
     def __init__(self, offer: Negotiate, *, strict: bool = True) -> None:
+        super().__init__(strict)
         self.offer = offer
-        self.strict = strict
-        self.phase = INIT
-        self.message_step = 0
-        self.options: Options | None = None
-        self.awaiting: str | None = None
         #: event letters the milter answered with skip in this message (Postfix style, P-RPL-8)
         self.skipped: set[str] = set()
-        self._body_replaced = False
-        self._modified_after_body = False
-        self.warnings: list[str] = []
 
     def will_send(self, letter: str) -> bool:
         """Whether the event should go to this milter now (skip bits, version, earlier skip replies)."""
@@ -264,6 +290,11 @@ class MtaState:
                 return False  # the message is over for this milter (P-SM-6)
         return letter in options.sent and letter not in self.skipped
 
+    @property
+    def can_quit(self) -> bool:
+        """QUIT may be sent now: negotiated, not closed, no reply awaited (P-SM-4, P-RPL-1)."""
+        return self.awaiting is None and self.phase not in (INIT, CLOSED)
+
     def send(self, command: Command) -> bool:
         """Account for a command we are about to send; ``True`` when a reply must be awaited.
 
@@ -271,12 +302,9 @@ class MtaState:
         grammar forbid (P-NEG-10, P-NEG-11, P-SM-1).
         """
         letter = command.LETTER
-        if self.awaiting is not None:
-            raise LocalProtocolError(f"sending {letter!r} while the reply to {self.awaiting!r} is awaited",
-                                     "P-RPL-1")
         phase = self.phase
-        if phase == CLOSED:
-            raise LocalProtocolError(f"sending {letter!r} after QUIT", "P-SM-4")
+        if self.awaiting is not None or phase == CLOSED:
+            self._opening(letter)
         if phase == INIT:
             if command != self.offer:
                 raise LocalProtocolError("the first command must be our negotiation offer", "P-NEG-1")
@@ -286,19 +314,16 @@ class MtaState:
             raise LocalProtocolError("a second negotiation on one socket", "P-NEG-1")
         if letter == "D":
             return False
-        if letter == "A":
-            self.message_step = 0
-            self.skipped.clear()
-            return False
         if letter == "Q":
             self.phase = CLOSED
             return False
         options = self.options
         assert options is not None
-        if letter == "K":
-            if options.version < 6:
-                raise LocalProtocolError("QUIT_NC needs protocol version 6", "P-NEG-11")
-            self.phase = NEGOTIATED
+        if letter == "A" or letter == "K":
+            if letter == "K":
+                if options.version < 6:
+                    raise LocalProtocolError("QUIT_NC needs protocol version 6", "P-NEG-11")
+                self.phase = NEGOTIATED
             self.message_step = 0
             self.skipped.clear()
             return False
@@ -308,22 +333,9 @@ class MtaState:
             raise LocalProtocolError(f"event {letter!r} is suppressed by the negotiated options", "P-NEG-10")
         if letter in self.skipped:
             raise LocalProtocolError(f"the milter skipped further {letter!r} events", "P-RPL-8")
-        if letter == "C":
-            if phase != NEGOTIATED:
-                raise LocalProtocolError("CONNECT after the connection context started", "P-SM-1")
-        elif letter in MESSAGE_STEPS:
-            step = _next_message_step(self.message_step, letter, options.mail_skipped)
-            if step is None:
-                raise LocalProtocolError(f"event {letter!r} out of order", "P-SM-1")
-            if letter == "M":
-                self.skipped.clear()
-            if letter == "M" or letter == "E":  # each end of message has its own modifications (P-MOD-11)
-                self._body_replaced = False
-                self._modified_after_body = False
-            self.message_step = step
-        elif letter == "H":
-            self.message_step = 0
-        self.phase = CONNECTED
+        self._event(letter, options)
+        if letter == "M":
+            self.skipped.clear()
         if letter == "E" or letter in options.answered:
             self.awaiting = letter
             return True
@@ -352,32 +364,16 @@ class MtaState:
         if isinstance(reply, ConnectionFailure):
             raise UnexpectedMessage("connection-failure reply", "P-BAD-35")
         if not reply.FINAL:
-            if isinstance(reply, Progress):
-                return False
-            assert isinstance(reply, Modification)
-            if not options.action_bits & reply.ACTION:
-                raise UnexpectedMessage(f"{type(reply).__name__} without the negotiated action", "P-BAD-38")
-            if isinstance(reply, Quarantine):
-                return False  # accepted after any command, as Postfix does (P-BAD-44)
-            if awaiting != "E":
-                raise UnexpectedMessage(f"{type(reply).__name__} outside end of message", "P-BAD-37")
-            if isinstance(reply, ReplaceBody):
-                if self._modified_after_body:
-                    raise UnexpectedMessage("replace-body interleaved with other modifications", "P-BAD-43")
-                self._body_replaced = True
-            elif self._body_replaced:
-                self._modified_after_body = True
+            if not isinstance(reply, Progress):
+                assert isinstance(reply, Modification)
+                self._modification(reply, awaiting, options, local=False)
             return False
         if isinstance(reply, Skip):
             if not options.skip_allowed:
                 raise UnexpectedMessage("skip without SMFIP_SKIP negotiated", "P-RPL-8")
-            if awaiting in ("E", "C", "H", "U"):
+            if awaiting == "E" or awaiting not in MESSAGE_STEPS:  # Postfix: only inside a message (P-RPL-8)
                 raise UnexpectedMessage(f"skip in reply to {awaiting!r}", "P-RPL-8")
             self.skipped.add(awaiting)
-        self.awaiting = None
-        refused, self.message_step = _decision_effect(awaiting, reply, self.message_step)
-        if refused:
-            self.phase = REFUSED
-        elif awaiting == "E" or self.message_step == 0:
+        if not self._final(awaiting, reply) and (awaiting == "E" or self.message_step == 0):
             self.skipped.clear()
         return True

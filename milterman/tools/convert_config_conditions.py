@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import re
 
+from ..protocol.stages import STAGES
 from .convert_config_ruby import Block, Call, Literal, Name, Node, Operation, Unsupported
 from .convert_config_values import NotConvertible, RubyRegex, python_regex
 
+#: per stage letter, the Ruby stopper block's parameters after the context (no stopper for unknown)
+_STOPPER_PARAMETERS = {"C": ("host", "address"), "H": ("fqdn",), "M": ("from",), "R": ("recipient",), "T": (),
+                       "L": ("name", "value"), "N": (), "B": ("chunk",), "E": ()}
 #: Ruby stopper method → (TOML stage, Python method name, Ruby block parameters after the context)
-STOPPERS = {
-    "define_connect_stopper": ("connect", "connect", ("host", "address")),
-    "define_helo_stopper": ("helo", "helo", ("fqdn",)),
-    "define_envelope_from_stopper": ("envelope-from", "envelope_from", ("from",)),
-    "define_envelope_recipient_stopper": ("envelope-recipient", "envelope_recipient", ("recipient",)),
-    "define_data_stopper": ("data", "data", ()),
-    "define_header_stopper": ("header", "header", ("name", "value")),
-    "define_end_of_header_stopper": ("end-of-header", "end_of_header", ()),
-    "define_body_stopper": ("body", "body", ("chunk",)),
-    "define_end_of_message_stopper": ("end-of-message", "end_of_message", ()),
-}
+STOPPERS = {f"define_{stage.handler}_stopper": (stage.name, stage.handler, _STOPPER_PARAMETERS[stage.letter])
+            for stage in STAGES if stage.letter in _STOPPER_PARAMETERS}
 #: per stage, the B5.1 predicate a regex on the n-th parameter after the context becomes
 _REGEX_PREDICATE = {
     "connect": ("client_host", None), "helo": ("helo",), "envelope-from": ("envelope_from",),

@@ -1,6 +1,6 @@
 """milter-test-server: play the MTA side of one SMTP transaction against a milter.
 
-The session itself is :func:`milterman.net.play_transaction`; this module builds the
+The session itself is :func:`milterman.tools.transaction.play_transaction`; this module builds the
 transaction from the settings (defaults, macros, ``--mail-file``), applies the
 milter's modifications to a copy of the message and renders the result. Beyond the original it drives load:
 ``n_sessions`` sessions with
@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from ..net import (ConnectionSpec, MilterIOError, MtaClient, Timeouts, Transaction, TransactionResult,
-                   play_transaction)
+from ..net import ConnectionSpec, MilterIOError, MtaClient, Timeouts
 from ..protocol import (AddHeader, AddRcpt, AddRcptWithParameters, ChangeFrom, ChangeHeader, Connect, DeleteRcpt,
                         Family, InsertHeader, Negotiate, ReplaceBody, chunk_body, strip_braces,
                         unescape_percent)
 from ..protocol.flags import Action, Step
+from .transaction import Transaction, TransactionResult, play_transaction
 
 DEFAULT_BODY = "\n".join(f"La de da de da {n}." for n in range(1, 5))
 BAR_WIDTH = 39

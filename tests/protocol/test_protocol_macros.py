@@ -161,3 +161,27 @@ def test_macro_before_data_is_kept_for_data_P_MAC_3():
     state.receive(Macro("T", (("i", "QID"),)))
     state.receive(DATA)
     assert state.macros.get("i") == "QID"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# P-NEG-14 the MTA side sends what the milter asked for
+
+
+def test_macro_packet_without_a_request_sends_everything_sorted_P_NEG_14():
+    from milterman.protocol.macros import macro_packet
+
+    packet = macro_packet(None, "C", {"{j}": "mx", "daemon_name": "d", "_": "c"})
+    assert packet.stage == "C" and packet.macros == (("_", "c"), ("daemon_name", "d"), ("j", "mx"))
+    assert macro_packet(None, "C", {}) is None
+
+
+def test_macro_packet_filters_by_the_milters_list_P_NEG_14():
+    from milterman.protocol import Action, Step
+    from milterman.protocol.macros import macro_packet
+    from milterman.protocol.negotiation import Options
+
+    options = Options(6, Action.SET_SYMBOL_LIST, Step.NONE, ((0, "{daemon_name} j"), (2, "")))
+    packet = macro_packet(options, "C", [("daemon_name", "d"), ("{j}", "mx"), ("_", "c")])
+    assert packet.macros == (("daemon_name", "d"), ("j", "mx"))
+    assert macro_packet(options, "M", {"i": "Q1"}) is None  # an empty list asks for none
+    assert macro_packet(options, "H", {"i": "Q1"}).macros == (("i", "Q1"),)  # no list: the MTA's default

@@ -735,3 +735,17 @@ def test_quit_nc_below_version_6_warns_P_NEG_11():
     milter.negotiate(Negotiate(4, 0x1FF, 0x3FF))
     milter.receive(QUIT_NEW_CONNECTION)
     assert any("P-NEG-11" in warning for warning in milter.warnings)
+
+
+def test_mta_may_quit_only_when_negotiated_and_nothing_is_awaited_P_SM_4_P_RPL_1():
+    state = MtaState(OFFER)
+    assert not state.can_quit
+    state.send(OFFER)
+    assert not state.can_quit  # the negotiation reply is awaited
+    state.receive(answer_offer(OFFER, actions=Action.ALL)[0])
+    assert state.can_quit
+    state.send(CONNECT)
+    assert not state.can_quit
+    state.receive(CONTINUE)
+    state.send(QUIT)
+    assert not state.can_quit
