@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         apply_log_settings(configuration, logger)
     except ConfigurationError as error:
         fail(str(error))
+    app.loaded = configuration  # the start uses it: the files are read once
 
     status = run_application(app, on_detached=lambda: logger.detached("milter-manager"))
     if app.started:

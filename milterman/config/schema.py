@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..spec import DEFAULT_SPEC, SpecText
 from . import model
 from .builtins import TRUST_PATTERN_FLAGS
 from .predicates import CONDITION_STAGES, STAGES
@@ -118,7 +119,7 @@ SECTIONS: dict[str, tuple[Setting, ...]] = {
     ),
     "manager": _settings(
         "manager",
-        ("connection_spec", Spec(), "inet:10025@[127.0.0.1]", "MTA-facing listen socket (packagers override the "
+        ("connection_spec", Spec(), SpecText(DEFAULT_SPEC), "MTA-facing listen socket (packagers override the "
          "default).", (Option(("-s", "--connection-spec"), "SPEC"),)),
         ("unix_socket_mode", Mode(), 0o660, "Mode of the unix socket, set before privileges are dropped (D-5).",
          (Option(("--unix-socket-mode",), "MODE"),)),

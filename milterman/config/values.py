@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..log import SYSLOG_FACILITIES, LogLevelError, parse_level
-from ..net.spec import SpecError, parse_spec
+from ..spec import SpecError, SpecText
 from .errors import Invalid, show, type_name
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -216,24 +216,45 @@ class Path(Text):
 
 
 class Spec(Text):
-    """A connection spec, checked with the network layer's parser (host names are resolved once)."""
+    """A connection spec, parsed by the grammar of :mod:`milterman.spec` without any look-up.
+
+    The value is a :class:`~milterman.spec.SpecText`: the text as written, with the parsed
+    spec attached. A host name is kept as a name (looking it up is the manager's check, off
+    the master's signal loop, and the network layer's when it connects).
+    """
 
     def __init__(self, loopback_only: bool = False):
         self.loopback_only = loopback_only
 
     label = "connection spec"
 
-    def parse(self, raw: object, context: Context) -> str:
+    def parse(self, raw: object, context: Context) -> SpecText:
         text = super().parse(raw, context)
         try:
-            parsed = parse_spec(text)
+            parsed = SpecText(text)
         except SpecError as error:
             raise Invalid(f"invalid spec {show(text)}: {error}") from None
-        if self.loopback_only and parsed.family != "unix":
-            # D-7: the controller is a unix socket or a loopback inet socket.
-            if not parsed.address or not ipaddress.ip_address(parsed.address).is_loopback:
-                raise Invalid(f"must be a unix socket or a loopback address (D-7), got {show(text)}")
-        return text
+        if self.loopback_only:
+            problem = loopback_problem(parsed)
+            if problem:
+                raise Invalid(problem)
+        return parsed
+
+
+def loopback_problem(text: str, address: str | None = None) -> str | None:
+    """D-7: why ``text`` is no controller spec (a unix socket or a loopback inet socket), or None.
+
+    A host name passes until it is looked up; its ``address`` is checked then.
+    """
+    spec = SpecText(text).spec
+    if spec.family == "unix":
+        return None
+    address = address if address is not None else spec.address
+    if spec.needs_lookup and not address:
+        return None
+    if not address or not ipaddress.ip_address(address).is_loopback:
+        return f"must be a unix socket or a loopback address (D-7), got {show(text)}"
+    return None
 
 
 class Choice(Kind):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..net.spec import ConnectionSpec
+from ..spec import ConnectionSpec
 
 Handler = Callable[[object, object], None]
 
@@ -56,6 +56,13 @@ class Application:
     def load(self) -> tuple[object, ServerConfig]:
         """Load and validate the configuration; raise :class:`ConfigurationError` naming file and key."""
         raise ConfigurationError(f"{type(self).__name__} does not define load()")
+
+    def name_check(self, configuration: object) -> Callable[[], None] | None:
+        """What validating ``configuration`` needs from the name service (host names of its connection
+        specs), as a function raising :class:`ConfigurationError` that names the value and where it is
+        set; None when nothing needs looking up. It may block (bounded): the master calls it at start,
+        and on a reload off its signal loop."""
+        return None
 
     def prepare(self, configuration: object, config: ServerConfig) -> None:
         """In the master, after binding and before privileges are dropped (once, at start)."""
