@@ -78,6 +78,7 @@ class ManagerSettings:
     connection_checkers: tuple[str, ...]
     report_memory_statistics: bool
     graceful_timeout: float
+    worker_timeout: float
 
 
 @dataclass(frozen=True)

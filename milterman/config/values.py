@@ -133,6 +133,22 @@ class Integer(Kind):
             raise Invalid(f"expected an integer, got {show(text)}") from None
 
 
+class NumericId(Kind):
+    """A numeric user or group id given as text (``--user-id``): digits only, kept as text."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.label = what
+
+    def parse(self, raw: object, context: Context) -> str:
+        return self.from_text(str(raw))  # type: ignore[return-value]
+
+    def from_text(self, text: str) -> object:
+        if not text.isdigit():
+            raise Invalid(f"invalid {self.what}: <{text}>")
+        return text
+
+
 class Mode(Integer):
     """A permission mode: TOML octal integer (``0o660``); on the command line octal digits (``660``/``0660``)."""
 

@@ -270,21 +270,12 @@ def check_rule_engine() -> None:
 
 
 def server_config(configuration) -> ServerConfig:
-    """The server part of the configuration (B3 [manager], [security])."""
-    manager = configuration.manager
-    backend = manager.event_loop_backend
-    return ServerConfig(
-        spec=manager.connection_spec.spec, n_workers=manager.n_workers, unix_socket_mode=manager.unix_socket_mode,
-        unix_socket_group=manager.unix_socket_group,
-        remove_unix_socket_on_create=manager.remove_unix_socket_on_create,
-        remove_unix_socket_on_close=manager.remove_unix_socket_on_close, user=configuration.security.effective_user,
-        group=configuration.security.effective_group, daemon=manager.daemon, pid_file=manager.pid_file,
-        graceful_timeout=manager.graceful_timeout, max_connections=manager.max_connections,
-        max_file_descriptors=manager.max_file_descriptors,
-        event_loop_backend="libev" if backend == "default" else backend,
-        maintenance_interval=manager.maintenance_interval,
-        report_memory_statistics=manager.report_memory_statistics,
-        suspend_time_on_unacceptable=manager.suspend_time_on_unacceptable, process_name="milter-manager")
+    """The server part of the configuration (B3 [manager], [security]), by the one server settings table."""
+    def value_of(key: str) -> object:
+        table, _, name = key.partition(".")
+        return getattr(getattr(configuration, table), name)
+
+    return ServerConfig(**configuration_schema.server_fields(value_of), process_name="milter-manager")
 
 
 def _launch_function(launcher, milter, logger: Logger):
