@@ -96,3 +96,21 @@ def test_reload_with_a_host_that_does_not_resolve_is_refused_without_blocking_ot
     assert manager.stop() == 0
     assert time.monotonic() - stop_started < RESOLVER_TIMEOUT - 1
     env.manager = None
+
+
+def test_serving_in_the_master_goes_on_while_a_reload_looks_a_name_up(env, sandbox):
+    """n_workers = 0: the master serves in its own process; a slow look-up holds neither sessions nor signals."""
+    env.milter("c1")
+    manager = env.start([{"name": "c1"}], n_workers=0)
+    path = env.dir / "milter-manager.toml"
+    (path).write_text(path.read_text().replace(env.milters["c1"].spec, f"inet:10025@{SLOW_NAME}"))
+    started = time.monotonic()
+    os.kill(manager.proc.pid, signal.SIGHUP)
+    time.sleep(0.3)
+    one_session(env)  # served by the old configuration while the name is being looked up
+    served_within = time.monotonic() - started
+    assert "[server][reload][error]" not in manager.output
+    manager.wait_output("[server][reload][error]", timeout=RESOLVER_TIMEOUT + 10)
+    assert served_within < RESOLVER_TIMEOUT - 1 < time.monotonic() - started
+    assert f'milter "c1": connection_spec: invalid spec "inet:10025@{SLOW_NAME}"' in manager.output
+    one_session(env)
