@@ -114,3 +114,22 @@ def test_serving_in_the_master_goes_on_while_a_reload_looks_a_name_up(env, sandb
     assert served_within < RESOLVER_TIMEOUT - 1 < time.monotonic() - started
     assert f'milter "c1": connection_spec: invalid spec "inet:10025@{SLOW_NAME}"' in manager.output
     one_session(env)
+
+
+def test_check_config_and_the_start_refuse_a_name_that_does_not_resolve(tmp_path, sandbox):
+    import subprocess
+    import sys
+
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    config = directory / "milter-manager.toml"
+    config.write_text(configuration_text({"connection_spec": f"unix:{tmp_path}/m.sock"},
+                                         [{"name": "c1", "connection_spec": "inet:10025@nosuch.test"}]))
+    expected = (f'{config}: milter "c1": connection_spec: invalid spec "inet:10025@nosuch.test": invalid host '
+                f"address: <inet:10025@nosuch.test>: <nosuch.test>: ")
+    for extra in (["--check-config"], []):
+        run = subprocess.run(sandbox.wrap([sys.executable, "-m", "milterman.cli.manager", "-c", str(directory),
+                                           "--no-detect", *extra]), capture_output=True, text=True, timeout=60,
+                             cwd="/")
+        assert run.returncode == 1, run
+        assert expected in run.stdout, run
