@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
         errors, warnings = directory_problems(configuration)
         errors = [str(issue) for issue in account_issues(configuration)] + errors
+        errors += names_problems(app, configuration)
         if errors:
             fail("\n".join(errors + warnings))
         files = ", ".join(str(path) for path in configuration.files)
@@ -80,11 +81,25 @@ def main(argv: list[str] | None = None) -> int:
         apply_log_settings(configuration, logger)
     except ConfigurationError as error:
         fail(str(error))
+    app.loaded = configuration  # the start uses it: the files are read once
 
     status = run_application(app, on_detached=lambda: logger.detached("milter-manager"))
     if app.started:
         logger.message("[manager][stop] milter-manager stopped")
     return status
+
+
+def names_problems(app, configuration) -> list[str]:
+    """--check-config: the host names of the connection specs that do not resolve (start-up would refuse them)."""
+    from ..server.app import ConfigurationError as ServerConfigurationError
+
+    check = app.name_check(configuration)
+    try:
+        if check is not None:
+            check()
+    except ServerConfigurationError as error:
+        return str(error).splitlines()
+    return []
 
 
 if __name__ == "__main__":

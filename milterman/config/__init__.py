@@ -1,7 +1,7 @@
 """milter-manager's TOML configuration (D-8): schema, loading, checking, rendering.
 
-Standard library only (``tomllib``/``tomli``), plus the connection-spec parser of
-:mod:`milterman.net.spec`, which resolves host names but does no other network I/O.
+Standard library only (``tomllib``/``tomli``), plus the connection-spec grammar of
+:mod:`milterman.spec`, which looks no name up: loading does no network I/O at all.
 
 Main entry points::
 

@@ -2,9 +2,10 @@
 
 Every problem found while loading is collected as an :class:`Issue`; loading goes
 on so that one run reports all of them, and :class:`ConfigurationError` is raised
-at the end with one line per issue. It subclasses the server's
-``ConfigurationError`` so that the master's SIGHUP path logs it and keeps the
-previous configuration (C-TOML-4, D-5).
+at the end with one line per issue. The error type is this package's own: the
+manager's loader hands it to the server as the server's ``ConfigurationError``, so
+that the master's SIGHUP path logs it and keeps the previous configuration
+(C-TOML-4, D-5), and ``config`` never imports ``server``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from ..server.app import ConfigurationError as ServerConfigurationError
 
 #: the FILE part of issues about command-line overrides (B6 last row)
 COMMAND_LINE = "command line"
@@ -33,7 +32,7 @@ class Issue:
         return f"{self.file}: {self.message}"
 
 
-class ConfigurationError(ServerConfigurationError):
+class ConfigurationError(Exception):
     """An invalid configuration; ``issues`` lists every problem, ``str()`` has one per line."""
 
     def __init__(self, issues: Iterable[Issue] | str):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
 
 from . import model
@@ -23,7 +23,9 @@ from .builtins import BUILTIN_CONDITIONS, DNSBL_SERVICES, TRUST_PATTERN_FLAGS, p
 from .errors import COMMAND_LINE, ConfigurationError, Invalid, Issues, did_you_mean, show
 from .reader import ConditionEntry, Document, RestrictEntry, read_document
 from .schema import MILTER, SECTION_CLASSES, SECTIONS, find_setting, section_defaults
-from .values import Context, Regex, compile_regex
+from .values import Context, Regex, Spec, compile_regex
+
+_SPEC = Spec()
 
 #: C-TOML-2: the main file's name
 MAIN_FILE = "milter-manager.toml"
@@ -61,13 +63,15 @@ def single_error(file: str, key: str, message: str) -> ConfigurationError:
 
 
 def load(path_or_dir: str | os.PathLike | None = None, *, overrides: Mapping[str, object] | None = None,
-         environ: Mapping[str, str] | None = None, detected: Sequence[model.MilterSettings] = ()
-         ) -> model.Configuration:
+         environ: Mapping[str, str] | None = None, detected: Sequence[model.MilterSettings] = (),
+         detect: Callable[[], Sequence[model.MilterSettings]] | None = None) -> model.Configuration:
     """Load the main file found by C-TOML-2, its includes, and apply ``overrides`` (``"manager.n_workers": 4``).
 
     Call again with the same ``overrides`` on every reload: they are re-applied after the files (C-FILE-4).
     ``detected`` milters (D-9) are the layer below the files, like the original's ``defaults/*.conf``: a
     ``[[milter]]`` of the same name changes the keys it sets, ``remove_milters`` removes them.
+    ``detect`` is called for them once the files are read, only when they ask for it
+    (``[package] platform = "debian"``): the files are read once either way.
     """
     path = find_main_file(path_or_dir, environ)
     loader = _Loader()
@@ -76,7 +80,7 @@ def load(path_or_dir: str | os.PathLike | None = None, *, overrides: Mapping[str
             text = stream.read()
     except (OSError, UnicodeDecodeError) as error:
         raise single_error(path, "", f"cannot read: {error}") from None
-    return loader.run(text, path, overrides, detected)
+    return loader.run(text, path, overrides, detected, detect)
 
 
 def load_string(text: str, *, filename: str = "<string>", overrides: Mapping[str, object] | None = None,
@@ -92,8 +96,11 @@ class _Loader:
         self.loaded: dict[str, str] = {}
 
     def run(self, text: str, path: str, overrides: Mapping[str, object] | None,
-            detected: Sequence[model.MilterSettings] = ()) -> model.Configuration:
+            detected: Sequence[model.MilterSettings] = (),
+            detect: Callable[[], Sequence[model.MilterSettings]] | None = None) -> model.Configuration:
         self.collect(text, path, stack=())
+        if detect is not None and self.platform(overrides or {}) == "debian":
+            detected = tuple(detected) + tuple(detect())
         main = self.documents[0]
         if main.parsed and main.version is None and not any(issue.key == "version" for issue in self.issues.items):
             self.issues.add(path, "version", "is required (version = 1)")
@@ -101,6 +108,13 @@ class _Loader:
         configuration = apply_overrides(configuration, overrides or {}, self.issues)
         self.issues.raise_if_any()
         return configuration
+
+    def platform(self, overrides: Mapping[str, object]) -> object:
+        """``[package] platform`` as the merged files and the command line set it (B6: the last file wins)."""
+        value = None
+        for document in self.documents:
+            value = document.sections.get("package", {}).get("platform", value)
+        return overrides.get("package.platform", value)
 
     def collect(self, text: str, path: str, stack: tuple[str, ...]) -> None:
         """Read a file, then (C-TOML-3) its includes in order, depth first, each once."""
@@ -153,8 +167,16 @@ class _Merger:
         for milter in self.detected:  # D-9: the lowest layer
             values = {field.name: getattr(milter, field.name) for field in dataclasses.fields(milter)
                       if field.compare and field.name != "name"}
+            failed = set()
+            if values.get("connection_spec") is not None:
+                try:
+                    values["connection_spec"] = _SPEC.parse(values["connection_spec"], Context("/"))
+                except Invalid as error:
+                    self.issues.invalid(milter.source or "<detected>", f"milter {show(milter.name)}: connection_spec",
+                                        error)
+                    failed.add("connection_spec")
             self.milters[milter.name] = {"values": values, "file": milter.source or "<detected>", "key": "",
-                                         "source": milter.source or "detected", "failed": set()}
+                                         "source": milter.source or "detected", "failed": failed}
         self.conditions: dict[str, ConditionEntry] = {}
         self.restricts: dict[str, RestrictEntry] = {}
         self.origins: dict[str, tuple[str, str]] = {}

@@ -9,7 +9,8 @@ are consumed by loading and do not appear here, so that ``render`` →
 kept: it matches none of the remaining milters, and written back it removes the
 same detected milters again (D-9).
 ``source`` fields say where something came from; they are shown as comments by
-``render`` and do not take part in equality.
+``render`` and do not take part in equality. Connection specs are
+:class:`~milterman.spec.SpecText`: the text as written, parsed (``.spec``), not looked up.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..spec import SpecText
 from .predicates import Match
 from .values import DnsblService, Network, Regex
 
@@ -53,7 +55,7 @@ class LogSettings:
 class ManagerSettings:
     """A5/B3 ``[manager]``."""
 
-    connection_spec: str
+    connection_spec: SpecText
     unix_socket_mode: int
     unix_socket_group: str | None
     remove_unix_socket_on_create: bool
@@ -76,13 +78,14 @@ class ManagerSettings:
     connection_checkers: tuple[str, ...]
     report_memory_statistics: bool
     graceful_timeout: float
+    worker_timeout: float
 
 
 @dataclass(frozen=True)
 class ControllerSettings:
     """A6 ``[controller]``; ``connection_spec`` None = no controller (D-7)."""
 
-    connection_spec: str | None
+    connection_spec: SpecText | None
     unix_socket_mode: int
     unix_socket_group: str | None
     remove_unix_socket_on_create: bool
@@ -170,7 +173,7 @@ class MilterSettings:
     """A7/B3 one ``[[milter]]`` after merging and patches (C-Q-1 fixed: every key is merged)."""
 
     name: str
-    connection_spec: str | None
+    connection_spec: SpecText | None
     description: str | None
     enabled: bool
     fallback_status: str

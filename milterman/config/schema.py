@@ -9,15 +9,16 @@ are declared here too, with the predicates of B5.1 in :mod:`.predicates`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from ..spec import DEFAULT_SPEC, SpecText
 from . import model
 from .builtins import TRUST_PATTERN_FLAGS
 from .predicates import CONDITION_STAGES, STAGES
 from .values import (AddressKind, AnyTable, Boolean, Checker, Choice, ClassReference, CommandOptions, Context,
                      DnsblServiceKind,
-                     Domain, EntryPoint, Facility, Integer, Kind, ListOf, LogLevel, Mode, NetworkKind, Number, Path,
+                     Domain, EntryPoint, Facility, Integer, Kind, ListOf, LogLevel, Mode, NetworkKind, Number, NumericId, Path,
                      RegexKind, Refused, Spec, Status, Text)
 
 
@@ -30,6 +31,8 @@ class Option:
     constant: object = None
     help: str = ""
     deprecated: bool = False
+    #: a stricter check of this spelling's value (``--user-id`` takes digits only), same for every command
+    check: Kind | None = None
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,11 @@ SECTIONS: dict[str, tuple[Setting, ...]] = {
         "security",
         ("privilege_mode", _BOOL, False, "Keep a root launcher for child milter commands (M-LAU-1, D-10)."),
         ("effective_user", _STR, None, "User to switch to after listening (D-5).",
-         (Option(("-u", "--user"), "USER"), Option(("--user-name",), "NAME"), Option(("--user-id",), "UID"))),
+         (Option(("-u", "--user"), "USER"), Option(("--user-name",), "NAME"),
+          Option(("--user-id",), "UID", check=NumericId("UID")))),
         ("effective_group", _STR, None, "Group to switch to after listening (D-5).",
-         (Option(("-g", "--group"), "GROUP"), Option(("--group-name",), "NAME"), Option(("--group-id",), "GID"))),
+         (Option(("-g", "--group"), "GROUP"), Option(("--group-name",), "NAME"),
+          Option(("--group-id",), "GID", check=NumericId("GID")))),
     ),
     "log": _settings(
         "log",
@@ -118,7 +123,7 @@ SECTIONS: dict[str, tuple[Setting, ...]] = {
     ),
     "manager": _settings(
         "manager",
-        ("connection_spec", Spec(), "inet:10025@[127.0.0.1]", "MTA-facing listen socket (packagers override the "
+        ("connection_spec", Spec(), SpecText(DEFAULT_SPEC), "MTA-facing listen socket (packagers override the "
          "default).", (Option(("-s", "--connection-spec"), "SPEC"),)),
         ("unix_socket_mode", Mode(), 0o660, "Mode of the unix socket, set before privileges are dropped (D-5).",
          (Option(("--unix-socket-mode",), "MODE"),)),
@@ -132,11 +137,14 @@ SECTIONS: dict[str, tuple[Setting, ...]] = {
           Option(("--no-daemon",), constant=False, help="Stay in the foreground."))),
         ("pid_file", Path(), None, "File the process id is written to.", (Option(("--pid-file",), "FILE"),)),
         ("maintenance_interval", _COUNT, 10, "Run maintenance (hooks, memory line) every this many milter "
-         "sessions; a connection that sends no command does not count; 0: never (M-MNT-1, D-12)."),
+         "sessions; a connection that sends no command does not count; 0: never (M-MNT-1, D-12).",
+         (Option(("--maintenance-interval",), "N"),)),
         ("suspend_time_on_unacceptable", _COUNT, 5, "Seconds accepting pauses when the process is out of "
          "descriptors; 0: 10 ms (M-ACC-2)."),
-        ("max_connections", _COUNT, 0, "Sessions per worker at once; 0: unlimited (M-ACC-1, D-6)."),
-        ("max_file_descriptors", _COUNT, 0, "Descriptor limit to set; 0: system default (M-FD-1)."),
+        ("max_connections", _COUNT, 0, "Sessions per worker at once; 0: unlimited (M-ACC-1, D-6).",
+         (Option(("--max-connections",), "N"),)),
+        ("max_file_descriptors", _COUNT, 0, "Descriptor limit to set; 0: system default (M-FD-1).",
+         (Option(("--max-file-descriptors",), "N"),)),
         ("custom_configuration_directory", Refused(
             "is not used: nothing writes configuration here (set-configuration is not offered, D-7); put site "
             "settings in a file named by `include` and reload"), None,
@@ -162,7 +170,9 @@ SECTIONS: dict[str, tuple[Setting, ...]] = {
         ("report_memory_statistics", _BOOL, False, "Add a full collection and the memory line to "
          "maintenance (M-MNT-1)."),
         ("graceful_timeout", Number(0.0, positive=True), 30.0, "Seconds old workers may finish their sessions on "
-         "reload and stop (D-5)."),
+         "reload and stop (D-5).", (Option(("--graceful-timeout",), "SEC"),)),
+        ("worker_timeout", Number(0.0, positive=True), 60.0, "Seconds a worker's heartbeat may stop before the "
+         "master kills it and starts another (D-5).", (Option(("--worker-timeout",), "SEC"),)),
     ),
     "controller": _settings(
         "controller",
@@ -339,6 +349,33 @@ ARRAYS: Mapping[str, tuple[Setting, ...]] = {
     "milter": MILTER, "milter_patch": MILTER_PATCH, "restrict_accounts": RESTRICT_ACCOUNTS,
     "condition": CONDITION, "rule": RULE,
 }
+
+#: the server settings (D-5, D-6, M-ACC-1, M-FD-1, M-MNT-1): ServerConfig field → setting key. milter-manager
+#: reads them from its files and options, milter-test-client from its options; names, kinds, defaults and
+#: options are the settings' own, declared once above.
+SERVER_SETTINGS: Mapping[str, str] = {
+    "spec": "manager.connection_spec", "n_workers": "manager.n_workers",
+    "unix_socket_mode": "manager.unix_socket_mode", "unix_socket_group": "manager.unix_socket_group",
+    "remove_unix_socket_on_create": "manager.remove_unix_socket_on_create",
+    "remove_unix_socket_on_close": "manager.remove_unix_socket_on_close",
+    "user": "security.effective_user", "group": "security.effective_group", "daemon": "manager.daemon",
+    "pid_file": "manager.pid_file", "graceful_timeout": "manager.graceful_timeout",
+    "max_connections": "manager.max_connections", "max_file_descriptors": "manager.max_file_descriptors",
+    "worker_timeout": "manager.worker_timeout", "event_loop_backend": "manager.event_loop_backend",
+    "maintenance_interval": "manager.maintenance_interval",
+    "report_memory_statistics": "manager.report_memory_statistics",
+    "suspend_time_on_unacceptable": "manager.suspend_time_on_unacceptable",
+}
+
+
+def server_fields(value_of: Callable[[str], object]) -> dict[str, object]:
+    """ServerConfig's fields from ``value_of(setting key)`` (a loaded configuration, or defaults and options)."""
+    fields = {field: value_of(key) for field, key in SERVER_SETTINGS.items()}
+    fields["spec"] = fields["spec"].spec  # type: ignore[attr-defined]  # parsed at load (SpecText)
+    if fields["event_loop_backend"] == "default":
+        fields["event_loop_backend"] = "libev"
+    return fields
+
 
 def section_defaults(section: str) -> dict[str, object]:
     """The built-in defaults of one section (C-FILE-4: the lowest layer)."""

@@ -2,8 +2,8 @@
 
 ``milter-manager --check-config`` runs every check here; loading for a start or a reload runs
 :func:`account_issues` (users and groups), so a start with ``-u nosuch`` fails with the same
-message. Users and groups are resolved by the functions start-up uses
-(:func:`..server.process.resolve_user`, :func:`..server.process.resolve_group`).
+message. Users and groups are looked up by the functions start-up uses
+(:mod:`milterman.accounts`).
 Every problem names the value's origin as the user wrote it: ``command line: -u`` or
 ``FILE: security.effective_user``.
 """
@@ -16,8 +16,7 @@ import pwd
 from collections.abc import Callable
 from pathlib import Path
 
-from ..net.spec import SpecError, parse_spec
-from ..server.process import StartupError, resolve_group, resolve_user
+from ..accounts import UnknownAccount, group_id, user_entry
 from .errors import Issue, show
 from .model import Configuration, MilterSettings
 
@@ -27,7 +26,7 @@ def origin(configuration: Configuration, key: str) -> tuple[str, str]:
     return configuration.origins.get(key) or (f"{key} (built-in default)", "")
 
 
-def _milter_origin(milter: MilterSettings, name: str) -> tuple[str, str]:
+def milter_origin(milter: MilterSettings, name: str) -> tuple[str, str]:
     """A [[milter]] key as messages name it: the file the milter comes from, then ``milter "a": KEY``."""
     source = (milter.source or "").split("; ")[0]
     for prefix in ("defined in ", "detected from "):
@@ -35,12 +34,11 @@ def _milter_origin(milter: MilterSettings, name: str) -> tuple[str, str]:
     return source or "<milter>", f"milter {show(milter.name)}: {name}"
 
 
-def _resolved(resolve: Callable[[str, str], object], where: tuple[str, str], value: str) -> Issue | None:
-    label = ": ".join(part for part in where if part)
+def _resolved(resolve: Callable[[str], object], where: tuple[str, str], value: str) -> Issue | None:
     try:
-        resolve(label, value)
-    except StartupError as error:
-        return Issue(where[0], where[1], str(error).removeprefix(f"{label}: "))
+        resolve(value)
+    except UnknownAccount as error:
+        return Issue(where[0], where[1], str(error))
     return None
 
 
@@ -48,17 +46,17 @@ def account_issues(configuration: Configuration) -> list[Issue]:
     """Users and groups that do not exist (start-up would refuse them when dropping privileges or binding)."""
     issues = []
     security = configuration.security
-    checks: list[tuple[Callable[[str, str], object], tuple[str, str], str | None]] = [
-        (resolve_user, origin(configuration, "security.effective_user"), security.effective_user),
-        (resolve_group, origin(configuration, "security.effective_group"), security.effective_group),
+    checks: list[tuple[Callable[[str], object], tuple[str, str], str | None]] = [
+        (user_entry, origin(configuration, "security.effective_user"), security.effective_user),
+        (group_id, origin(configuration, "security.effective_group"), security.effective_group),
     ]
     for section in ("manager", "controller"):
         group = getattr(configuration, section).unix_socket_group
         if group is not None and not str(group).isdigit():  # a numeric gid needs no entry to chown a socket
-            checks.append((resolve_group, origin(configuration, f"{section}.unix_socket_group"), group))
+            checks.append((group_id, origin(configuration, f"{section}.unix_socket_group"), group))
     for milter in configuration.milters:
         if milter.enabled and milter.user_name:
-            checks.append((resolve_user, _milter_origin(milter, "user_name"), milter.user_name))
+            checks.append((user_entry, milter_origin(milter, "user_name"), milter.user_name))
     for resolve, where, value in checks:
         if value is not None:
             issue = _resolved(resolve, where, str(value))
@@ -90,9 +88,9 @@ class _Account:
         if user is None:
             return None
         try:
-            entry = resolve_user("", user)
-            gid = resolve_group("", group) if group is not None else entry.pw_gid
-        except StartupError:
+            entry = user_entry(user)
+            gid = group_id(group) if group is not None else entry.pw_gid
+        except UnknownAccount:
             return None  # already reported by account_issues
         gids = {gid} | {each.gr_gid for each in grp.getgrall() if entry.pw_name in each.gr_mem}
         return cls(f"user {entry.pw_name} (after the privilege drop)", entry.pw_uid, gids)
@@ -136,10 +134,7 @@ def directory_problems(configuration: Configuration) -> tuple[list[str], list[st
     for key, spec, remove in (("manager.connection_spec", manager.connection_spec, manager.remove_unix_socket_on_close),
                               ("controller.connection_spec", controller.connection_spec,
                                controller.remove_unix_socket_on_close)):
-        try:
-            parsed = parse_spec(spec) if spec else None
-        except SpecError:
-            parsed = None  # reported by loading
+        parsed = spec.spec if spec else None  # parsed at load
         if parsed is not None and parsed.family == "unix":
             items.append((key, f"unix:{parsed.path}", parsed.path, remove))
     items.append(("manager.pid_file", manager.pid_file or "", manager.pid_file, True))

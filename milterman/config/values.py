@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..log import SYSLOG_FACILITIES, LogLevelError, parse_level
-from ..net.spec import SpecError, parse_spec
+from ..spec import SpecError, SpecText
 from .errors import Invalid, show, type_name
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -133,6 +133,22 @@ class Integer(Kind):
             raise Invalid(f"expected an integer, got {show(text)}") from None
 
 
+class NumericId(Kind):
+    """A numeric user or group id given as text (``--user-id``): digits only, kept as text."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.label = what
+
+    def parse(self, raw: object, context: Context) -> str:
+        return self.from_text(str(raw))  # type: ignore[return-value]
+
+    def from_text(self, text: str) -> object:
+        if not text.isdigit():
+            raise Invalid(f"invalid {self.what}: <{text}>")
+        return text
+
+
 class Mode(Integer):
     """A permission mode: TOML octal integer (``0o660``); on the command line octal digits (``660``/``0660``)."""
 
@@ -216,24 +232,45 @@ class Path(Text):
 
 
 class Spec(Text):
-    """A connection spec, checked with the network layer's parser (host names are resolved once)."""
+    """A connection spec, parsed by the grammar of :mod:`milterman.spec` without any look-up.
+
+    The value is a :class:`~milterman.spec.SpecText`: the text as written, with the parsed
+    spec attached. A host name is kept as a name (looking it up is the manager's check, off
+    the master's signal loop, and the network layer's when it connects).
+    """
 
     def __init__(self, loopback_only: bool = False):
         self.loopback_only = loopback_only
 
     label = "connection spec"
 
-    def parse(self, raw: object, context: Context) -> str:
+    def parse(self, raw: object, context: Context) -> SpecText:
         text = super().parse(raw, context)
         try:
-            parsed = parse_spec(text)
+            parsed = SpecText(text)
         except SpecError as error:
             raise Invalid(f"invalid spec {show(text)}: {error}") from None
-        if self.loopback_only and parsed.family != "unix":
-            # D-7: the controller is a unix socket or a loopback inet socket.
-            if not parsed.address or not ipaddress.ip_address(parsed.address).is_loopback:
-                raise Invalid(f"must be a unix socket or a loopback address (D-7), got {show(text)}")
-        return text
+        if self.loopback_only:
+            problem = loopback_problem(parsed)
+            if problem:
+                raise Invalid(problem)
+        return parsed
+
+
+def loopback_problem(text: str, address: str | None = None) -> str | None:
+    """D-7: why ``text`` is no controller spec (a unix socket or a loopback inet socket), or None.
+
+    A host name passes until it is looked up; its ``address`` is checked then.
+    """
+    spec = SpecText(text).spec
+    if spec.family == "unix":
+        return None
+    address = address if address is not None else spec.address
+    if spec.needs_lookup and not address:
+        return None
+    if not address or not ipaddress.ip_address(address).is_loopback:
+        return f"must be a unix socket or a loopback address (D-7), got {show(text)}"
+    return None
 
 
 class Choice(Kind):

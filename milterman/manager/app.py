@@ -11,19 +11,22 @@ import dataclasses
 import importlib
 import os
 
+from collections.abc import Callable
+
 from .. import config as configuration_module
 from ..config import schema as configuration_schema
 from ..config.errors import show
+from ..config.startup import milter_origin, origin
+from ..config.values import loopback_problem
 from ..log import Logger
 from ..log import logger as default_logger
 from ..net import Timeouts
-from ..net.spec import SpecError, parse_spec
+from ..net.spec import SpecError, look_up_all, resolve
 from ..server.app import Application, ServerConfig
+from ..server.app import ConfigurationError as ServerConfigurationError
 from ..server.process import StartupError
 from .child import ChildDefinition
 from .status import status_named
-
-DEFAULT_SPEC = "inet:10025@[127.0.0.1]"
 
 
 def detected_milters(root: str = "/") -> list:
@@ -64,32 +67,64 @@ class ManagerApplication(Application):
         #: set once the server has bound its socket and announced the children (for the stop line)
         self.started = False
         self.hooks = None
+        #: a configuration already loaded for this start (the command line's), used by the first load()
+        self.loaded = None
 
     def configuration(self):
         """Load and validate (raises the configuration's ConfigurationError naming FILE: KEY).
 
         Debian's milters are detected only where the configuration asks, with ``[package] platform =
         "debian"`` (D-9; the bundled configuration does), and never with ``--no-detect``: they are the
-        layer below the files, so the files are read again with them.
+        layer below the files. The files are read once, detection included.
         """
-        configuration = configuration_module.load(self.config_dir, overrides=self.overrides)
-        if not self.detect or configuration.package.platform != "debian":
-            return configuration
-        detected = detected_milters(self.detect_root)
-        if not detected:
-            return configuration
-        return configuration_module.load(self.config_dir, overrides=self.overrides, detected=detected)
+        detect = (lambda: detected_milters(self.detect_root)) if self.detect else None
+        return configuration_module.load(self.config_dir, overrides=self.overrides, detect=detect)
 
     def load(self):
-        """At start and on reload: the configuration, refused when it names users or groups that do not exist."""
+        """At start and on reload: the configuration, refused when it names users or groups that do not exist.
+
+        At start it is the one the command line has just loaded (:attr:`loaded`), not read again. Host
+        names are not looked up here (:meth:`name_check`). Configuration errors reach the server as its
+        own ConfigurationError.
+        """
         from ..config.startup import account_issues
 
-        configuration = self.configuration()
-        issues = account_issues(configuration)
-        if issues:
-            raise configuration_module.ConfigurationError(issues)
+        configuration, self.loaded = self.loaded, None
+        try:
+            if configuration is None:
+                configuration = self.configuration()
+            issues = account_issues(configuration)
+            if issues:
+                raise configuration_module.ConfigurationError(issues)
+        except configuration_module.ConfigurationError as error:
+            raise ServerConfigurationError(str(error)) from None
         check_rule_engine()
         return configuration, server_config(configuration)
+
+    def name_check(self, configuration) -> Callable[[], None] | None:
+        """Look up the host names of the connection specs (each with its FILE: KEY), or None without any.
+
+        The master calls it at start, and on a reload off its signal loop: a name server that is
+        slow or silent delays only the reload (bounded by :data:`milterman.net.spec.LOOKUP_TIMEOUT`).
+        A name that does not resolve refuses the configuration, naming the value and where it is set.
+        """
+        named = [entry for entry in connection_specs(configuration) if entry[2].spec.needs_lookup]
+        if not named:
+            return None
+
+        def check() -> None:
+            issues = []
+            for (key, where, text), result in zip(named, look_up_all([text.spec for _key, _where, text in named])):
+                if isinstance(result, SpecError):
+                    issues.append(configuration_module.Issue(*where, f"invalid spec {show(text)}: {result}"))
+                elif key == "controller.connection_spec":
+                    problem = loopback_problem(text, result.address)
+                    if problem:
+                        issues.append(configuration_module.Issue(*where, problem))
+            if issues:
+                raise ServerConfigurationError(str(configuration_module.ConfigurationError(issues)))
+
+        return check
 
     def prepare(self, configuration, config: ServerConfig) -> None:
         """Fork the launcher before privileges are dropped (M-LAU-1, D-10).
@@ -119,7 +154,11 @@ class ManagerApplication(Application):
         controller = configuration.controller
         if not controller.connection_spec:
             return None
-        return (parse_spec(controller.connection_spec), controller.unix_socket_mode, controller.unix_socket_group,
+        try:
+            spec = resolve(controller.connection_spec.spec)  # checked by name_check at start
+        except SpecError as error:
+            raise ServerConfigurationError(f"controller.connection_spec: {error}") from None
+        return (spec, controller.unix_socket_mode, controller.unix_socket_group,
                 controller.remove_unix_socket_on_create, controller.remove_unix_socket_on_close)
 
     def render_configuration(self, configuration) -> str:
@@ -231,27 +270,12 @@ def check_rule_engine() -> None:
 
 
 def server_config(configuration) -> ServerConfig:
-    """The server part of the configuration (B3 [manager], [security])."""
-    manager = configuration.manager
-    try:
-        spec = parse_spec(manager.connection_spec or DEFAULT_SPEC)
-    except SpecError as error:
-        raise configuration_module.ConfigurationError(
-            [configuration_module.Issue("command line or configuration", "manager.connection_spec", str(error))]
-        ) from None
-    backend = manager.event_loop_backend
-    return ServerConfig(
-        spec=spec, n_workers=manager.n_workers, unix_socket_mode=manager.unix_socket_mode,
-        unix_socket_group=manager.unix_socket_group,
-        remove_unix_socket_on_create=manager.remove_unix_socket_on_create,
-        remove_unix_socket_on_close=manager.remove_unix_socket_on_close, user=configuration.security.effective_user,
-        group=configuration.security.effective_group, daemon=manager.daemon, pid_file=manager.pid_file,
-        graceful_timeout=manager.graceful_timeout, max_connections=manager.max_connections,
-        max_file_descriptors=manager.max_file_descriptors,
-        event_loop_backend="libev" if backend == "default" else backend,
-        maintenance_interval=manager.maintenance_interval,
-        report_memory_statistics=manager.report_memory_statistics,
-        suspend_time_on_unacceptable=manager.suspend_time_on_unacceptable, process_name="milter-manager")
+    """The server part of the configuration (B3 [manager], [security]), by the one server settings table."""
+    def value_of(key: str) -> object:
+        table, _, name = key.partition(".")
+        return getattr(getattr(configuration, table), name)
+
+    return ServerConfig(**configuration_schema.server_fields(value_of), process_name="milter-manager")
 
 
 def _launch_function(launcher, milter, logger: Logger):
@@ -272,7 +296,7 @@ def child_definitions(configuration, conditions_per_milter: dict | None = None, 
         if not milter.enabled or not milter.connection_spec:
             continue
         definitions.append(ChildDefinition(
-            name=milter.name, spec=parse_spec(milter.connection_spec),
+            name=milter.name, spec=milter.connection_spec.spec,
             fallback_status=status_named(milter.fallback_status), evaluation_mode=milter.evaluation_mode,
             timeouts=Timeouts(milter.connection_timeout, milter.writing_timeout, milter.reading_timeout,
                               milter.end_of_message_timeout),
@@ -300,6 +324,19 @@ def build_context(configuration, logger: Logger = default_logger, launcher=None)
         stages_read=stages_read, macros_read=macros_read, logger=logger,
         condition_evaluator=condition_evaluator, rule_evaluator=rule_evaluator,
         max_pending_finished_sessions=manager.max_pending_finished_sessions, disconnect=disconnect)
+
+
+def connection_specs(configuration) -> list[tuple[str, tuple[str, str], object]]:
+    """(key, (FILE, KEY), spec) of every connection spec in use: the listening socket, the controller, the
+    enabled milters (messages name each where it is set)."""
+    specs = []
+    for key in ("manager.connection_spec", "controller.connection_spec"):
+        spec = getattr(configuration, key.split(".")[0]).connection_spec
+        if spec:
+            specs.append((key, origin(configuration, key), spec))
+    specs += [("milter.connection_spec", milter_origin(milter, "connection_spec"), milter.connection_spec)
+              for milter in configuration.milters if milter.enabled and milter.connection_spec]
+    return specs
 
 
 def environment_config_dir() -> str | None:

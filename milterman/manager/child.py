@@ -8,7 +8,7 @@ and the leader then counts the child's fallback status (M-ERR-1, D-14).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..log import DEBUG, Logger
 from ..net import ConnectionSpec, MilterIOError, MtaClient, Response, Timeouts
@@ -26,13 +26,14 @@ class ChildDefinition:
 
     name: str
     spec: ConnectionSpec
-    fallback_status: Status = Status.ACCEPT
+    #: fallback status, timeouts and retry delay come from the [[milter]] settings (their defaults are the schema's)
+    fallback_status: Status
+    timeouts: Timeouts
+    #: the first wait before an attempt to bring the child back (doubled after each failed attempt)
+    retry_delay: float
     evaluation_mode: bool = False
-    timeouts: Timeouts = field(default_factory=lambda: Timeouts(297.0, 7.0, 7.0, 297.0))
     #: the child's applicable conditions in attachment order (a ConditionChain from conditions.build, M-AC-*)
     conditions: tuple = ()
-    #: the first wait before an attempt to bring the child back (doubled after each failed attempt)
-    retry_delay: float = 5.0
     #: the child's ``command`` as a :class:`milterman.manager.launcher.CommandLaunch` (M-LAU-1), or None
     launch: object = None
 

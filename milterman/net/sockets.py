@@ -2,7 +2,8 @@
 
 :func:`bind_listener` uses the standard library only so the pre-fork master can
 call it before gevent exists in any process; the worker wraps the result with
-gevent. Every TCP socket gets TCP_NODELAY (D-13).
+gevent. Every TCP socket gets TCP_NODELAY (D-13). A spec naming a host is looked up
+here, when it is bound or connected to (the configuration holds it unresolved).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import socket
 import stat
 
-from .spec import ConnectionSpec
+from .spec import ConnectionSpec, SpecError, resolve
 
 DEFAULT_BACKLOG = 1024
 
@@ -61,8 +62,13 @@ def bind_listener(spec: ConnectionSpec, *, backlog: int = DEFAULT_BACKLOG, unix_
     A unix socket is created with ``unix_mode`` and ``unix_group``; a stale socket
     file is removed first (only if it is a socket) unless ``remove_stale`` is false,
     and then binding fails with a message naming ``setting``. Errors raise
-    :class:`ListenError` with the spec in the message (port in use, no permission).
+    :class:`ListenError` with the spec in the message (port in use, no permission, a host
+    name that does not resolve).
     """
+    try:
+        spec = resolve(spec)
+    except SpecError as error:
+        raise ListenError(errno.EINVAL, f"failed to listen on {spec}: {error}") from None
     sock = socket.socket(spec.socket_family, socket.SOCK_STREAM)
     try:
         if spec.family == "unix":
@@ -124,9 +130,20 @@ def send_all(sock, data: bytes) -> None:
 
 
 def connect(spec: ConnectionSpec, timeout: float | None = None):
-    """Open a gevent socket to ``spec`` within ``timeout`` seconds, TCP_NODELAY set (D-13)."""
+    """Open a gevent socket to ``spec`` within ``timeout`` seconds, TCP_NODELAY set (D-13).
+
+    A host name is looked up now, through gevent's resolver (the serving process goes on
+    meanwhile); a name that does not resolve is an ``OSError`` naming it, like a refused connect.
+    """
+    import gevent
     from gevent import socket as gsocket
 
+    if spec.needs_lookup:
+        try:
+            with gevent.Timeout(timeout, TimeoutError):
+                spec = resolve(spec, gsocket.getaddrinfo)
+        except SpecError as error:
+            raise OSError(errno.EHOSTUNREACH, str(error)) from None
     sock = gsocket.socket(spec.socket_family, gsocket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..net.spec import ConnectionSpec
+from ..spec import ConnectionSpec
 
 Handler = Callable[[object, object], None]
 
@@ -21,30 +21,34 @@ class ConfigurationError(Exception):
 
 @dataclass
 class ServerConfig:
-    """How the server runs, whichever application it serves (D-5, D-6, M-ACC-1, M-FD-1, M-MNT-1)."""
+    """How the server runs, whichever application it serves (D-5, D-6, M-ACC-1, M-FD-1, M-MNT-1).
+
+    No defaults here: every value comes from the one settings table (``config.schema.SERVER_SETTINGS``:
+    names, kinds, defaults, options), through the files or the command line of each program.
+    """
 
     spec: ConnectionSpec
-    n_workers: int = 0
-    unix_socket_mode: int = 0o660
-    unix_socket_group: str | None = None
+    n_workers: int
+    unix_socket_mode: int
+    unix_socket_group: str | None
     #: unlink a stale unix socket before binding / our socket at exit (manager.remove_unix_socket_on_*)
-    remove_unix_socket_on_create: bool = True
-    remove_unix_socket_on_close: bool = True
-    user: str | None = None
-    group: str | None = None
-    daemon: bool = False
-    pid_file: str | None = None
-    graceful_timeout: float = 30.0
-    max_connections: int = 0
-    max_file_descriptors: int = 0
+    remove_unix_socket_on_create: bool
+    remove_unix_socket_on_close: bool
+    user: str | None
+    group: str | None
+    daemon: bool
+    pid_file: str | None
+    graceful_timeout: float
+    max_connections: int
+    max_file_descriptors: int
     #: a worker whose heartbeat is older than this is killed and replaced
-    worker_timeout: float = 60.0
-    event_loop_backend: str = "libev"
+    worker_timeout: float
+    event_loop_backend: str
     #: maintenance (gc and the memory line) every this many sessions; 0: never (D-12)
-    maintenance_interval: int = 10
-    report_memory_statistics: bool = False
+    maintenance_interval: int
+    report_memory_statistics: bool
     #: seconds accepting pauses when out of descriptors (M-ACC-2)
-    suspend_time_on_unacceptable: float = 1.0
+    suspend_time_on_unacceptable: float
     process_name: str = "milterman"
 
 
@@ -56,6 +60,13 @@ class Application:
     def load(self) -> tuple[object, ServerConfig]:
         """Load and validate the configuration; raise :class:`ConfigurationError` naming file and key."""
         raise ConfigurationError(f"{type(self).__name__} does not define load()")
+
+    def name_check(self, configuration: object) -> Callable[[], None] | None:
+        """What validating ``configuration`` needs from the name service (host names of its connection
+        specs), as a function raising :class:`ConfigurationError` that names the value and where it is
+        set; None when nothing needs looking up. It may block (bounded): the master calls it at start,
+        and on a reload off its signal loop."""
+        return None
 
     def prepare(self, configuration: object, config: ServerConfig) -> None:
         """In the master, after binding and before privileges are dropped (once, at start)."""

@@ -35,6 +35,7 @@ from ..log import Logger
 from ..log import logger as default_logger
 from ..net.sockets import ListenError, bind_listener, remove_unix_socket
 from .app import Application, ConfigurationError, ServerConfig
+from .lookup import NameLookup
 from .process import (PidFile, StartupError, activated_sockets, close_quietly, daemonize, drop_privileges,
                       ensure_standard_fds, set_file_descriptor_limit, set_process_title, systemd_notify)
 from .signals import SignalQueue, signal_name
@@ -84,6 +85,8 @@ class Master:
         self.controller = None
         self.started_at = time.time()
         self._master_read = self._master_write = -1
+        #: a reload waiting for its host names to be looked up (off the signal loop)
+        self.name_lookup: NameLookup | None = None
 
     # -------------------------------------------------------------------------- start-up
 
@@ -91,6 +94,9 @@ class Master:
         """Everything before serving (M-DAE-1 order, D-5); raises StartupError / ConfigurationError."""
         ensure_standard_fds()
         self.configuration, self.config = self.app.load()
+        check = self.app.name_check(self.configuration)
+        if check is not None:
+            check()  # at start the look-up may block: nothing is served yet
         config = self.config
         check_event_loop(config.event_loop_backend)
         if not 0 <= config.n_workers <= 1000:
@@ -317,13 +323,36 @@ class Master:
         self._begin_stop("graceful", signal.SIGTERM, self.config.graceful_timeout)
 
     def _reload_configuration(self) -> tuple[object, ServerConfig] | None:
-        """Load the configuration again; ``None`` (and the error logged) when it is unusable."""
-        try:
-            configuration, config = self.app.load()
-            check_event_loop(config.event_loop_backend)
-        except (ConfigurationError, StartupError, BackendError) as error:
-            self.logger.error(f"[server][reload][error] {error}; the previous configuration stays in use")
+        """Load the configuration again; ``None`` (and the error logged) when it is unusable or not ready yet.
+
+        Host names are looked up off the signal loop (:class:`.lookup.NameLookup`): this SIGHUP starts
+        the look-up and returns None; its end raises SIGHUP again, and that call takes the result.
+        """
+        pending = self.name_lookup
+        if pending is not None and not pending.done:
+            pending.again = True
+            self.logger.info("[server][reload] host names are still being looked up; another reload follows")
             return None
+        if pending is not None:
+            self.name_lookup = None
+            if pending.again:
+                os.kill(os.getpid(), signal.SIGHUP)
+            if pending.error is not None:
+                self.logger.error(f"[server][reload][error] {pending.error}; the previous configuration stays in use")
+                return None
+            configuration, config = pending.loaded
+        else:
+            try:
+                configuration, config = self.app.load()
+                check_event_loop(config.event_loop_backend)
+            except (ConfigurationError, StartupError, BackendError) as error:
+                self.logger.error(f"[server][reload][error] {error}; the previous configuration stays in use")
+                return None
+            check = self.app.name_check(configuration)
+            if check is not None:
+                self.name_lookup = NameLookup((configuration, config), check,
+                                              on_done=lambda: os.kill(os.getpid(), signal.SIGHUP))
+                return None
         if str(config.spec) != str(self.config.spec):
             self.logger.warning(f"[server][reload][warning] the connection spec changed to {config.spec}; "
                                 f"it takes effect after a restart")

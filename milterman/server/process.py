@@ -8,12 +8,13 @@ that names the option and the value, so the command can print it and exit 1.
 from __future__ import annotations
 
 import errno
-import grp
 import os
 import pwd
 import resource
 import socket
 import stat
+
+from ..accounts import UnknownAccount, group_id, user_entry
 
 LISTEN_FDS_START = 3
 
@@ -47,21 +48,17 @@ def close_quietly(*fds: int) -> None:
 def resolve_user(option: str, value: str | int) -> pwd.struct_passwd:
     """A user name or id → its passwd entry; unknown users are named in the error."""
     try:
-        if isinstance(value, int) or str(value).isdigit():
-            return pwd.getpwuid(int(value))
-        return pwd.getpwnam(str(value))
-    except KeyError:
-        raise StartupError(f"{option}: unknown user: <{value}>") from None
+        return user_entry(value)
+    except UnknownAccount as error:
+        raise StartupError(f"{option}: {error}") from None
 
 
 def resolve_group(option: str, value: str | int) -> int:
     """A group name or id → gid; unknown groups are named in the error."""
     try:
-        if isinstance(value, int) or str(value).isdigit():
-            return grp.getgrgid(int(value)).gr_gid
-        return grp.getgrnam(str(value)).gr_gid
-    except KeyError:
-        raise StartupError(f"{option}: unknown group: <{value}>") from None
+        return group_id(value)
+    except UnknownAccount as error:
+        raise StartupError(f"{option}: {error}") from None
 
 
 def drop_privileges(user: str | int | None, group: str | int | None) -> None:

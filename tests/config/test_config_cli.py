@@ -79,3 +79,38 @@ def test_options_help_text():
     assert "(default: inet:10025@[127.0.0.1]) (manager.connection_spec)" in text
     assert "--socket-group-name=GROUP" in text and "(deprecated)" in text
     assert "[default:" not in text  # docopt would turn it into a value that always overrides the files
+
+
+def _run(command: str, *argv: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", f"milterman.cli.{command}", *argv], capture_output=True, text=True,
+                          timeout=60, cwd="/", env={"PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--user-id", "abc"), "--user-id: invalid UID: <abc>"),
+    (("--group-id", "x1"), "--group-id: invalid GID: <x1>"),
+    (("--n-workers", "5000"), "--n-workers: must be 0..1000, got 5000"),
+    (("--worker-timeout", "0"), "--worker-timeout: must be > 0, got 0.0"),
+])
+def test_one_server_settings_table_checks_both_commands_alike(tmp_path, argv, message):
+    # issue 11: milter-manager and milter-test-client take the server options from the same table
+    (tmp_path / "milter-manager.toml").write_text("version = 1\n")
+    manager = _run("manager", "-c", str(tmp_path), "--no-detect", "--check-config", *argv)
+    assert (manager.returncode, manager.stdout) == (1, f"command line: {message}\n"), manager
+    client = _run("test_client", *argv)
+    assert (client.returncode, client.stdout) == (1, f"{message}\n"), client
+
+
+def test_worker_timeout_is_a_manager_option_and_key(tmp_path):
+    from milterman.config.schema import SERVER_SETTINGS, find_setting
+    from milterman.manager.app import server_config
+
+    setting = find_setting("manager.worker_timeout")
+    assert setting.default == 60.0 and setting.options[0].names == ("--worker-timeout",)
+    assert all(find_setting(key) is not None for key in SERVER_SETTINGS.values())
+    configuration = load_string("version = 1\n[manager]\nworker_timeout = 2.5\n",
+                                overrides=parse("--worker-timeout=4"))
+    assert server_config(configuration).worker_timeout == 4.0

@@ -14,14 +14,20 @@ from milterman.server.app import ConfigurationError as ServerConfigurationError
 HEAD = "version = 1\n"
 
 
-def test_C_TOML_4_configuration_error_is_the_servers(tmp_path):
-    # so the master's SIGHUP path logs it and keeps the old configuration (C-TOML-4, D-5)
-    assert issubclass(ConfigurationError, ServerConfigurationError)
+def test_C_TOML_4_configuration_error_reaches_the_server_through_the_managers_loader(tmp_path):
+    # config owns its error type (it imports nothing of the server); the manager's loader hands it to the
+    # server as the server's, so the master's SIGHUP path logs it and keeps the old configuration (C-TOML-4, D-5)
+    from milterman.manager.app import ManagerApplication
+
+    assert not issubclass(ConfigurationError, ServerConfigurationError)
     path = tmp_path / "milter-manager.toml"
     path.write_text(HEAD + "[manager]\nn_workers = 5000\n")
-    with pytest.raises(ServerConfigurationError) as raised:
+    with pytest.raises(ConfigurationError) as raised:
         load(path)
     assert str(raised.value) == f"{path}: manager.n_workers: must be 0..1000, got 5000"
+    with pytest.raises(ServerConfigurationError) as wrapped:
+        ManagerApplication(str(tmp_path), {}, detect=False).load()
+    assert str(wrapped.value) == f"{path}: manager.n_workers: must be 0..1000, got 5000"
 
 
 @pytest.mark.parametrize("text, expected", [

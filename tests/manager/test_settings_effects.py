@@ -114,6 +114,8 @@ EFFECTS: dict[str, tuple[str, ...]] = {
     "manager.report_memory_statistics": (
         HOOKS,
                                          S + "test_limits.py::test_memory_profile_lines"),
+    "manager.worker_timeout": (HERE + "test_server_keys_reach_the_server_settings",
+                               HERE + "test_worker_timeout_replaces_a_worker_whose_heartbeat_stopped"),
     "manager.graceful_timeout": (HERE + "test_server_keys_reach_the_server_settings",
                                  S + "test_reload.py::test_sigterm_cuts_sessions_after_the_graceful_timeout"),
     # [controller]
@@ -271,9 +273,11 @@ max_file_descriptors = 1234
 event_loop_backend = "libuv"
 n_workers = 3
 graceful_timeout = 4.5
+worker_timeout = 6.5
 report_memory_statistics = true
 ''')
     config = server_config(configuration)
+    assert config.worker_timeout == 6.5 and server_config(load_string(HEAD)).worker_timeout == 60.0
     assert (str(config.spec), config.unix_socket_mode, config.unix_socket_group) == \
         ("unix:/run/x/manager.sock", 0o640, "mail")
     assert (config.remove_unix_socket_on_create, config.remove_unix_socket_on_close) == (False, False)
@@ -442,6 +446,34 @@ def test_event_loop_backend_selects_the_loop_of_the_serving_process(env, backend
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing a socket's group needs root")
+def test_worker_timeout_replaces_a_worker_whose_heartbeat_stopped(env):
+    """D-5: a worker whose heartbeat stops for manager.worker_timeout seconds is killed and replaced."""
+    import signal
+
+    from manager_harness import one_session, wait_until
+
+    env.milter("c1")
+    manager = env.start([{"name": "c1"}], manager={"worker_timeout": 1.0}, n_workers=1)
+    (worker,) = manager.remember_children()
+    stopped = time.monotonic()
+    os.kill(worker, signal.SIGSTOP)  # alive, but its heartbeat stops
+    manager.wait_output(f"[server][worker][timeout] pid {worker} silent for", timeout=10)
+    assert "(limit 1 s); killing it" in manager.output
+    assert time.monotonic() - stopped < 5  # the default (60 s) would still wait
+    wait_until(lambda: [pid for pid in manager.remember_children() if pid != worker and psutil_alive(pid)], 10,
+               f"a new worker: {manager.output}")
+    one_session(env)  # the new worker serves
+
+
+def psutil_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def test_unix_socket_mode_and_group_of_manager_and_controller(env):
     import grp
 
@@ -463,8 +495,9 @@ def test_unix_socket_mode_and_group_of_manager_and_controller(env):
 def test_privilege_mode_keeps_the_launcher_root(monkeypatch, privileged):
     """M-LAU-1, D-10: in privilege mode the launcher keeps root (to start each command as its user_name);
     otherwise it runs as the manager's user."""
+    import dataclasses
+
     import milterman.manager.launcher as launcher_module
-    from milterman.server.app import ServerConfig
 
     requested = []
     monkeypatch.setattr(launcher_module, "start_launcher", lambda logger, drop_to: requested.append(drop_to))
@@ -472,7 +505,7 @@ def test_privilege_mode_keeps_the_launcher_root(monkeypatch, privileged):
                                        '[[milter]]\nname = "m"\nconnection_spec = "unix:/run/m.sock"\n'
                                        'command = "/bin/true"\nuser_name = "nobody"\n')
     app = ManagerApplication(None, {}, detect=False)
-    app.prepare(configuration, ServerConfig(spec=parse_spec("inet:10025@[127.0.0.1]"), user="nobody"))
+    app.prepare(configuration, dataclasses.replace(server_config(configuration), user="nobody"))
     assert requested == [None if privileged else ("nobody", None)]
 
 

@@ -44,6 +44,7 @@ import tomllib
 from milterman.log import logger, parse_level
 from milterman.net import MilterHandler, MilterSession, SpecError, Wanted, parse_spec
 from milterman.protocol import Action
+from milterman.config.schema import find_setting, server_fields
 from milterman.server.app import Application, ConfigurationError, ServerConfig
 from milterman.server.master import run_application
 
@@ -137,7 +138,8 @@ def load_file(path: str) -> tuple[MilterSettings, ServerConfig]:
                                      f"got {server['unix_socket_mode']!r}") from None
     if milter.get("delay", 0) < 0:
         raise ConfigurationError(f"{path}: milter.delay: must not be negative, got {milter['delay']!r}")
-    return MilterSettings(**milter), ServerConfig(process_name="config-app", **server)
+    defaults = server_fields(lambda key: find_setting(key).default)  # the one table's defaults
+    return MilterSettings(**milter), ServerConfig(**{**defaults, "process_name": "config-app", **server})
 
 
 class ConfigApplication(Application):
