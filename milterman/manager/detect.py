@@ -137,7 +137,7 @@ def _check_port(port: str, original: str) -> str:
 def libmilter_socket_to_spec(text: str) -> str:
     """Convert a libmilter/Sendmail socket (``inet:PORT@HOST``, ``inet6:…``, ``local:``/``unix:PATH``, ``/PATH``).
 
-    Hosts are kept as written (resolved later by :func:`milterman.net.spec.parse_spec`),
+    Hosts are kept as written (looked up only when the manager connects, see :mod:`milterman.spec`),
     address literals are bracketed, and a socket on every address (no host, ``0.0.0.0``,
     ``::``) becomes the loopback address. Raises :class:`DetectionError` for forms a
     manager cannot connect to (relative paths, ``fd:`` sockets handed over by systemd).
