@@ -67,19 +67,20 @@ def client_of(connect) -> Client:
 
 
 class Scope:
-    """What one evaluation sees: the leader, the child (None for ``[[rule]]``), the stage letter, the command."""
+    """What one evaluation sees: the session's :class:`~milterman.manager.session.facts.Facts`, the child
+    (None for ``[[rule]]``), the stage letter, the command."""
 
-    __slots__ = ("leader", "child", "letter", "command")
+    __slots__ = ("facts", "child", "letter", "command")
 
-    def __init__(self, leader, child, letter: str, command) -> None:
-        self.leader = leader
+    def __init__(self, facts, child, letter: str, command) -> None:
+        self.facts = facts
         self.child = child
         self.letter = letter
         self.command = command
 
     def client(self) -> Client | None:
         """The connect facts; None when the MTA sent no connect (M-AC-3)."""
-        connect = self.command if self.letter == "C" else self.leader.connect_command
+        connect = self.command if self.letter == "C" else self.facts.connect_command
         return client_of(connect) if connect is not None else None
 
     def macro(self, name: str) -> str | None:
@@ -89,7 +90,7 @@ class Scope:
             for values in child.macros_extra.values():
                 if name in values:
                     return values[name]
-        return self.leader.session.macros.get(name)
+        return self.facts.macros.get(name)
 
     def set_macro(self, name: str, value: str) -> None:
         """M-MAC-4: the macro goes to this child with the command of the current stage."""
@@ -98,7 +99,7 @@ class Scope:
     def recipients(self) -> list[str]:
         """B5.1 ``recipients``: sent to this child and not refused (conditions) or accepted by the manager (rules)."""
         child = self.child
-        return child.recipients if child is not None else self.leader.recipients
+        return child.recipients if child is not None else self.facts.recipients
 
 
 # ------------------------------------------------------------------------------------------- small helpers
@@ -282,13 +283,13 @@ def _helo(regexes, letter, site, quantifier) -> Test:
     matches = _any_regex(regexes)
     if letter == "H":
         return lambda scope: matches(scope.command.name)
-    return lambda scope: matches(scope.leader.helo_name)
+    return lambda scope: matches(scope.facts.helo_name)
 
 
 def _sender(letter: str) -> Callable[[Scope], str | None]:
     if letter == "M":
         return lambda scope: scope.command.address
-    return lambda scope: scope.leader.sender
+    return lambda scope: scope.facts.sender
 
 
 def _envelope_from(regexes, letter, site, quantifier) -> Test:
@@ -348,7 +349,7 @@ def _header(value: HeaderMatch, letter, site, quantifier) -> Test:
         return lambda scope: one(scope.command.name, scope.command.value)
 
     def test(scope: Scope) -> bool:
-        message = scope.leader.message
+        message = scope.facts.message
         if message is None:
             return False
         for name, text in message.headers.items:
@@ -404,7 +405,7 @@ def _mta(value, letter, site, quantifier) -> Test:
 
 
 def _stressed(value, letter, site, quantifier) -> Test:
-    return lambda scope: site.stressed(scope.leader) == value
+    return lambda scope: site.stressed(scope.facts) == value
 
 
 def _s25r(value, letter, site, quantifier) -> Test:
@@ -436,7 +437,7 @@ def _milter_status(entries, letter, site, quantifier) -> Test:
     checks = tuple((name, frozenset(statuses)) for name, statuses in entries)
 
     def test(scope: Scope) -> bool:
-        children = scope.leader.children
+        children = scope.facts.children
         for name, statuses in checks:
             for child in children:
                 if child.name == name:
@@ -454,7 +455,7 @@ def _flag(flags, letter, site, quantifier) -> Test:
     wanted = tuple(flags)
 
     def test(scope: Scope) -> bool:
-        current = scope.leader.flags
+        current = scope.facts.flags
         for flag in wanted:
             if flag in current:
                 return True

@@ -5,7 +5,7 @@ test no predicate expresses), milterman calls a Python object instead. The class
 instantiated once per (re)load in each worker; each of its methods named after a
 stage (``connect``, ``helo``, ``envelope_from``, ``envelope_recipient``, ``data``,
 ``header``, ``end_of_header``, ``body``, ``end_of_message``) is a stopper: it gets a
-read-only :class:`Facts` of the session and returns whether to stop the child. It runs
+read-only :class:`FactsView` of the session and returns whether to stop the child. It runs
 in the session's greenlet, so a slow lookup delays that session only if it yields
 (gevent-aware libraries do). An exception counts as "do not stop" and is logged once
 per session and condition, with its traceback, at error level.
@@ -54,7 +54,7 @@ class _Macros(Mapping):
         self._scope = scope
 
     def _all(self) -> dict[str, str]:
-        values = self._scope.leader.session.macros.merged()
+        values = self._scope.facts.macros.merged()
         child = self._scope.child
         if child is not None and child.macros_extra:
             for extra in child.macros_extra.values():
@@ -74,7 +74,7 @@ class _Macros(Mapping):
         return len(self._all())
 
 
-class Facts:
+class FactsView:
     """What a Python condition sees of a session: attributes only, nothing it can change but ``shelf``."""
 
     __slots__ = ("_scope",)
@@ -108,13 +108,13 @@ class Facts:
     @property
     def helo(self) -> str | None:
         scope = self._scope
-        return scope.command.name if scope.letter == "H" else scope.leader.helo_name
+        return scope.command.name if scope.letter == "H" else scope.facts.helo_name
 
     @property
     def envelope_from(self) -> str | None:
         """The MAIL FROM argument as the MTA sent it (with angle brackets)."""
         scope = self._scope
-        return scope.command.address if scope.letter == "M" else scope.leader.sender
+        return scope.command.address if scope.letter == "M" else scope.facts.sender
 
     @property
     def envelope_recipient(self) -> str | None:
@@ -144,7 +144,7 @@ class Facts:
     @property
     def shelf(self) -> dict:
         """The transaction's shelf: a dict the stages of one transaction share (emptied at MAIL FROM)."""
-        return self._scope.leader.shelf
+        return self._scope.facts.shelf
 
     @property
     def header(self) -> tuple[str, str] | None:
@@ -179,14 +179,13 @@ def python_condition(name: str, reference: str, logger: Logger | None = None) ->
 def _stopper(name: str, reference: str, method, logger: Logger):
     def stopper(scope: Scope) -> bool:
         try:
-            return bool(method(Facts(scope)))
+            return bool(method(FactsView(scope)))
         except Exception:  # the site's code: "do not stop", logged once per session and condition
-            leader = scope.leader
-            logged = leader.__dict__.setdefault("python_condition_errors", set())
+            logged = scope.facts.condition_errors
             if name not in logged:
                 logged.add(name)
                 text = traceback.format_exc().rstrip().replace("\n", "\n  ")
-                logger.error(f"[{leader.session.id}] [manager][condition][error] [{scope.child.name}] [{name}] "
+                logger.error(f"[{scope.facts.session_id}] [manager][condition][error] [{scope.child.name}] [{name}] "
                              f"{reference}: exception (counted as do not stop):\n  {text}")
             return False
 
