@@ -26,9 +26,10 @@ from ..config.model import ConditionDefinition, ConditionRule, Configuration
 from ..config.predicates import CONDITION_STAGES
 from ..log import DEBUG, Logger
 from ..log import logger as default_logger
+from ..protocol.stages import STAGE_LETTERS
 from .builtin_conditions import (SENDMAIL_COMPATIBLE_MACROS, Condition, Resolver, Site, builtin_conditions,
                                  restrict_accounts_condition)
-from .predicates import STAGE_LETTERS, Scope, add_macros, compile_match, match_reads
+from .predicates import Scope, add_macros, compile_match, match_reads
 from .python_conditions import python_condition
 from .rules import RuleChain
 

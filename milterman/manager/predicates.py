@@ -29,18 +29,14 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..config.predicates import DAYS, HeaderMatch, Match, Predicate, TimeWindow
+from ..protocol import Family
+from ..protocol.stages import MACRO_LIST_LETTERS
 
 if TYPE_CHECKING:
     from .builtin_conditions import Site
 
-#: C-TOML-5 stage name → protocol command letter
-STAGE_LETTERS = {"connect": "C", "helo": "H", "envelope-from": "M", "envelope-recipient": "R", "data": "T",
-                 "unknown": "U", "header": "L", "end-of-header": "N", "body": "B", "end-of-message": "E"}
 #: P-CON-1 family byte → B5.1 ``client_family`` name
-FAMILIES = {"4": "inet", "6": "inet6", "L": "unix", "U": "unknown"}
-#: stages the MTA can be asked macros for (SETSYMLIST, M-MAC-3); others borrow the nearest earlier list
-_MACRO_LIST_LETTER = {"C": "C", "H": "H", "M": "M", "R": "R", "T": "T", "L": "T", "N": "N", "B": "N", "E": "E",
-                      "U": "C"}
+FAMILIES = {Family.INET: "inet", Family.INET6: "inet6", Family.UNIX: "unix", Family.UNKNOWN: "unknown"}
 
 Test = Callable[["Scope"], bool]
 
@@ -529,8 +525,8 @@ PREDICATE_MACROS = {"authenticated": {"M": ("auth_type", "auth_authen")}, "mta":
 
 
 def macro_list_letter(letter: str) -> str:
-    """The macro-list stage (SETSYMLIST) that serves a stage without a list of its own."""
-    return _MACRO_LIST_LETTER[letter]
+    """The macro-list stage (SETSYMLIST) that serves a stage, its own or the nearest earlier one (M-MAC-3)."""
+    return MACRO_LIST_LETTERS[letter]
 
 
 def add_macros(target: dict[str, list[str]], letter: str, names) -> None:

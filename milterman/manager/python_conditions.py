@@ -20,11 +20,12 @@ from types import MappingProxyType
 
 from ..log import Logger
 from ..log import logger as default_logger
+from ..protocol.stages import STAGE_NAMES, STAGES
 from .builtin_conditions import Condition
-from .predicates import STAGE_LETTERS, Scope, authenticated, mta_kind
+from .predicates import Scope, authenticated, mta_kind
 
-#: Python method name → stage letter
-METHODS = {stage.replace("-", "_"): letter for stage, letter in STAGE_LETTERS.items() if stage != "unknown"}
+#: Python method name → stage letter (every stage a condition can stop at: not unknown)
+METHODS = {stage.handler: stage.letter for stage in STAGES if stage.name != "unknown"}
 
 
 def resolve(reference: str, fresh: bool = False) -> object:
@@ -85,7 +86,7 @@ class FactsView:
     @property
     def stage(self) -> str:
         """The stage being evaluated, e.g. ``"envelope-recipient"``."""
-        return next(stage for stage, letter in STAGE_LETTERS.items() if letter == self._scope.letter)
+        return STAGE_NAMES[self._scope.letter]
 
     @property
     def client_address(self) -> str | None:

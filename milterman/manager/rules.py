@@ -13,8 +13,9 @@ from ..config.model import Configuration, RuleSettings
 from ..log import DEBUG, Logger
 from ..log import logger as default_logger
 from ..protocol import ReplyCode, format_reply_text
+from ..protocol.stages import STAGE_LETTERS
 from .context import RuleOutcome
-from .predicates import STAGE_LETTERS, Scope, Test, add_macros, compile_match, match_reads
+from .predicates import Scope, Test, add_macros, compile_match, match_reads
 from .status import Status, status_named
 
 

@@ -18,7 +18,8 @@ from ...log import DEBUG, STATISTICS
 from ...net import MilterHandler, MilterSession, Wanted
 from ...protocol import (CONTINUE, DATA, Continue, Discard, EndOfMessage, Header, Macro, Mail, Negotiate, Options,
                          Reply, Skip, strip_braces)
-from ..child import STAGE_NAMES, Child, ChildFailure
+from ...protocol.stages import BY_LETTER, STAGE_NAMES, STAGES
+from ..child import Child, ChildFailure
 from ..context import ManagerContext
 from ..status import Combined, Status, status_of
 from .facts import Facts
@@ -32,15 +33,15 @@ class Outcome(NamedTuple):
     #: what an answer other than continue ends for the child: "session", "message", or at RCPT
     #: "recipient" (the recipient bookkeeping of M-ENV-6; only accept ends the message there)
     ends: str
-    #: discard is a valid answer here; elsewhere it expires the child (P-RPL-6)
+    #: discard is a valid answer here; elsewhere it expires the child (P-RPL-6, from the stage table)
     discard_valid: bool
 
 
 #: the one table of per-stage outcomes for the parallel stages
-OUTCOMES = {
-    "C": Outcome("session", False), "H": Outcome("session", False), "U": Outcome("session", False),
-    "M": Outcome("message", True), "T": Outcome("message", True), "R": Outcome("recipient", True),
-}
+OUTCOMES = {letter: Outcome(ends, BY_LETTER[letter].discard_allowed) for letter, ends in (
+    ("C", "session"), ("H", "session"), ("U", "session"), ("M", "message"), ("T", "message"), ("R", "recipient"))}
+#: stages where the MTA must not get discard (P-RPL-6)
+_NO_DISCARD = frozenset(stage.letter for stage in STAGES if not stage.discard_allowed)
 
 
 class Leader(MilterHandler):
@@ -277,8 +278,7 @@ class Leader(MilterHandler):
         """The MTA's reply from ``combined`` (P-RPL-6: no discard at connect, helo, unknown), recorded for the
         session's end line."""
         reply = combined.reply(self.logger, f"[{self.session.id}] [manager]")
-        letter = self.session.current or ""
-        if letter in ("C", "H", "U") and isinstance(reply, Discard):
+        if isinstance(reply, Discard) and self.session.current in _NO_DISCARD:
             reply = CONTINUE  # P-RPL-6: discard is meaningless there; children were already quitted
         self.last_status = status_of(reply).nick
         return reply
@@ -557,28 +557,29 @@ class Leader(MilterHandler):
         status = outcome.terminal
         combined = Combined()
         combined.add(status, outcome.reply)
-        if letter in ("C", "H"):
+        stage = BY_LETTER[letter]
+        if stage.content:
+            self.abort_message()
+        elif stage.refusal == "connection":
             if status != Status.CONTINUE:
                 for child in self._alive():
                     child.end_status = status.nick
                     child.quit()
                     self.milter_end(child)
-        elif letter in ("M", "T"):
+        elif stage.refusal == "message":
             if status.is_refusal:
                 self.abort_message()
             else:
                 for child in self.children:
                     if child.in_message:
                         child.abort()
-        elif letter == "R":
+        elif stage.refusal == "recipient":
             if status == Status.DISCARD:
                 self.abort_message()
             elif status == Status.ACCEPT:
                 for child in self.children:
                     if child.in_message:
                         child.abort()
-        elif letter in ("L", "N", "B", "E"):
-            self.abort_message()
         return self.reply(combined)
 
     # ================================================================ conditions and statistics

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from ...net import Wanted
 from ...protocol import Action, MacroStage, Negotiate, Options, Step
-from ...protocol.flags import CAPABILITY_STEPS, MACRO_STAGE_LETTERS, MDS_STEPS, SKIP_STEPS
-from ...protocol.negotiation import EVENT_FLAGS
+from ...protocol.flags import CAPABILITY_STEPS, MDS_STEPS, SKIP_STEPS
+from ...protocol.stages import MACRO_STAGE_LETTERS, SKIP_BITS
 
 #: the highest protocol version offered to a child (M-NEG-1)
 CHILD_MAX_VERSION = 6
@@ -47,8 +47,7 @@ def mta_request(offer: Negotiate, alive: Sequence[Options], stages_read: Iterabl
         for options in alive:
             skips &= options.protocol
         for letter in stages_read:
-            bit = EVENT_FLAGS.get(letter, (0,))[0]
-            skips &= ~bit
+            skips &= ~SKIP_BITS.get(letter, 0)
         skips &= ~int(Step.NO_MAIL)
         if actions & _HEADER_ACTIONS:
             skips &= ~int(Step.NO_HEADERS)

@@ -19,7 +19,8 @@ from ...log import STATISTICS
 from ...protocol import (CONTINUE, END_OF_HEADER, AddHeader, AddRcpt, AddRcptWithParameters, Body, ChangeFrom,
                          ChangeHeader, Continue, DeleteRcpt, EndOfMessage, Header, InsertHeader, LocalProtocolError,
                          Quarantine, ReplaceBody, Reply, Skip)
-from ..child import STAGE_NAMES, ChildFailure
+from ...protocol.stages import STAGE_NAMES
+from ..child import ChildFailure
 from ..message import Message, header_diff
 from ..status import Combined, Status, status_of
 
