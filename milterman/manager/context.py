@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..log import STATISTICS, Logger
+from ..log import DEBUG, STATISTICS, Logger
 from ..log import logger as default_logger
 from .child import ChildDefinition
 from .disconnect import NO_WATCH, DisconnectCheck, Watch, connection_facts
@@ -70,6 +70,29 @@ class ManagerContext:
     def __post_init__(self) -> None:
         if self.health is None:
             self.health = HealthBoard(self.definitions, self.logger)
+
+    def manager_error(self, session_id: int, reason: str, none_reached: bool) -> None:
+        """The line for a session the manager answers itself (M-ERR-7).
+
+        With no child configured at all this is every session's normal path, announced once at
+        start: not an error per mail (issue 8). When children are configured but none of the
+        session could be reached (``none_reached``), the down lines explain it: the error line is
+        written once until a session reaches a child again, then at debug level.
+        """
+        logger = self.logger
+        if not self.definitions:
+            if logger.enabled(DEBUG):
+                logger.debug(f"[{session_id}] [manager] no child milter: {reason}")
+        elif none_reached:
+            if self.unreachable_reported:
+                if logger.enabled(DEBUG):
+                    logger.debug(f"[{session_id}] [manager][error] {reason}")
+            else:
+                self.unreachable_reported = True
+                logger.error(f"[{session_id}] [manager][error] {reason} (no child could be reached; "
+                             f"said once until a session reaches one again)")
+        else:
+            logger.error(f"[{session_id}] [manager][error] {reason}")
 
     def conditions_stop(self, facts, child, letter: str, command) -> bool:
         if self.condition_evaluator is None:

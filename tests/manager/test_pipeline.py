@@ -15,7 +15,8 @@ from milterman.log import DEFAULT, INFO, Logger
 from milterman.manager.child import Child, ChildDefinition
 from milterman.manager.context import ManagerContext
 from milterman.manager.session.leader import Leader
-from milterman.manager.session.pipeline import MessagePipeline, SessionPort
+from milterman.manager.session.pipeline import MessagePipeline
+from milterman.manager.session.port import SessionPort
 from milterman.manager.status import Combined, Status
 from milterman.net import MilterIOError, Response
 from milterman.protocol import (ACCEPT, CONTINUE, PROGRESS, REJECT, SKIP, TEMPFAIL, Action, AddHeader, AddRcpt,
@@ -113,6 +114,7 @@ class Port:
     """The leader's side of :class:`SessionPort`, in memory; ``events`` records what was asked of it."""
 
     watch = nullcontext()
+    logger = Logger()
 
     def __init__(self, children: list[Child]) -> None:
         self.children = children
@@ -402,9 +404,9 @@ def test_M_MSG_6_progress_is_relayed_to_the_mta_at_once():
 
 
 def test_the_leader_implements_the_port():
-    """The pipeline reaches the session only through SessionPort; the leader offers every member."""
-    members = [name for name in SessionPort.__dict__ if not name.startswith("_")]
-    assert set(members) >= {"stopped", "expire", "reply", "abort_message", "end_message"}
-    missing = [name for name in members if name != "watch" and not callable(getattr(Leader, name, None))]
-    assert missing == []
-    assert "watch" in SessionPort.__annotations__
+    """The pipeline and the fan-out reach the session only through SessionPort; the leader has every
+    method of it (its two attributes, ``watch`` and ``logger``, are set per session)."""
+    methods = [name for name, value in vars(SessionPort).items() if callable(value) and not name.startswith("_")]
+    assert set(methods) >= {"stopped", "expire", "reply", "abort_message", "end_message"}
+    assert [name for name in methods if not callable(getattr(Leader, name, None))] == []
+    assert set(SessionPort.__annotations__) == {"watch", "logger"}

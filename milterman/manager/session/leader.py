@@ -1,45 +1,33 @@
 """The leader: one MTA connection, its children, and the one answer the MTA gets.
 
-Parallel stages (connect, helo, envelope-from, envelope-recipient, data, unknown)
-go to every target child at once and are answered when all have answered (M-ENV-2);
-what a child's answer does to it is one row of :data:`OUTCOMES`. Message stages
-(header, end-of-header, body, end-of-message) go through the sequential
-:class:`~.pipeline.MessagePipeline` (D-3, M-MSG-*), which reaches back here only
-through the :class:`~.pipeline.SessionPort` methods. The manager rule chain (B7)
-runs first for every MTA command; conditions and rules read :class:`~.facts.Facts`.
+Parallel stages (connect, helo, envelope-from, envelope-recipient, data, unknown):
+the leader chooses the target children, :func:`~.children.fan_out` sends the command
+to all of them at once and applies each answer by the stage's row of its outcome
+table (M-ENV-2, M-ENV-4). Message stages (header, end-of-header, body,
+end-of-message) go through the sequential :class:`~.pipeline.MessagePipeline`
+(D-3, M-MSG-*). Both reach back here only through :class:`~.port.SessionPort`. The
+manager rule chain (B7) runs first for every MTA command; conditions and rules read
+:class:`~.facts.Facts`.
 """
 
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
 
 from ...log import DEBUG, STATISTICS
 from ...net import MilterHandler, MilterSession, Wanted
 from ...protocol import (CONTINUE, DATA, Continue, Discard, EndOfMessage, Header, Macro, Mail, Negotiate, Options,
-                         Reply, Skip, strip_braces)
+                         Reply, strip_braces)
 from ...protocol.stages import BY_LETTER, STAGE_NAMES, STAGES
-from ..child import Child, ChildFailure
+from ..child import Child
 from ..context import ManagerContext
 from ..status import Combined, Status, status_of
+from .children import fan_out, start_children
 from .facts import Facts
-from .negotiation import child_offer, mta_request
+from .negotiation import mta_request
 from .pipeline import MessagePipeline
 
 
-class Outcome(NamedTuple):
-    """What a child's answer at a parallel stage does to that child (M-ENV-4, M-ENV-1, P-RPL-6)."""
-
-    #: what an answer other than continue ends for the child: "session", "message", or at RCPT
-    #: "recipient" (the recipient bookkeeping of M-ENV-6; only accept ends the message there)
-    ends: str
-    #: discard is a valid answer here; elsewhere it expires the child (P-RPL-6, from the stage table)
-    discard_valid: bool
-
-
-#: the one table of per-stage outcomes for the parallel stages
-OUTCOMES = {letter: Outcome(ends, BY_LETTER[letter].discard_allowed) for letter, ends in (
-    ("C", "session"), ("H", "session"), ("U", "session"), ("M", "message"), ("T", "message"), ("R", "recipient"))}
 #: stages where the MTA must not get discard (P-RPL-6)
 _NO_DISCARD = frozenset(stage.letter for stage in STAGES if not stage.discard_allowed)
 
@@ -89,47 +77,10 @@ class Leader(MilterHandler):
 
     def _start_children(self, offer: Negotiate) -> None:
         """Connect and negotiate every enabled child at once (M-SES-2, M-SES-3); failures count per D-14."""
-        import gevent
-
         if not self._in_progress:
             self._in_progress = True
             self.manager.sessions_processing += 1
-        offered = child_offer(offer)
-        health = self.manager.health
-        health.last_offer = offered
-        children = [Child(definition, self.logger) for definition in self.manager.definitions]
-        self.children = self.facts.children = children
-
-        def connect(child: Child) -> tuple[Exception, bool] | None:
-            """None when connected, else (the failure, whether the log already has it)."""
-            try:
-                child.connect(offered)
-            except ChildFailure as failure:
-                health.of(child.definition).failed(str(failure))  # the one "down" line
-                return failure, True
-            except Exception as failure:  # a bug must not leave the MTA without an answer
-                return ChildFailure(f"internal error: {failure!r}"), False
-            health.of(child.definition).succeeded()
-            return None
-
-        # A child known to be down is not tried: its fallback counts at once (D-14)
-        jobs = {}
-        for child in children:
-            state = health.of(child.definition)
-            if state.down:
-                child.skip(f"down: {state.last_error}")
-                self._count_fallback(child)
-            else:
-                jobs[child] = gevent.spawn(connect, child)
-        gevent.joinall(list(jobs.values()))
-        for child, job in jobs.items():
-            if job.value is None:
-                continue
-            error, logged = job.value
-            child.expire(f"negotiate: {error}", log=not logged)
-            self._count_fallback(child)
-        if self.manager.unreachable_reported and any(child.negotiated for child in children):
-            self.manager.unreachable_reported = False
+        self.children = self.facts.children = start_children(self.manager, offer, self.logger, self._count_fallback)
         self.children_ready = True
 
     def _count_fallback(self, child: Child) -> None:
@@ -166,79 +117,6 @@ class Leader(MilterHandler):
 
     # ================================================================ parallel stages (M-ENV-*)
 
-    def _parallel(self, command, targets: list[Child], combined: Combined) -> None:
-        """Send ``command`` to every target, then collect each reply against its own deadline."""
-        letter = command.LETTER
-        macros = self.stage_macros(letter)
-        encoded = self.encoded_macros(letter, macros)
-        pending: list[Child] = []
-        for child in targets:
-            if not child.will_send(letter):
-                self._account(child, CONTINUE, combined, command)  # M-ENV-3: the child asked not to get it
-                continue
-            try:
-                if child.begin(command, macros, encoded):
-                    pending.append(child)
-                else:
-                    self._account(child, CONTINUE, combined, command)  # its own no-reply bit: don't wait (D-2)
-            except ChildFailure as error:
-                self.expire(child, str(error), combined)
-        for child, response in zip(pending, self._collect_all(pending, letter), strict=True):
-            if isinstance(response, ChildFailure):
-                self.expire(child, str(response), combined)
-                continue
-            if response.modifications or isinstance(response.final, Skip):
-                odd = response.modifications[0] if response.modifications else response.final
-                self.expire(child, f"{STAGE_NAMES[letter]}: unexpected {type(odd).__name__} outside end of "
-                                   f"message (M-ENV-4)", combined)
-                continue
-            self._account(child, response.final, combined, command)
-
-    def _account(self, child: Child, reply: Reply, combined: Combined, command) -> None:
-        """One child's answer at a parallel stage: counted (an evaluation child's refusal as accept,
-        M-EVAL-1) and applied to the child by the stage's row of :data:`OUTCOMES`."""
-        letter = command.LETTER
-        outcome = OUTCOMES[letter]
-        if not outcome.discard_valid and isinstance(reply, Discard):
-            self.expire(child, f"{STAGE_NAMES[letter]}: discard is not valid here (P-RPL-6)", combined)
-            return
-        real = status_of(reply)
-        child.last_status = real.nick
-        if child.definition.evaluation_mode:
-            combined.add(Status.ACCEPT if real.is_refusal else real)
-        else:
-            combined.add(real, reply)
-        ends = outcome.ends
-        if ends == "recipient":
-            if real != Status.TEMPORARY_FAILURE and real != Status.REJECT:
-                child.recipients.append(command.address)
-            if real == Status.CONTINUE or real == Status.ACCEPT or real == Status.DISCARD:
-                child.recipients_accepted += 1
-            if real == Status.ACCEPT:
-                child.in_message = False  # accept at RCPT: the child leaves the message (M-ENV-4)
-        elif real != Status.CONTINUE:
-            if ends == "message":
-                child.in_message = False  # accept or refusal at MAIL or DATA: the child leaves the message
-                return
-            if letter == "U" and real == Status.ACCEPT:
-                self.logger.error(f"[{child.id}] [manager][child][unknown] [{child.name}] accept is not "
-                                  f"valid for an unknown command")
-            child.end_status = real.nick
-            child.quit()
-            self.milter_end(child)
-
-    def _collect_all(self, pending: list[Child], letter: str) -> list:
-        """Every pending child's reply (or ChildFailure), one after another: each child is held to its
-        own deadline, since a reply already waiting is taken even after that deadline (M-ERR-2)."""
-        results = []
-        with self.watch:
-            for child in pending:
-                try:
-                    results.append(child.collect(letter))
-                except ChildFailure as failure:
-                    results.append(failure)
-        return results
-
     def expire(self, child: Child, reason: str, combined: Combined | None = None) -> None:
         """M-ERR-1: the child is gone for this MTA session; its fallback is counted (D-14, M-ERR-3)."""
         child.expire(reason)
@@ -250,26 +128,9 @@ class Leader(MilterHandler):
         return [child for child in self.children if not child.quitted]
 
     def manager_fallback(self, reason: str) -> Reply:
-        """M-ERR-7: the manager itself cannot go on; exactly one reply (fix of M-ERR-7a).
-
-        With no child configured at all this is every session's normal path, announced once at
-        start: not an error per mail (issue 8). When children are configured but none of the
-        session could be reached, the down lines explain it: the error line is written once until
-        a session reaches a child again, then at debug level.
-        """
-        if not self.manager.definitions:
-            if self.logger.enabled(DEBUG):
-                self.logger.debug(f"[{self.session.id}] [manager] no child milter: {reason}")
-        elif self.children_ready and not any(child.negotiated for child in self.children):
-            if self.manager.unreachable_reported:
-                if self.logger.enabled(DEBUG):
-                    self.logger.debug(f"[{self.session.id}] [manager][error] {reason}")
-            else:
-                self.manager.unreachable_reported = True
-                self.logger.error(f"[{self.session.id}] [manager][error] {reason} (no child could be reached; "
-                                  f"said once until a session reaches one again)")
-        else:
-            self.logger.error(f"[{self.session.id}] [manager][error] {reason}")
+        """M-ERR-7: the manager itself cannot go on; exactly one reply (fix of M-ERR-7a)."""
+        none_reached = self.children_ready and not any(child.negotiated for child in self.children)
+        self.manager.manager_error(self.session.id, reason, none_reached)
         combined = Combined()
         combined.add(self.manager.fallback_status)
         return self.reply(combined)
@@ -306,7 +167,7 @@ class Leader(MilterHandler):
                 targets.append(child)
         if not targets and combined.status == Status.NOT_CHANGE:
             return self.manager_fallback("All milters are no longer alive.")
-        self._parallel(command, targets, combined)
+        fan_out(self, command, targets, combined)
         return self.reply(combined)
 
     def connect(self, command):
@@ -348,7 +209,7 @@ class Leader(MilterHandler):
                 continue
             child.in_message = True
             targets.append(child)
-        self._parallel(command, targets, combined)
+        fan_out(self, command, targets, combined)
         reply = self.reply(combined)
         if combined.status.is_refusal:
             self.abort_message()
@@ -372,7 +233,7 @@ class Leader(MilterHandler):
                 combined.add(Status.CONTINUE)  # this recipient is not sent to it; it stays (M-AC-6)
                 continue
             sending.append(child)
-        self._parallel(command, sending, combined)
+        fan_out(self, command, sending, combined)
         if combined.status == Status.NOT_CHANGE:
             combined.add(Status.CONTINUE)
         reply = self.reply(combined)
@@ -408,7 +269,7 @@ class Leader(MilterHandler):
             targets.append(child)
         if not targets and combined.status == Status.NOT_CHANGE:
             combined.add(Status.ACCEPT)
-        self._parallel(command, targets, combined)
+        fan_out(self, command, targets, combined)
         reply = self.reply(combined)
         self.data_done = True
         if combined.status.is_refusal:
@@ -424,7 +285,7 @@ class Leader(MilterHandler):
         if not targets:
             return self.manager_fallback("All milters are no longer alive.")
         combined = Combined()
-        self._parallel(command, targets, combined)
+        fan_out(self, command, targets, combined)
         return self.reply(combined)
 
     # ================================================================ message stages (D-3, M-MSG-*)
