@@ -11,16 +11,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from ...net import Wanted
 from ...protocol import Action, MacroStage, Negotiate, Options, Step
-from ...protocol.flags import CAPABILITY_STEPS, MDS_STEPS, SKIP_STEPS
+from ...protocol.flags import CAPABILITY_STEPS, SKIP_STEPS
 from ...protocol.stages import MACRO_STAGE_LETTERS, SKIP_BITS
 
 #: the highest protocol version offered to a child (M-NEG-1)
 CHILD_MAX_VERSION = 6
-#: capability bits asked of the MTA when any child asked for them (M-NEG-3)
-_CAPABILITIES = (Step.SKIP, Step.RCPT_REJECTED, Step.HEADER_LEADING_SPACE)
 _HEADER_ACTIONS = Action.ADD_HEADERS | Action.CHANGE_HEADERS
-#: the bits a reply to the MTA may carry: skip bits and capabilities, never no-reply or MDS bits (M-NEG-3a)
-_ASKABLE = ~int(MDS_STEPS) & int(SKIP_STEPS | CAPABILITY_STEPS)
 
 
 def child_offer(offer: Negotiate) -> Negotiate:
@@ -52,13 +48,13 @@ def mta_request(offer: Negotiate, alive: Sequence[Options], stages_read: Iterabl
         if actions & _HEADER_ACTIONS:
             skips &= ~int(Step.NO_HEADERS)
         protocol |= skips
-        for bit in _CAPABILITIES:
-            if any(options.protocol & bit for options in alive):
-                protocol |= bit
+        for options in alive:
+            protocol |= options.protocol & CAPABILITY_STEPS
     lists = macro_lists(alive, macros_read)
     if lists:
         actions |= Action.SET_SYMBOL_LIST & offer.actions
-    return Wanted(actions=actions, protocol=protocol & _ASKABLE, macro_lists=lists)
+    # skip bits and capabilities only: never a no-reply (M-NEG-3a) nor a data-size bit
+    return Wanted(actions=actions, protocol=int(protocol), macro_lists=lists)
 
 
 def macro_lists(alive: Sequence[Options], macros_read: Mapping[str, Sequence[str]]) -> tuple[tuple[int, str], ...]:
