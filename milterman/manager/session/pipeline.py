@@ -163,7 +163,7 @@ class MessagePipeline:
         reply for the MTA when it refused (every child is then aborted).
         """
         message = self.message
-        stopped = self.port.stopped
+        port = self.port
         mta_options = self.mta_options
         mta_leading_space = bool(mta_options and mta_options.header_leading_space)
         child_leading_space = bool(child.options and child.options.header_leading_space)
@@ -175,14 +175,14 @@ class MessagePipeline:
             if strip_space and value[:1] == " ":
                 value = value[1:]
             header = Header(name, value)
-            if stopped(child, "L", header):
+            if port.stopped(child, "L", header):
                 return self._leave(child, "stop")
             outcome = self._step(child, header)
             if outcome is not None:
                 return outcome
         if message.end_of_header and not child.sent_end_of_header:
             child.sent_end_of_header = True
-            if stopped(child, "N", END_OF_HEADER):
+            if port.stopped(child, "N", END_OF_HEADER):
                 return self._leave(child, "stop")
             outcome = self._step(child, END_OF_HEADER)
             if outcome is not None:
@@ -198,7 +198,7 @@ class MessagePipeline:
                 if child.skip_body:
                     continue
                 chunk = Body(piece)
-                if stopped(child, "B", chunk):
+                if port.stopped(child, "B", chunk):
                     return self._leave(child, "stop")
                 outcome = self._step(child, chunk)
                 if outcome is not None:
@@ -206,7 +206,7 @@ class MessagePipeline:
             child.sent_body = len(body)
         if through_eom:
             eom = EndOfMessage(message.end_of_message_chunk)
-            if stopped(child, "E", eom):
+            if port.stopped(child, "E", eom):
                 return self._leave(child, "stop")
             return self._step(child, eom)
         return None
