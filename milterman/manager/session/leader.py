@@ -16,8 +16,8 @@ import time
 
 from ...log import DEBUG, STATISTICS
 from ...net import MilterHandler, MilterSession, Wanted
-from ...protocol import (CONTINUE, DATA, Continue, Discard, EndOfMessage, Header, Macro, Mail, Negotiate, Options,
-                         Reply, strip_braces)
+from ...protocol import (CONTINUE, DATA, Continue, Discard, EndOfMessage, Header, Macro, Mail, Negotiate, Reply,
+                         strip_braces)
 from ...protocol.stages import BY_LETTER, STAGE_NAMES, STAGES
 from ..child import Child
 from ..context import ManagerContext
@@ -51,7 +51,6 @@ class Leader(MilterHandler):
         #: the rule chain's decision for the MTA command in progress (B7)
         self.rule_stopped: frozenset[str] = frozenset()
         self.rule_stage = ""
-        self.mta_options: Options | None = session.options
         #: what conditions and rules read (B5.1)
         self.facts = Facts(session.id, session.macros, manager)
         self.pipeline = MessagePipeline(self, session, manager)
@@ -65,15 +64,11 @@ class Leader(MilterHandler):
     # ================================================================ negotiation (D-2)
 
     def negotiate(self, offer: Negotiate) -> Wanted:
-        self.session.offer = offer
         self.offer = offer
         self.last_stage = "negotiate"
         self._start_children(offer)
         alive = [child.options for child in self.children if child.negotiated and not child.quitted]
         return mta_request(offer, alive, self.manager.stages_read, self.manager.macros_read)
-
-    def negotiated(self, options: Options) -> None:
-        self.mta_options = options
 
     def _start_children(self, offer: Negotiate) -> None:
         """Connect and negotiate every enabled child at once (M-SES-2, M-SES-3); failures count per D-14."""
@@ -199,7 +194,8 @@ class Leader(MilterHandler):
             return self.manager_fallback("All milters are no longer alive.")
         targets = []
         # without RCPT events from the MTA (D-2) no child can have refused every recipient (M-ENV-6)
-        no_recipients = self.mta_options is not None and "R" not in self.mta_options.sent
+        mta_options = self.session.options
+        no_recipients = mta_options is not None and "R" not in mta_options.sent
         for child in alive:
             child.recipients_accepted = 1 if no_recipients else 0
             child.skip_body = False
@@ -292,8 +288,8 @@ class Leader(MilterHandler):
 
     def _emulate_data(self) -> Reply | None:
         """M-ENV-7: the MTA skipped DATA although it speaks v4+: run the data stage first."""
-        if (self.data_done or self.mta_options is None or self.mta_options.version < 4
-                or "T" not in self.mta_options.sent):
+        mta_options = self.session.options
+        if self.data_done or mta_options is None or mta_options.version < 4 or "T" not in mta_options.sent:
             return None
         reply = self._data_stage(DATA)
         return None if isinstance(reply, Continue) else reply
