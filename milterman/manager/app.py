@@ -185,7 +185,7 @@ class ManagerApplication(Application):
         from ..net import MilterSession
         from .hooks import Hooks
         from .launcher import LaunchClient
-        from .leader import Leader
+        from .session.leader import Leader
 
         if self.launcher_socket is not None and self.launch_client is None:
             self.launch_client = LaunchClient(self.launcher_socket)  # this process's own channel (M-LAU-1)

@@ -153,10 +153,10 @@ class Site:
             self._threshold = detected_stress_threshold(self.logger)
         return self._threshold
 
-    def stressed(self, leader) -> bool:
+    def stressed(self, facts) -> bool:
         """M-AC-B5: threshold > 0 and threshold ≤ sessions being processed in this process."""
         threshold = self.stress_threshold
-        return threshold > 0 and threshold <= leader.manager.sessions_processing
+        return threshold > 0 and threshold <= facts.sessions_processing
 
     # -- M-AC-B7 DNSBL
 
@@ -474,12 +474,12 @@ def builtin_conditions(site: Site) -> dict[str, Condition]:
         return site.locality(scope.client()) is not False  # M-AC-B2: stop unless remote
 
     def stress_notify(scope: Scope) -> bool:
-        if site.stressed(scope.leader):
+        if site.stressed(scope.facts):
             scope.set_macro("stress", "yes")  # M-AC-B5
         return False
 
     def no_stress(scope: Scope) -> bool:
-        return site.stressed(scope.leader)
+        return site.stressed(scope.facts)
 
     def trust(scope: Scope) -> bool:
         if site.trusted_sender(scope.command.address):
@@ -525,11 +525,11 @@ def restrict_accounts_condition(restriction: RestrictAccounts) -> Condition:
         if address in accounts or any(pattern.search(address) for pattern in patterns):
             return False
         scope.set_macro(RESTRICT_FLAG, "true")
-        scope.leader.flags.add(RESTRICT_FLAG)
-        scope.leader.flags.add(mark(scope))
+        scope.facts.flags.add(RESTRICT_FLAG)
+        scope.facts.flags.add(mark(scope))
         return True
 
     def data(scope: Scope) -> bool:
-        return mark(scope) in scope.leader.flags
+        return mark(scope) in scope.facts.flags
 
     return Condition(restriction.condition_name, {"R": recipient, "T": data})

@@ -26,9 +26,10 @@ from ..config.model import ConditionDefinition, ConditionRule, Configuration
 from ..config.predicates import CONDITION_STAGES
 from ..log import DEBUG, Logger
 from ..log import logger as default_logger
+from ..protocol.stages import STAGE_LETTERS
 from .builtin_conditions import (SENDMAIL_COMPATIBLE_MACROS, Condition, Resolver, Site, builtin_conditions,
                                  restrict_accounts_condition)
-from .predicates import STAGE_LETTERS, Scope, add_macros, compile_match, match_reads
+from .predicates import Scope, add_macros, compile_match, match_reads
 from .python_conditions import python_condition
 from .rules import RuleChain
 
@@ -61,7 +62,7 @@ def _first_match(rules: tuple[tuple, ...]) -> Callable[[Scope], bool]:
                 if macros:
                     scope.child.macros_extra.setdefault(scope.letter, {}).update(macros)
                 if flags:
-                    scope.leader.flags.update(flags)
+                    scope.facts.flags.update(flags)
                 return stop
         return False
 
@@ -92,7 +93,7 @@ def compile_condition(definition: ConditionDefinition, site: Site) -> Condition:
 
 
 def condition_evaluator(logger: Logger | None = None) -> Callable[..., bool]:
-    """``(leader, child, letter, command) -> bool``: does one of the child's conditions stop it (M-AC-2)?
+    """``(facts, child, letter, command) -> bool``: does one of the child's conditions stop it (M-AC-2)?
 
     Conditions run in attachment order and stop at the first "stop"; a stopper that raises
     counts as "don't stop" and the next one runs (M-AC-2).
@@ -101,7 +102,7 @@ def condition_evaluator(logger: Logger | None = None) -> Callable[..., bool]:
     #: plain tuples (a caller copied the chain with ``tuple()``) → their grouping, computed once
     grouped: dict[int, tuple[tuple, dict]] = {}
 
-    def evaluate(leader, child, letter: str, command) -> bool:
+    def evaluate(facts, child, letter: str, command) -> bool:
         conditions = child.definition.conditions
         by_letter = getattr(conditions, "by_letter", None)
         if by_letter is None:
@@ -114,7 +115,7 @@ def condition_evaluator(logger: Logger | None = None) -> Callable[..., bool]:
         pairs = by_letter.get(letter)
         if not pairs:
             return False
-        scope = Scope(leader, child, letter, command)
+        scope = Scope(facts, child, letter, command)
         for condition, stopper in pairs:
             try:
                 if stopper(scope):

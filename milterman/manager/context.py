@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..log import STATISTICS, Logger
+from ..log import DEBUG, STATISTICS, Logger
 from ..log import logger as default_logger
 from .child import ChildDefinition
 from .disconnect import NO_WATCH, DisconnectCheck, Watch, connection_facts
@@ -43,9 +43,9 @@ class ManagerContext:
     #: macro names conditions and rules read, per stage letter (added to the MTA macro request, D-2)
     macros_read: dict[str, tuple[str, ...]] = field(default_factory=dict)
     logger: Logger = default_logger
-    #: (leader, child, stage letter, command) → True when a condition stops the child (M-AC-2)
+    #: (facts, child, stage letter, command) → True when a condition stops the child (M-AC-2)
     condition_evaluator: Callable | None = None
-    #: (leader, stage letter, command) → RuleOutcome or None (B7); None when no rule exists
+    #: (facts, stage letter, command) → RuleOutcome or None (B7); None when no rule exists
     rule_evaluator: Callable | None = None
     sessions_processing: int = 0
     sessions_finished: int = 0
@@ -60,7 +60,7 @@ class ManagerContext:
         """The disconnect watch of one leader (a no-op without the check, M-ERR-8)."""
         if self.disconnect is None:
             return NO_WATCH
-        return Watch(self.disconnect, lambda: connection_facts(leader.session, leader.connect_command),
+        return Watch(self.disconnect, lambda: connection_facts(leader.session, leader.facts.connect_command),
                      self.logger, leader.session.id)
     #: each child's health in this process, shared by its sessions (made from ``definitions``)
     health: HealthBoard | None = None
@@ -71,22 +71,45 @@ class ManagerContext:
         if self.health is None:
             self.health = HealthBoard(self.definitions, self.logger)
 
-    def conditions_stop(self, leader, child, letter: str, command) -> bool:
+    def manager_error(self, session_id: int, reason: str, none_reached: bool) -> None:
+        """The line for a session the manager answers itself (M-ERR-7).
+
+        With no child configured at all this is every session's normal path, announced once at
+        start: not an error per mail (issue 8). When children are configured but none of the
+        session could be reached (``none_reached``), the down lines explain it: the error line is
+        written once until a session reaches a child again, then at debug level.
+        """
+        logger = self.logger
+        if not self.definitions:
+            if logger.enabled(DEBUG):
+                logger.debug(f"[{session_id}] [manager] no child milter: {reason}")
+        elif none_reached:
+            if self.unreachable_reported:
+                if logger.enabled(DEBUG):
+                    logger.debug(f"[{session_id}] [manager][error] {reason}")
+            else:
+                self.unreachable_reported = True
+                logger.error(f"[{session_id}] [manager][error] {reason} (no child could be reached; "
+                             f"said once until a session reaches one again)")
+        else:
+            logger.error(f"[{session_id}] [manager][error] {reason}")
+
+    def conditions_stop(self, facts, child, letter: str, command) -> bool:
         if self.condition_evaluator is None:
             return False
         try:
-            return bool(self.condition_evaluator(leader, child, letter, command))
+            return bool(self.condition_evaluator(facts, child, letter, command))
         except Exception as error:  # M-AC-2: a stopper that raises means "don't stop"
             self.logger.error(f"[{child.id}] [manager][condition][error] [{child.name}] {error!r}")
             return False
 
-    def apply_rules(self, leader, letter: str, command) -> RuleOutcome | None:
+    def apply_rules(self, facts, letter: str, command) -> RuleOutcome | None:
         if self.rule_evaluator is None:
             return None
         try:
-            return self.rule_evaluator(leader, letter, command)
+            return self.rule_evaluator(facts, letter, command)
         except Exception as error:  # a rule that cannot be evaluated does not match (C-COND-1)
-            self.logger.error(f"[{leader.session.id}] [manager][rule][error] {error!r}")
+            self.logger.error(f"[{facts.session_id}] [manager][rule][error] {error!r}")
             return None
 
     def child_ended(self, name: str, status: str) -> None:

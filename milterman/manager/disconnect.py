@@ -338,8 +338,8 @@ def answer_disconnect(leader):
     for child in leader.children:
         if not child.quitted:
             stop_child(child, status.nick)
-            leader._milter_end(child)
-    leader._end_message(abort_children=False)
+            leader.milter_end(child)
+    leader.end_message()
     combined = Combined()
     combined.add(status)
-    return leader._reply(combined)
+    return leader.reply(combined)

@@ -192,7 +192,7 @@ class Message:
     """Everything the manager holds for the message in progress."""
 
     __slots__ = ("headers", "original_headers", "body", "end_of_header", "end_of_message_chunk",
-                 "recipient_edits", "body_replaced", "change_from", "quarantine_reason")
+                 "body_replaced", "change_from", "quarantine_reason")
 
     def __init__(self) -> None:
         self.headers = Headers()
@@ -200,7 +200,6 @@ class Message:
         self.body = BodyBuffer()
         self.end_of_header = False
         self.end_of_message_chunk = b""
-        self.recipient_edits: list[Reply] = []
         self.body_replaced = False
         self.change_from: Reply | None = None
         self.quarantine_reason: str | None = None

@@ -29,18 +29,14 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..config.predicates import DAYS, HeaderMatch, Match, Predicate, TimeWindow
+from ..protocol import Family
+from ..protocol.stages import MACRO_LIST_LETTERS
 
 if TYPE_CHECKING:
     from .builtin_conditions import Site
 
-#: C-TOML-5 stage name → protocol command letter
-STAGE_LETTERS = {"connect": "C", "helo": "H", "envelope-from": "M", "envelope-recipient": "R", "data": "T",
-                 "unknown": "U", "header": "L", "end-of-header": "N", "body": "B", "end-of-message": "E"}
 #: P-CON-1 family byte → B5.1 ``client_family`` name
-FAMILIES = {"4": "inet", "6": "inet6", "L": "unix", "U": "unknown"}
-#: stages the MTA can be asked macros for (SETSYMLIST, M-MAC-3); others borrow the nearest earlier list
-_MACRO_LIST_LETTER = {"C": "C", "H": "H", "M": "M", "R": "R", "T": "T", "L": "T", "N": "N", "B": "N", "E": "E",
-                      "U": "C"}
+FAMILIES = {Family.INET: "inet", Family.INET6: "inet6", Family.UNIX: "unix", Family.UNKNOWN: "unknown"}
 
 Test = Callable[["Scope"], bool]
 
@@ -67,19 +63,20 @@ def client_of(connect) -> Client:
 
 
 class Scope:
-    """What one evaluation sees: the leader, the child (None for ``[[rule]]``), the stage letter, the command."""
+    """What one evaluation sees: the session's :class:`~milterman.manager.session.facts.Facts`, the child
+    (None for ``[[rule]]``), the stage letter, the command."""
 
-    __slots__ = ("leader", "child", "letter", "command")
+    __slots__ = ("facts", "child", "letter", "command")
 
-    def __init__(self, leader, child, letter: str, command) -> None:
-        self.leader = leader
+    def __init__(self, facts, child, letter: str, command) -> None:
+        self.facts = facts
         self.child = child
         self.letter = letter
         self.command = command
 
     def client(self) -> Client | None:
         """The connect facts; None when the MTA sent no connect (M-AC-3)."""
-        connect = self.command if self.letter == "C" else self.leader.connect_command
+        connect = self.command if self.letter == "C" else self.facts.connect_command
         return client_of(connect) if connect is not None else None
 
     def macro(self, name: str) -> str | None:
@@ -89,7 +86,7 @@ class Scope:
             for values in child.macros_extra.values():
                 if name in values:
                     return values[name]
-        return self.leader.session.macros.get(name)
+        return self.facts.macros.get(name)
 
     def set_macro(self, name: str, value: str) -> None:
         """M-MAC-4: the macro goes to this child with the command of the current stage."""
@@ -98,7 +95,7 @@ class Scope:
     def recipients(self) -> list[str]:
         """B5.1 ``recipients``: sent to this child and not refused (conditions) or accepted by the manager (rules)."""
         child = self.child
-        return child.recipients if child is not None else self.leader.recipients
+        return child.recipients if child is not None else self.facts.recipients
 
 
 # ------------------------------------------------------------------------------------------- small helpers
@@ -282,13 +279,13 @@ def _helo(regexes, letter, site, quantifier) -> Test:
     matches = _any_regex(regexes)
     if letter == "H":
         return lambda scope: matches(scope.command.name)
-    return lambda scope: matches(scope.leader.helo_name)
+    return lambda scope: matches(scope.facts.helo_name)
 
 
 def _sender(letter: str) -> Callable[[Scope], str | None]:
     if letter == "M":
         return lambda scope: scope.command.address
-    return lambda scope: scope.leader.sender
+    return lambda scope: scope.facts.sender
 
 
 def _envelope_from(regexes, letter, site, quantifier) -> Test:
@@ -348,7 +345,7 @@ def _header(value: HeaderMatch, letter, site, quantifier) -> Test:
         return lambda scope: one(scope.command.name, scope.command.value)
 
     def test(scope: Scope) -> bool:
-        message = scope.leader.message
+        message = scope.facts.message
         if message is None:
             return False
         for name, text in message.headers.items:
@@ -404,7 +401,7 @@ def _mta(value, letter, site, quantifier) -> Test:
 
 
 def _stressed(value, letter, site, quantifier) -> Test:
-    return lambda scope: site.stressed(scope.leader) == value
+    return lambda scope: site.stressed(scope.facts) == value
 
 
 def _s25r(value, letter, site, quantifier) -> Test:
@@ -436,7 +433,7 @@ def _milter_status(entries, letter, site, quantifier) -> Test:
     checks = tuple((name, frozenset(statuses)) for name, statuses in entries)
 
     def test(scope: Scope) -> bool:
-        children = scope.leader.children
+        children = scope.facts.children
         for name, statuses in checks:
             for child in children:
                 if child.name == name:
@@ -454,7 +451,7 @@ def _flag(flags, letter, site, quantifier) -> Test:
     wanted = tuple(flags)
 
     def test(scope: Scope) -> bool:
-        current = scope.leader.flags
+        current = scope.facts.flags
         for flag in wanted:
             if flag in current:
                 return True
@@ -528,8 +525,8 @@ PREDICATE_MACROS = {"authenticated": {"M": ("auth_type", "auth_authen")}, "mta":
 
 
 def macro_list_letter(letter: str) -> str:
-    """The macro-list stage (SETSYMLIST) that serves a stage without a list of its own."""
-    return _MACRO_LIST_LETTER[letter]
+    """The macro-list stage (SETSYMLIST) that serves a stage, its own or the nearest earlier one (M-MAC-3)."""
+    return MACRO_LIST_LETTERS[letter]
 
 
 def add_macros(target: dict[str, list[str]], letter: str, names) -> None:

@@ -5,7 +5,7 @@ test no predicate expresses), milterman calls a Python object instead. The class
 instantiated once per (re)load in each worker; each of its methods named after a
 stage (``connect``, ``helo``, ``envelope_from``, ``envelope_recipient``, ``data``,
 ``header``, ``end_of_header``, ``body``, ``end_of_message``) is a stopper: it gets a
-read-only :class:`Facts` of the session and returns whether to stop the child. It runs
+read-only :class:`FactsView` of the session and returns whether to stop the child. It runs
 in the session's greenlet, so a slow lookup delays that session only if it yields
 (gevent-aware libraries do). An exception counts as "do not stop" and is logged once
 per session and condition, with its traceback, at error level.
@@ -20,11 +20,12 @@ from types import MappingProxyType
 
 from ..log import Logger
 from ..log import logger as default_logger
+from ..protocol.stages import STAGE_NAMES, STAGES
 from .builtin_conditions import Condition
-from .predicates import STAGE_LETTERS, Scope, authenticated, mta_kind
+from .predicates import Scope, authenticated, mta_kind
 
-#: Python method name → stage letter
-METHODS = {stage.replace("-", "_"): letter for stage, letter in STAGE_LETTERS.items() if stage != "unknown"}
+#: Python method name → stage letter (every stage a condition can stop at: not unknown)
+METHODS = {stage.handler: stage.letter for stage in STAGES if stage.name != "unknown"}
 
 
 def resolve(reference: str, fresh: bool = False) -> object:
@@ -54,7 +55,7 @@ class _Macros(Mapping):
         self._scope = scope
 
     def _all(self) -> dict[str, str]:
-        values = self._scope.leader.session.macros.merged()
+        values = self._scope.facts.macros.merged()
         child = self._scope.child
         if child is not None and child.macros_extra:
             for extra in child.macros_extra.values():
@@ -74,7 +75,7 @@ class _Macros(Mapping):
         return len(self._all())
 
 
-class Facts:
+class FactsView:
     """What a Python condition sees of a session: attributes only, nothing it can change but ``shelf``."""
 
     __slots__ = ("_scope",)
@@ -85,7 +86,7 @@ class Facts:
     @property
     def stage(self) -> str:
         """The stage being evaluated, e.g. ``"envelope-recipient"``."""
-        return next(stage for stage, letter in STAGE_LETTERS.items() if letter == self._scope.letter)
+        return STAGE_NAMES[self._scope.letter]
 
     @property
     def client_address(self) -> str | None:
@@ -108,13 +109,13 @@ class Facts:
     @property
     def helo(self) -> str | None:
         scope = self._scope
-        return scope.command.name if scope.letter == "H" else scope.leader.helo_name
+        return scope.command.name if scope.letter == "H" else scope.facts.helo_name
 
     @property
     def envelope_from(self) -> str | None:
         """The MAIL FROM argument as the MTA sent it (with angle brackets)."""
         scope = self._scope
-        return scope.command.address if scope.letter == "M" else scope.leader.sender
+        return scope.command.address if scope.letter == "M" else scope.facts.sender
 
     @property
     def envelope_recipient(self) -> str | None:
@@ -144,7 +145,7 @@ class Facts:
     @property
     def shelf(self) -> dict:
         """The transaction's shelf: a dict the stages of one transaction share (emptied at MAIL FROM)."""
-        return self._scope.leader.shelf
+        return self._scope.facts.shelf
 
     @property
     def header(self) -> tuple[str, str] | None:
@@ -179,14 +180,13 @@ def python_condition(name: str, reference: str, logger: Logger | None = None) ->
 def _stopper(name: str, reference: str, method, logger: Logger):
     def stopper(scope: Scope) -> bool:
         try:
-            return bool(method(Facts(scope)))
+            return bool(method(FactsView(scope)))
         except Exception:  # the site's code: "do not stop", logged once per session and condition
-            leader = scope.leader
-            logged = leader.__dict__.setdefault("python_condition_errors", set())
+            logged = scope.facts.condition_errors
             if name not in logged:
                 logged.add(name)
                 text = traceback.format_exc().rstrip().replace("\n", "\n  ")
-                logger.error(f"[{leader.session.id}] [manager][condition][error] [{scope.child.name}] [{name}] "
+                logger.error(f"[{scope.facts.session_id}] [manager][condition][error] [{scope.child.name}] [{name}] "
                              f"{reference}: exception (counted as do not stop):\n  {text}")
             return False
 

@@ -13,8 +13,9 @@ from ..config.model import Configuration, RuleSettings
 from ..log import DEBUG, Logger
 from ..log import logger as default_logger
 from ..protocol import ReplyCode, format_reply_text
+from ..protocol.stages import STAGE_LETTERS
 from .context import RuleOutcome
-from .predicates import STAGE_LETTERS, Scope, Test, add_macros, compile_match, match_reads
+from .predicates import Scope, Test, add_macros, compile_match, match_reads
 from .status import Status, status_named
 
 
@@ -47,7 +48,7 @@ class CompiledRule:
 
 
 class RuleChain:
-    """``(leader, letter, command) -> RuleOutcome | None`` over the rules of that stage (C-RULE-1…4).
+    """``(facts, letter, command) -> RuleOutcome | None`` over the rules of that stage (C-RULE-1…4).
 
     Rules of the stage run in file order; each matching rule takes effect; a ``final`` one
     ends the evaluation; a terminal one ends it too and discards what earlier rules did.
@@ -76,11 +77,11 @@ class RuleChain:
     def __bool__(self) -> bool:
         return bool(self.by_letter)
 
-    def __call__(self, leader, letter: str, command) -> RuleOutcome | None:
+    def __call__(self, facts, letter: str, command) -> RuleOutcome | None:
         rules = self.by_letter.get(letter)
         if not rules:
             return None
-        scope = Scope(leader, None, letter, command)
+        scope = Scope(facts, None, letter, command)
         stopped: frozenset[str] = frozenset()
         macros: dict[str, str] = {}
         matched = False
@@ -88,7 +89,7 @@ class RuleChain:
             if rule.test is not None and not rule.test(scope):
                 continue
             if self.logger.enabled(DEBUG):
-                self.logger.debug(f"[{leader.session.id}] [manager][rule][match] [{rule.label}] {letter}")
+                self.logger.debug(f"[{facts.session_id}] [manager][rule][match] [{rule.label}] {letter}")
             if rule.terminal is not None:
                 return RuleOutcome(terminal=rule.terminal, reply=rule.reply)  # C-RULE-3
             matched = True

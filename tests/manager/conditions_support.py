@@ -1,9 +1,9 @@
-"""A lightweight stand-in for the leader and its children, to drive conditions and rules without sockets.
+"""The session's real facts and stand-in children, to drive conditions and rules without sockets.
 
 :class:`Driver` plays one MTA session against the compiled conditions and rules the way
 the leader does: the ``[[rule]]`` chain first (C-RULE-6), then each child's conditions
-just before the command would be written to it (M-AC-2), keeping the leader's facts
-(connect, HELO, sender, recipients, headers, flags) up to date.
+just before the command would be written to it (M-AC-2), keeping the session's facts
+(connect, HELO, sender, recipients, headers, flags) up to date as the leader does.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from milterman.config import load_string
 from milterman.manager.conditions import Built, build
+from milterman.manager.session.facts import Facts
 from milterman.protocol import Body, Connect, Data, EndOfHeader, EndOfMessage, Header, Helo, Mail, Rcpt
 from milterman.protocol.macros import MacroStore
 
@@ -90,29 +91,8 @@ class FakeMessage:
 
 
 @dataclass
-class FakeSession:
-    macros: MacroStore = field(default_factory=MacroStore)
-    id: int = 7
-
-
-@dataclass
 class FakeManager:
     sessions_processing: int = 1
-
-
-@dataclass
-class FakeLeader:
-    session: FakeSession = field(default_factory=FakeSession)
-    manager: FakeManager = field(default_factory=FakeManager)
-    children: list = field(default_factory=list)
-    connect_command: Connect | None = None
-    helo_name: str | None = None
-    sender: str | None = None
-    recipients: list = field(default_factory=list)
-    message: FakeMessage | None = None
-    shelf: dict = field(default_factory=dict)
-    flags: set = field(default_factory=set)
-    mta_options: object = None
 
 
 POSTFIX = {"v": "Postfix 3.7.11"}
@@ -132,7 +112,7 @@ class Driver:
 
     def new_session(self) -> None:
         """A fresh MTA session: new leader facts, new children (the compiled conditions are kept)."""
-        self.leader = FakeLeader(manager=FakeManager(self.sessions))
+        self.leader = Facts(7, MacroStore(), FakeManager(self.sessions))
         for index, milter in enumerate(milter for milter in self.config.milters if milter.enabled):
             definition = FakeDefinition(milter.name, self.built.conditions_per_milter[milter.name])
             self.leader.children.append(FakeChild(definition, id=index + 1))
@@ -153,7 +133,7 @@ class Driver:
         """One MTA command: rules, then every eligible child's conditions; ``{child: stopped}``."""
         leader = self.leader
         letter = command.LETTER
-        store = leader.session.macros
+        store = leader.macros
         if macros is not None:
             store.define(letter, tuple(macros.items()))
         store.command_arrived(letter)

@@ -13,7 +13,7 @@ from conditions_support import POSTFIX, Driver, FakeResolver, configuration
 
 from milterman.manager.conditions import build
 from milterman.manager.context import ManagerContext, RuleOutcome
-from milterman.manager.leader import Leader
+from milterman.manager.session.leader import Leader
 from milterman.manager.status import Status
 from milterman.protocol import Connect, Data, EndOfMessage, Header, Helo, Mail, Rcpt, ReplyCode, Unknown
 
@@ -351,12 +351,12 @@ action = "discard"
 
 
 class LeaderStandIn:
-    """The attributes ``Leader._rules`` and ``Leader._stopped`` use, around a fake leader."""
+    """The attributes ``Leader._rules`` and ``Leader.stopped`` use, around the driver's facts."""
 
     def __init__(self, driver: Driver) -> None:
         self.fake = driver.leader
         self.children = driver.leader.children
-        self.session = driver.leader.session
+        self.facts = driver.leader
         self.manager = ManagerContext(condition_evaluator=driver.built.condition_evaluator,
                                       rule_evaluator=driver.built.rule_evaluator)
         self.rule_stopped = frozenset()
@@ -386,11 +386,11 @@ milters = ["a"]
     assert Leader._rules(stand_in, "M", command) is None
     assert stand_in.rule_stopped == frozenset({"a"})
     a, b = driver.leader.children
-    assert Leader._stopped(stand_in, a, "M", command) is True
-    assert Leader._stopped(stand_in, b, "M", command) is False
+    assert Leader.stopped(stand_in, a, "M", command) is True
+    assert Leader.stopped(stand_in, b, "M", command) is False
     assert a.macros_extra == {} and b.macros_extra == {"M": {"evaluated": "yes"}}
     # the stop belongs to this stage only
-    assert Leader._stopped(stand_in, a, "R", Rcpt("<y@example.org>")) is False
+    assert Leader.stopped(stand_in, a, "R", Rcpt("<y@example.org>")) is False
 
 
 def test_c_rule_4_leader_applies_macros_per_command():
@@ -424,5 +424,5 @@ action = "reject"
     stand_in = LeaderStandIn(driver)
     stand_in.manager.rule_evaluator = lambda *args: calls.append(args)
     child = driver.leader.children[0]
-    assert Leader._stopped(stand_in, child, "L", Header("Subject", "x")) is False
+    assert Leader.stopped(stand_in, child, "L", Header("Subject", "x")) is False
     assert calls == []
