@@ -15,7 +15,7 @@ from milterman.log import Logger
 from milterman.manager.child import Child, ChildDefinition
 from milterman.manager.session.pipeline import MessagePipeline
 from milterman.manager.status import Combined, Status
-from milterman.net import Response
+from milterman.net import Response, Timeouts
 from milterman.protocol import (CONTINUE, DATA, PROGRESS, TEMPFAIL, Action, Connect, Helo, Mail, MtaState,
                                 Negotiate, NegotiateReply, Options, Rcpt, Step)
 from milterman.protocol.macros import MacroStore
@@ -173,7 +173,8 @@ def child(name: str, script: dict | None = None, *, protocol: int = 0, fallback:
           evaluation: bool = False, through: str = "CHMRT") -> Child:
     """A negotiated child that has been sent the commands of ``through`` (answered ``c``); through DATA
     (the default) it is in the message with a recipient of its own."""
-    made = Child(ChildDefinition(name, None, fallback_status=fallback, evaluation_mode=evaluation), Logger())
+    made = Child(ChildDefinition(name, None, fallback_status=fallback, timeouts=Timeouts(), retry_delay=10.0,
+                                 evaluation_mode=evaluation), Logger())
     made.client = MemoryClient({}, protocol)
     made.client.name = name
     made.negotiated = True
