@@ -114,3 +114,44 @@ class PymilterProcess:
 
     def stop(self) -> int:
         return stop(self.process, timeout=10)
+
+
+EDITS_SCRIPT = Path(__file__).resolve().parent / "milters" / "pymilter_edits.py"
+
+
+class EditsMilterProcess:
+    """tests/interop/milters/pymilter_edits.py under Debian's python3 doing scripted end-of-message
+    edits (``delete:NAME:INDEX``, ``insert:INDEX:NAME:VALUE``, ``body-lf:TEXT``, ``record:PATH``, ...)."""
+
+    def __init__(self, directory: Path, *edits: str) -> None:
+        from postfix_harness import _listening
+
+        self.port = free_port()
+        self.output_path = directory / f"pymilter-edits-{self.port}.out"
+        self._output = open(self.output_path, "wb")
+        self.process = subprocess.Popen([DEBIAN_PYTHON, str(EDITS_SCRIPT), f"inet:{self.port}@127.0.0.1", *edits],
+                                        stdout=self._output, stderr=subprocess.STDOUT, cwd=RUN_DIR)
+        deadline = time.monotonic() + 15
+        while not _listening("127.0.0.1", self.port):  # no probe connection: it would be a session
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"pymilter_edits did not listen: {self.output_path.read_text(errors='replace')}")
+            time.sleep(0.05)
+
+    @property
+    def postfix_spec(self) -> str:
+        return f"inet:127.0.0.1:{self.port}"
+
+    @property
+    def libmilter_spec(self) -> str:
+        return f"inet:{self.port}@127.0.0.1"
+
+    @property
+    def manager_spec(self) -> str:
+        return f"inet:{self.port}@[127.0.0.1]"
+
+    def stop(self) -> int:
+        # SIGKILL: libmilter notices SIGTERM only at its next 5 s poll, and this milter keeps nothing
+        status = stop(self.process, signal.SIGKILL, timeout=10)
+        self._output.close()
+        return status
