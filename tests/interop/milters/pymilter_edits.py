@@ -9,6 +9,7 @@ SPEC is libmilter syntax (inet:PORT@127.0.0.1).  Each EDIT is done at end of mes
 * ``add:NAME:VALUE``          add-header (appended by the MTA)
 * ``insert:INDEX:NAME:VALUE`` insert-header at INDEX
 * ``body-lf:TEXT``            replace the body with TEXT lines joined by bare LF ("|" splits lines)
+* ``body:ESCAPED``            replace the body with exactly these bytes (Python escapes: \\r, \\n)
 * ``record:PATH``             write what this milter saw to PATH as JSON: the headers in order,
                               the body bytes (latin-1), its SHA-256 and the DKIM "relaxed" body hash
 * ``bodyhash:NAME``           add header NAME with the base64 SHA-256 of the body as seen
@@ -17,6 +18,7 @@ SPEC is libmilter syntax (inet:PORT@127.0.0.1).  Each EDIT is done at end of mes
 Every header the MTA sends is kept as the milter received it.  Prints "ready" once listening.
 """
 import base64
+import codecs
 import hashlib
 import json
 import sys
@@ -68,6 +70,8 @@ class Edits(Milter.Base):
                 self.addheader(name, value, int(index))
             elif kind == "body-lf":
                 self.replacebody(("\n".join(rest.split("|")) + "\n").encode())
+            elif kind == "body":
+                self.replacebody(codecs.escape_decode(rest.encode())[0])
             elif kind == "record":
                 with open(rest, "w") as out:
                     json.dump({"headers": self.headers, "body": body.decode("latin-1"),
