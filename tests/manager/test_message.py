@@ -164,7 +164,8 @@ def test_M_BODY_3_a_replacement_is_kept_as_sent_and_passed_on_with_crlf():
 
 
 def test_describe_gives_kind_name_index_and_lengths_never_the_value():
-    assert describe(InsertHeader(0, "DKIM-Signature", "secret")) == "insert-header <DKIM-Signature> index=0 value-length=6"
+    assert describe(InsertHeader(0, "DKIM-Signature", "secret")) == (
+        "insert-header <DKIM-Signature> index=0 value-length=6")
     assert describe(ChangeHeader(2, "X-A", "")) == "delete-header <X-A> index=2 value-length=0"
     assert describe(AddHeader("X-B", "abc")) == "add-header <X-B> value-length=3"
     assert describe(ReplaceBody(b"body text")) == "replace-body length=9"

@@ -12,8 +12,8 @@ SPEC is libmilter syntax (inet:PORT@127.0.0.1).  Each EDIT is done at end of mes
 * ``body:ESCAPED``            replace the body with exactly these bytes (Python escapes: \\r, \\n)
 * ``record:PATH``             write what this milter saw to PATH as JSON: the headers in order,
                               the body bytes (latin-1), its SHA-256 and the DKIM "relaxed" body hash
-* ``bodyhash:NAME``           add header NAME with the base64 SHA-256 of the body as seen
-                              (simple canonicalisation, like a DKIM signer's bh=)
+* ``bodyhash:NAME``           insert header NAME at index 0 with the base64 SHA-256 of the body as
+                              seen (simple canonicalisation), as a DKIM signer puts its bh= on top
 
 Every header the MTA sends is kept as the milter received it.  Prints "ready" once listening.
 """
@@ -78,7 +78,7 @@ class Edits(Milter.Base):
                                "sha256": hashlib.sha256(body).hexdigest(),
                                "bodyhash": simple_body_hash(body)}, out)
             elif kind == "bodyhash":
-                self.addheader(rest, "bh=" + simple_body_hash(body))
+                self.addheader(rest, "bh=" + simple_body_hash(body), 0)
         return Milter.CONTINUE
 
 
