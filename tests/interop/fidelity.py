@@ -106,3 +106,28 @@ def compare(directory: Path, sink: SmtpSink, start_mta: Callable[[list[str]], ob
                                                       manager.seen["body"], chain.seen["body"])
     assert normalised(manager.delivered) == normalised(chain.delivered), manager.manager_log[-6000:]
     return chain, manager
+
+
+def check(scenario: str, kind: str, manager: Run) -> None:
+    """What each scenario must show besides being the chain's mail (the MTA's rules, D-16)."""
+    headers = manager.delivered.headers
+    names = [name for name, _ in headers]
+    if scenario == "delete-lowercase":
+        assert [value for name, value in headers if name == "Authentication-Results"] == ["forged.example; spf=pass"]
+    elif scenario == "body-lf":
+        assert manager.seen["body"] == "replaced by a filter\r\nsecond line\r\n"  # not LF (M-BODY-3)
+        assert manager.delivered.body == b"replaced by a filter\r\nsecond line\r\n"
+        # the debug log: each modification a child asked for and each sent to the MTA, the body as a
+        # length only; Postfix gets the body with CRLF, Sendmail the child's bytes (it converts them)
+        log = manager.manager_log
+        assert "[manager][modification][child] [m1] replace-body length=33" in log
+        assert "[manager][modification][child] [m2] insert-header <DKIM-Like> index=0 value-length=47" in log
+        assert f"[manager][modification][mta] replace-body length={35 if kind == 'postfix' else 33}" in log
+        assert "[manager][modification][mta] insert-header <DKIM-Like> index=0 value-length=47" in log
+        assert "second line" not in log
+    elif scenario == "delete-then-add":
+        # Postfix appends the re-added header; Sendmail puts it where the deleted one was
+        assert names[-2:] == (["X-Later", "X-Spam-Status"] if kind == "postfix" else ["X-Spam-Status", "X-Later"])
+    elif scenario == "insert-0":
+        assert names[:3] == ["Authentication-Results", "DKIM-Signature", "Received"]  # above the MTA's own
+        assert own_received(headers[2][1])
