@@ -40,6 +40,11 @@ SCENARIOS: dict[str, list[list[str]]] = {
     # opendkim signs and an authentication milter reports, both at index 0
     "insert-0": [["insert:0:DKIM-Signature:v=1; a=rsa-sha256; d=example.org"],
                  ["insert:0:Authentication-Results:mta.milterman.test; dkim=pass"]],
+    # the MTAs' rules beyond the issue: inserts counting hidden entries, add of a present name,
+    # deletes and changes of one name across milters
+    "insert-middle": [["insert:5:X-Five:five"], ["insert:11:X-Eleven:eleven"]],
+    "add-present-name": [["add:Subject:second"], ["change:subject:2:changed"]],
+    "deletes-across-milters": [["delete:X-Dup:1"], ["delete:X-Dup:2", "change:x-dup:1:new"]],
 }
 
 
