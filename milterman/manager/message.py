@@ -4,14 +4,23 @@ Children see the message one after another (D-3): the live child gets the MTA's
 packets, later children get a replay of the *current* headers and body, so each
 sees the earlier children's edits. At the end the MTA gets the difference between
 the headers it sent and the final ones (M-EOM-3), not each child's requests.
+
+D-16: later children see, and the MTA delivers, what that MTA produces chaining the same
+milters: the header list follows the MTA's own rules (:mod:`.headers`), and a body a child
+replaces reaches later children with the line ends that MTA passes on (:func:`passed_on`).
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from ..protocol import AddHeader, ChangeHeader, InsertHeader, Reply
+from ..protocol import (AddHeader, AddRcpt, AddRcptWithParameters, ChangeFrom, ChangeHeader, DeleteRcpt,
+                        InsertHeader, Quarantine, ReplaceBody, Reply)
+from .headers import POSTFIX, SENDMAIL, Entry, Headers, header_edits
+
+__all__ = ["POSTFIX", "SENDMAIL", "BodyBuffer", "Entry", "Headers", "Message", "describe", "header_edits",
+           "passed_on"]
 
 SPILL_THRESHOLD = 5 * 1024 * 1024  # M-BODY-1: 5 MiB in memory, then a temporary file
 
@@ -23,12 +32,14 @@ class BodyBuffer:
     empties the buffer at its first ``b`` packet and appends the rest (M-BODY-3).
     """
 
-    __slots__ = ("_chunks", "_size", "_file")
+    __slots__ = ("_chunks", "_size", "_file", "replaced_for")
 
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
         self._size = 0
         self._file = None
+        #: the kind of MTA whose line-end rules a child's replacement follows, None for the MTA's own body
+        self.replaced_for: str | None = None
 
     def __len__(self) -> int:
         return self._size
@@ -59,6 +70,17 @@ class BodyBuffer:
         if self._file is not None:
             self._file.seek(0)
             self._file.truncate()
+
+    def start_replacement(self, kind: str) -> None:
+        """A child's first ``b`` packet: the buffer holds its bytes as sent from now on (M-BODY-3)."""
+        self.clear()
+        self.replaced_for = kind
+
+    def passed_on(self, size: int) -> Iterator[bytes]:
+        """The body as the MTA hands it to the next milter, in pieces of at most ``size`` (D-16)."""
+        if self.replaced_for is None:
+            return self.pieces(size)
+        return passed_on(self.pieces(size), self.replaced_for, size)
 
     def pieces(self, size: int) -> Iterator[bytes]:
         """The body in pieces of at most ``size`` bytes (replay and the final ``b`` packets, M-BODY-2)."""
@@ -94,98 +116,59 @@ class BodyBuffer:
             self._file = None
 
 
-class Headers:
-    """The header list H as children edit it (M-EOM-2)."""
+def passed_on(raw: Iterable[bytes], kind: str, size: int) -> Iterator[bytes]:
+    """A body a milter replaced, as ``kind`` of MTA passes it to the next milter (D-16, measured):
 
-    __slots__ = ("items",)
+    * Postfix stores it as lines split at LF, one CR before the LF dropped, and sends each line with
+      CRLF, a last line without LF included: CRLF and bare LF both become CRLF, other CRs stay;
+    * Sendmail stores it with each CRLF turned into LF and sends every LF not after a CR as CRLF; a
+      last line without LF stays without it.
 
-    def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
-        self.items: list[tuple[str, str]] = list(items or [])
-
-    def append(self, name: str, value: str) -> None:
-        self.items.append((name, value))
-
-    def add(self, name: str, value: str) -> None:
-        """``h``: before the first header of that name (ASCII case-insensitive), else at the end."""
-        lowered = name.lower()
-        for position, (existing, _) in enumerate(self.items):
-            if existing.lower() == lowered:
-                self.items.insert(position, (name, value))
-                return
-        self.items.append((name, value))
-
-    def insert(self, index: int, name: str, value: str) -> None:
-        """``i``: at 0-based ``index``; past the end appends."""
-        self.items.insert(min(index, len(self.items)), (name, value))
-
-    def change(self, name: str, index: int, value: str) -> None:
-        """``m``: the ``index``-th (1-based) header named exactly ``name``; empty value deletes; missing adds."""
-        wanted = max(index, 1)
-        seen = 0
-        for position, (existing, _) in enumerate(self.items):
-            if existing == name:
-                seen += 1
-                if seen == wanted:
-                    if value:
-                        self.items[position] = (existing, value)
-                    else:
-                        del self.items[position]
-                    return
-        if value:
-            self.add(name, value)
-
-
-def header_diff(original: list[tuple[str, str]], final: list[tuple[str, str]], *,
-                insert_offset: int = 0) -> list[Reply]:
-    """The edits that turn the MTA's headers into the final ones (M-EOM-3, as real MTAs apply them).
-
-    Unchanged headers produce nothing; a header whose name is still present as an unmatched
-    original becomes a change of that occurrence; originals left over are deleted, last first.
-    New headers at the end of the final list go out as add-header (``h``), which every MTA
-    appends; a new header between others is an insert-header at its position plus
-    ``insert_offset``: Postfix counts its own Received: header in that index (P-MOD-4), so the
-    leader passes 1 for Postfix. (milter manager 2.x sent ``i`` for appended headers too, which
-    real Postfix puts before the last original header.)
+    Streams: a run of CRs at the end of a piece waits for the next piece.
     """
-    occurrence: list[int] = []
-    counts: dict[str, int] = {}
-    for name, _ in original:
-        counts[name] = counts.get(name, 0) + 1
-        occurrence.append(counts[name])
-    pending = list(range(len(original)))  # indexes into original not yet matched
-    plan: list[tuple[str, int]] = []       # per final position: ("same" | "change" | "new", original index)
-    # Unchanged headers are matched first, so a header added before an original of the same name
-    # is an insert, not a change of that original plus a re-added copy (which needs change-header,
-    # an action the MTA may not have granted, D-2)
-    for header in final:
-        match = next((index for index in pending if original[index] == header), None)
-        if match is not None:
-            pending.remove(match)
-            plan.append(("same", match))
-        else:
-            plan.append(("new", -1))
-    for position, header in enumerate(final):
-        if plan[position][0] != "new":
+    carry = b""
+    pending = b""
+    last = b""
+    for piece in raw:
+        if not piece:
             continue
-        same_name = next((index for index in pending if original[index][0] == header[0]), None)
-        if same_name is not None:
-            pending.remove(same_name)
-            plan[position] = ("change", same_name)
-    appended_from = len(plan)
-    while appended_from > 0 and plan[appended_from - 1][0] == "new":
-        appended_from -= 1
-    edits: list[Reply] = []
-    for position, ((kind, index), (name, value)) in enumerate(zip(plan, final, strict=True)):
-        if kind == "change":
-            edits.append(ChangeHeader(occurrence[index], name, value))
-        elif kind == "new":
-            if position >= appended_from:
-                edits.append(AddHeader(name, value))
-            else:
-                edits.append(InsertHeader(position + insert_offset, name, value))
-    for index in reversed(pending):
-        edits.append(ChangeHeader(occurrence[index], original[index][0], ""))
-    return edits
+        last = piece[-1:]
+        data = carry + piece
+        kept = data.rstrip(b"\r")
+        carry = data[len(kept):]
+        kept = kept.replace(b"\r\n", b"\n")
+        if kind != POSTFIX:
+            kept = kept.replace(b"\r\n", b"\n")
+        pending += kept.replace(b"\n", b"\r\n")
+        while len(pending) >= size:
+            yield pending[:size]
+            pending = pending[size:]
+    pending += carry
+    if kind == POSTFIX and last and last != b"\n":
+        pending += b"\r\n"
+    while pending:
+        yield pending[:size]
+        pending = pending[size:]
+
+
+def describe(modification: Reply) -> str:
+    """A modification for the log: kind, header name, index and value length, never a value or the body."""
+    if isinstance(modification, (AddHeader, InsertHeader, ChangeHeader)):
+        index = "" if isinstance(modification, AddHeader) else f" index={modification.index}"
+        kind = {"h": "add-header", "i": "insert-header"}.get(modification.LETTER) or (
+            "change-header" if modification.value else "delete-header")
+        return f"{kind} <{modification.name}>{index} value-length={len(modification.value)}"
+    if isinstance(modification, ReplaceBody):
+        return f"replace-body length={len(modification.chunk)}"
+    if isinstance(modification, (AddRcpt, AddRcptWithParameters)):
+        return f"add-recipient length={len(modification.recipient)}"
+    if isinstance(modification, DeleteRcpt):
+        return f"delete-recipient length={len(modification.recipient)}"
+    if isinstance(modification, ChangeFrom):
+        return f"change-from length={len(modification.sender)}"
+    if isinstance(modification, Quarantine):
+        return f"quarantine reason-length={len(modification.reason)}"
+    return type(modification).__name__
 
 
 class Message:
@@ -196,7 +179,8 @@ class Message:
 
     def __init__(self) -> None:
         self.headers = Headers()
-        self.original_headers: list[tuple[str, str]] = []
+        #: H0 as :meth:`Headers.snapshot` took it when children started editing (M-MSG-3)
+        self.original_headers: list[tuple[Entry, str, str | None, bool]] = []
         self.body = BodyBuffer()
         self.end_of_header = False
         self.end_of_message_chunk = b""

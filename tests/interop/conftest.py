@@ -4,6 +4,10 @@
 - ``postfix_factory``: ``postfix_factory(milters, **kwargs)`` starts a private
   :class:`postfix_harness.PostfixInstance` in ``tmp_path`` relaying to ``smtp_sink`` and stops it
   at teardown.  It skips the test when Postfix cannot run here, and fails it under CI=true.
+- ``sendmail_factory``: ``sendmail_factory(milters, **kwargs)`` starts a private
+  :class:`sendmail_harness.SendmailInstance` (Sendmail unpacked from Debian's packages, run in
+  the foreground) relaying to ``smtp_sink``; stopped at teardown; skips, or fails under CI=true,
+  when Sendmail cannot run here.
 - ``require_real(component, available, reason="")``: skip, or under CI=true fail, when a real
   component is missing (defined in postfix_harness; importable from there).
 """
@@ -25,6 +29,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 from postfix_harness import PostfixInstance, postfix_usable, require_real  # noqa: E402
+from sendmail_harness import SendmailInstance, sendmail_usable  # noqa: E402
 from smtp_sink import SmtpSink  # noqa: E402
 
 __all__ = ["require_real"]
@@ -87,6 +92,40 @@ def postfix_factory(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Callable[..
             raise RuntimeError("could not stop every Postfix instance:\n" + "\n".join(errors))
         for directory in directories:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def sendmail_factory(smtp_sink: SmtpSink) -> Iterator[Callable[..., SendmailInstance]]:
+    """A factory: ``sendmail_factory(milters=(), *, relay_port=None, start=True, **kwargs)``.
+
+    ``milters`` are libmilter socket specs (``inet:PORT@127.0.0.1``) in Sendmail's order;
+    ``relay_port`` defaults to the ``smtp_sink`` fixture's port; the other keyword arguments go
+    to SendmailInstance (milter_timeouts, milter_macros, extra_mc, debug).  Each instance gets a
+    directory of its own (mode 0755); every instance is stopped and its directory removed at
+    teardown.  The first use fetches and unpacks Sendmail (cached; see sendmail_harness).
+    """
+    usable, reason = sendmail_usable()
+    require_real("sendmail", usable, reason)
+    instances: list[SendmailInstance] = []
+
+    def make(milters: list[str] | str = (), *, relay_port: int | None = None, start: bool = True,
+             **kwargs: object) -> SendmailInstance:
+        directory = Path(tempfile.mkdtemp(prefix=f"milterman-sendmail-{len(instances)}-"))
+        os.chmod(directory, 0o755)
+        instance = SendmailInstance(directory, milters, smtp_sink.port if relay_port is None else relay_port,
+                                    **kwargs)  # type: ignore[arg-type]
+        instances.append(instance)
+        if start:
+            instance.start()
+        return instance
+
+    try:
+        yield make
+    finally:
+        for instance in reversed(instances):
+            instance.stop()
+        for instance in instances:
+            shutil.rmtree(instance.root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -48,7 +48,25 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 
     return process.returncode
 
 
-class TestClientProcess:
+class LoopbackSpecs:
+    """The specs of a milter listening on 127.0.0.1:``port`` in each syntax."""
+
+    port: int
+
+    @property
+    def postfix_spec(self) -> str:
+        return f"inet:127.0.0.1:{self.port}"
+
+    @property
+    def libmilter_spec(self) -> str:
+        return f"inet:{self.port}@127.0.0.1"
+
+    @property
+    def manager_spec(self) -> str:
+        return f"inet:{self.port}@[127.0.0.1]"
+
+
+class TestClientProcess(LoopbackSpecs):
     """milter-test-client listening on a free loopback port, its stdout in a file."""
 
     __test__ = False
@@ -61,14 +79,6 @@ class TestClientProcess:
             [sys.executable, "-m", "milterman.cli.test_client", "-s", f"inet:{self.port}@[127.0.0.1]", *args],
             stdout=self._output, stderr=subprocess.STDOUT, cwd=RUN_DIR)
         wait_listening(self.port, self.process)
-
-    @property
-    def postfix_spec(self) -> str:
-        return f"inet:127.0.0.1:{self.port}"
-
-    @property
-    def libmilter_spec(self) -> str:
-        return f"inet:{self.port}@127.0.0.1"
 
     def output(self) -> str:
         return self.output_path.read_bytes().decode("utf-8", "replace")  # keep CRLF as sent
@@ -114,3 +124,32 @@ class PymilterProcess:
 
     def stop(self) -> int:
         return stop(self.process, timeout=10)
+
+
+EDITS_SCRIPT = Path(__file__).resolve().parent / "milters" / "pymilter_edits.py"
+
+
+class EditsMilterProcess(LoopbackSpecs):
+    """tests/interop/milters/pymilter_edits.py under Debian's python3 doing scripted end-of-message
+    edits (``delete:NAME:INDEX``, ``insert:INDEX:NAME:VALUE``, ``body-lf:TEXT``, ``record:PATH``, ...)."""
+
+    def __init__(self, directory: Path, *edits: str) -> None:
+        from postfix_harness import _listening
+
+        self.port = free_port()
+        self.output_path = directory / f"pymilter-edits-{self.port}.out"
+        self._output = open(self.output_path, "wb")
+        self.process = subprocess.Popen([DEBIAN_PYTHON, str(EDITS_SCRIPT), f"inet:{self.port}@127.0.0.1", *edits],
+                                        stdout=self._output, stderr=subprocess.STDOUT, cwd=RUN_DIR)
+        deadline = time.monotonic() + 15
+        while not _listening("127.0.0.1", self.port):  # no probe connection: it would be a session
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"pymilter_edits did not listen: {self.output_path.read_text(errors='replace')}")
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        # SIGKILL: libmilter notices SIGTERM only at its next 5 s poll, and this milter keeps nothing
+        status = stop(self.process, signal.SIGKILL, timeout=10)
+        self._output.close()
+        return status

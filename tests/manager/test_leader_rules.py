@@ -518,9 +518,9 @@ def test_M_EOM_1_emission_order(pair):
 
 
 def test_M_EOM_3_header_diff_verified_example(pair):
-    """M-EOM-3 verified example (with the appended header as ``h``, as real Postfix needs, P-MOD-4):
-    H0 = [Subject: orig, X-Del: x, To: t]; c1 changes Subject and deletes X-Del,
-    c2 adds X-C2 → ``m Subject[1]``, ``i 2 X-C2``, ``m X-Del[1] ""``."""
+    """M-EOM-3 example under D-16 (no ``v`` macro: Sendmail's rules): H0 = [Subject: orig, X-Del: x, To: t];
+    c1 changes Subject and deletes X-Del, c2 adds X-C2 → changes first, then deletes, then the new header,
+    appended with ``h`` (nothing of that name): ``m Subject[1]``, ``m X-Del[1] ""``, ``h X-C2``."""
     pair.c1.script = Script(replies={"E": at_eom(ChangeHeader(1, "Subject", "changed"),
                                                  ChangeHeader(1, "X-Del", ""))})
     pair.c2.script = Script(replies={"E": at_eom(AddHeader("X-C2", "v2"))})
@@ -529,8 +529,8 @@ def test_M_EOM_3_header_diff_verified_example(pair):
     mta.session_start()
     mta.envelope()
     packets = mta.content((("Subject", "orig"), ("X-Del", "x"), ("To", "t")), BODY)
-    assert packets == [ChangeHeader(1, "Subject", "changed"), AddHeader("X-C2", "v2"),
-                       ChangeHeader(1, "X-Del", ""), CONTINUE]
+    assert packets == [ChangeHeader(1, "Subject", "changed"), ChangeHeader(1, "X-Del", ""),
+                       AddHeader("X-C2", "v2"), CONTINUE]
     mta.quit()
 
 

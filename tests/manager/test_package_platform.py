@@ -81,3 +81,41 @@ def test_refused_package_and_custom_directory_keys_name_the_key_D_17(tmp_path, d
     with pytest.raises(ConfigurationError) as raised:
         names(tmp_path / "etc", debian)
     assert str(raised.value) == f"{path}: {message}"
+
+
+def test_real_opendkim_installed_and_enabled_leaves_a_hand_written_configuration_alone_D_9(tmp_path):
+    """Issue 9 item 4 on the real system: Debian's opendkim is installed and enabled here (its unit
+    linked in multi-user.target.wants), yet a hand-written configuration listing two children gets
+    exactly those two, in its order, with no conditions and no commands attached — in the loaded
+    configuration and in what ``--show-config`` prints (no ``--no-detect`` given)."""
+    import os
+    import subprocess
+    import sys
+
+    from milterman.manager.detect import detect
+
+    found = [milter.name for milter in detect("/") if milter.enabled]
+    if "opendkim" not in found:
+        why = "Debian's opendkim is not installed and enabled here (.ci/system-packages installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    config_dir = tmp_path / "etc"
+    write(config_dir, LISTED)
+    milters = ManagerApplication(str(config_dir), {}).configuration().milters
+    assert [(milter.name, milter.connection_spec) for milter in milters] == [
+        ("second", "unix:/run/second.sock"), ("first", "unix:/run/first.sock")]
+    assert all(milter.applicable_conditions == () and milter.command is None for milter in milters)
+    shown = subprocess.run([sys.executable, "-m", "milterman.cli.manager", "-c", str(config_dir), "--show-config"],
+                           capture_output=True, text=True, timeout=60, cwd="/")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert shown.stdout.count("[[milter]]") == 2
+    assert shown.stdout.index('name = "second"') < shown.stdout.index('name = "first"')
+    milter_tables = shown.stdout.split("[[milter]]", 1)[1]
+    assert "detected from" not in shown.stdout and 'name = "opendkim"' not in shown.stdout
+    assert "\ncommand = " not in milter_tables
+    assert milter_tables.count("applicable_conditions = []") == 2
+    # the same file asking for detection does get the real opendkim: the check above can fail
+    asking = tmp_path / "asking"
+    write(asking, '[package]\nplatform = "debian"\n' + LISTED)
+    assert "opendkim" in [milter.name for milter in ManagerApplication(str(asking), {}).configuration().milters]

@@ -1,7 +1,7 @@
 """The scenario vectors V1–V14 of manager.md §16, with the Py outcome (D-1) where the row has one.
 
-Headers a child appends reach the MTA as ``h``, not the rows' ``i N``: real Postfix wins (P-MOD-4, see
-header_diff in milterman/manager/message.py).
+Headers a child appends reach the MTA as ``h``, not the rows' ``i N``, and deletes come before new
+headers: the real MTAs win (D-16, P-MOD-4, see header_edits in milterman/manager/headers.py).
 
 Two children c1 and c2 in this order (scripted milters on unix sockets), the real
 milter-manager as a subprocess, and an MTA connection that offers v6/0x1ff/0x1fffff
@@ -159,7 +159,8 @@ def test_V4_M_RC_3_reply_text_not_sticky(pair):
 def test_V5_every_modification_combined(pair, n_workers):
     """V5: c1 skips the body after chunk 1 and edits everything at EOM; c2 edits after its replay.
     The MTA gets ``c``, ``c`` for the chunks, then ``+new``, ``+new``, ``b <c2 body>``, ``m Subject[1]``,
-    ``i 2 X-C2``, ``m X-Del[1] ""``, ``e from2``, ``q c1 reason``, ``c``."""
+    ``m X-Del[1] ""``, ``h X-C2`` (D-16: changes, deletes, then new headers), ``e from2``, ``q c1 reason``,
+    ``c``."""
     pair.c1.script = Script(protocol=Step.SKIP, replies={
         "B": [SKIP],
         "E": at_eom(ReplaceBody(b"c1 body\r\n"), ChangeHeader(1, "Subject", "changed"), ChangeHeader(1, "X-Del", ""),
@@ -185,7 +186,7 @@ def test_V5_every_modification_combined(pair, n_workers):
     packets = mta.end_of_message()
     assert packets == [
         AddRcpt("<new@example.org>"), AddRcpt("<new@example.org>"), ReplaceBody(b"c2 body\r\n"),
-        ChangeHeader(1, "Subject", "changed"), AddHeader("X-C2", "v2"), ChangeHeader(1, "X-Del", ""),
+        ChangeHeader(1, "Subject", "changed"), ChangeHeader(1, "X-Del", ""), AddHeader("X-C2", "v2"),
         ChangeFrom("<from2@example.org>"), Quarantine("c1 reason"), CONTINUE,
     ]
     mta.quit()

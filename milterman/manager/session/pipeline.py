@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...log import STATISTICS
+from ...log import DEBUG, STATISTICS
 from ...protocol import (CONTINUE, END_OF_HEADER, AddHeader, AddRcpt, AddRcptWithParameters, Body, ChangeFrom,
                          ChangeHeader, Continue, DeleteRcpt, EndOfMessage, Header, InsertHeader, LocalProtocolError,
                          Quarantine, ReplaceBody, Reply, Skip)
 from ...protocol.stages import STAGE_NAMES
 from ..child import ChildFailure
-from ..message import Message, header_diff
+from ..message import POSTFIX, SENDMAIL, Message, describe, header_edits
 from ..status import Combined, Status, status_of
 
 if TYPE_CHECKING:
@@ -106,7 +106,8 @@ class MessagePipeline:
         """M-MSG-3…5: every waiting child in turn, then the modifications and the combined status."""
         message = self.message
         message.end_of_message_chunk = command.chunk
-        message.original_headers = list(message.headers.items)  # H0 (M-MSG-3)
+        message.headers.begin_edits(self._mta_kind())  # the MTA's own entries, for its rules (D-16)
+        message.original_headers = message.headers.snapshot()  # H0 (M-MSG-3)
         try:
             while self.waiting:
                 child = self.waiting[0]
@@ -117,6 +118,7 @@ class MessagePipeline:
                     return outcome
                 self.waiting.pop(0)
                 child.in_message = False  # still alive: its [milter][end] line follows [session][end]
+                message.headers.end_child()
             self._emit_modifications()
         except OSError as error:
             return self._body_failure(error)
@@ -192,7 +194,7 @@ class MessagePipeline:
             if live_chunk is not None and child.sent_body == len(body) - len(live_chunk):
                 pieces = [live_chunk]
             else:
-                pieces = body.pieces(self.manager.chunk_size)
+                pieces = body.passed_on(self.manager.chunk_size)  # a replaced body as the MTA passes it (D-16)
             for piece in pieces:
                 child.sent_body += len(piece)
                 if child.skip_body:
@@ -301,6 +303,8 @@ class MessagePipeline:
             if isinstance(modification, (AddHeader, InsertHeader, ChangeHeader)) and modification.value:
                 self._header_statistics(child, modification)
             return
+        if self.logger.enabled(DEBUG):
+            self.logger.debug(f"[{child.id}] [manager][modification][child] [{child.name}] {describe(modification)}")
         if isinstance(modification, (AddRcpt, AddRcptWithParameters, DeleteRcpt)):
             self._to_mta(modification)  # forwarded at once, in arrival order (M-EOM-1 step 1)
             return
@@ -308,7 +312,7 @@ class MessagePipeline:
             try:
                 if child is not self._body_replacer:
                     self._body_replacer = child
-                    message.body.clear()
+                    message.body.start_replacement(self._mta_kind())
                 message.body.append(modification.chunk)
             except OSError as error:
                 self._body_error = error  # answered after this child's reply is read (M-BODY-1)
@@ -346,6 +350,13 @@ class MessagePipeline:
             self.session.queue(modification)
         except LocalProtocolError as error:
             self.logger.error(f"[{self.session.id}] [manager][modification][drop] {modification!r}: {error}")
+            return
+        if self.logger.enabled(DEBUG):
+            self.logger.debug(f"[{self.session.id}] [manager][modification][mta] {describe(modification)}")
+
+    def _mta_kind(self) -> str:
+        """Whose rules the message follows (D-16): Postfix when macro ``v`` names it, else Sendmail's."""
+        return POSTFIX if "postfix" in (self.session.macros.get("v") or "").lower() else SENDMAIL
 
     def _emit_modifications(self) -> None:
         """Everything but the recipients, in the order of M-EOM-1 (steps 2–5)."""
@@ -353,10 +364,14 @@ class MessagePipeline:
         if message is None:
             return
         if message.body_replaced:
-            for piece in message.body.pieces(self.manager.chunk_size) if len(message.body) else [b""]:
+            # Postfix gets the body as it would pass it on; Sendmail the last child's bytes as sent, which
+            # it turns into what it delivers by its own rules (D-16)
+            size = self.manager.chunk_size
+            body = message.body
+            pieces = body.passed_on(size) if self._mta_kind() == POSTFIX else body.pieces(size)
+            for piece in pieces if len(body) else [b""]:
                 self._to_mta(ReplaceBody(piece))
-        postfix = "postfix" in (self.session.macros.get("v") or "").lower()
-        for edit in header_diff(message.original_headers, message.headers.items, insert_offset=1 if postfix else 0):
+        for edit in header_edits(message.original_headers, message.headers):
             self._to_mta(edit)
             if self.logger.enabled(STATISTICS) and edit.value:
                 self.logger.statistics(f"[session][header][add]({self.session.id}): <{edit.name}>=<{edit.value}>")
@@ -367,7 +382,7 @@ class MessagePipeline:
         message.body_replaced = False
         message.change_from = None
         message.quarantine_reason = None
-        message.original_headers = list(message.headers.items)
+        message.original_headers = message.headers.snapshot()
 
     def _header_statistics(self, child: Child, modification) -> None:
         if self.logger.enabled(STATISTICS):
