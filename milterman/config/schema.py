@@ -18,7 +18,8 @@ from .builtins import TRUST_PATTERN_FLAGS
 from .predicates import CONDITION_STAGES, STAGES
 from .values import (AddressKind, AnyTable, Boolean, Checker, Choice, ClassReference, CommandOptions, Context,
                      DnsblServiceKind,
-                     Domain, EntryPoint, Facility, Integer, Kind, ListOf, LogLevel, Mode, NetworkKind, Number, NumericId, Path,
+                     Domain, EntryPoint, Facility, Integer, Kind, ListOf, LogLevel, Mode, NetworkKind, Number,
+                     NumericId, Path,
                      RegexKind, Refused, Spec, Status, Text)
 
 

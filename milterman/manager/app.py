@@ -114,7 +114,8 @@ class ManagerApplication(Application):
 
         def check() -> None:
             issues = []
-            for (key, where, text), result in zip(named, look_up_all([text.spec for _key, _where, text in named])):
+            for (key, where, text), result in zip(named, look_up_all([text.spec for _key, _where, text in named]),
+                                                       strict=True):
                 if isinstance(result, SpecError):
                     issues.append(configuration_module.Issue(*where, f"invalid spec {show(text)}: {result}"))
                 elif key == "controller.connection_spec":

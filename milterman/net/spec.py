@@ -77,4 +77,4 @@ def look_up_all(specs: Sequence[ConnectionSpec], timeout: float = LOOKUP_TIMEOUT
     return [result if result is not None else
             SpecError(f"invalid host address: <{spec.written}>: <{spec.host}>: no answer from the name service "
                       f"within {timeout:g} s")
-            for spec, result in zip(specs, results)]
+            for spec, result in zip(specs, results, strict=True)]

@@ -26,7 +26,7 @@ from milterman.config.schema import ARRAYS, CONDITION_RULE, SECTIONS, TOP_LEVEL
 from milterman.log import STATISTICS, Logger
 from milterman.manager.app import ManagerApplication, build_context, child_definitions, server_config
 from milterman.manager.status import Status
-from milterman.net import MilterIOError, MtaClient, parse_spec
+from milterman.net import MilterIOError, MtaClient
 from milterman.protocol import Negotiate
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -95,7 +95,7 @@ def test_the_grammar_looks_no_name_up():
         "inet", 10025, "no-such-host.invalid", "", True)
     assert str(spec) == "inet:10025@no-such-host.invalid"
     with pytest.raises(SpecError, match="not looked up yet"):
-        spec.sockaddr
+        _ = spec.sockaddr
     text = SpecText("inet:10025@no-such-host.invalid")
     assert text == "inet:10025@no-such-host.invalid" and text.spec == spec
     literal = parse("inet6:10025@[::1]")
