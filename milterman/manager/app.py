@@ -71,6 +71,8 @@ class ManagerApplication(Application):
         self.loaded = None
         #: this serving process's counters, kept across reloads (made in the serving process)
         self.recorder = None
+        #: the metrics endpoint the master listens on (set at start; a reload cannot move it)
+        self.metrics_spec: str | None = None
 
     def configuration(self):
         """Load and validate (raises the configuration's ConfigurationError naming FILE: KEY).
@@ -149,6 +151,9 @@ class ManagerApplication(Application):
     def reloaded(self, configuration) -> None:
         """log.* take effect on reload too (new workers are forked with the master's logger)."""
         apply_log_settings(configuration, self.logger)
+        if configuration.controller.metrics_spec != self.metrics_spec:
+            self.logger.warning(f"[server][reload][warning] controller.metrics_spec changed to "
+                                f"{configuration.controller.metrics_spec or 'unset'}; it takes effect after a restart")
         if configuration.manager.daemon:
             self.logger.detached("milter-manager")  # no terminal any more: the file, or else syslog
 
@@ -193,6 +198,7 @@ class ManagerApplication(Application):
         """``controller.metrics_spec``: off unless set; a unix socket gets the controller's mode, group and
         removal settings."""
         controller = configuration.controller
+        self.metrics_spec = controller.metrics_spec
         if not controller.metrics_spec:
             return None
         try:

@@ -59,6 +59,7 @@ def test_metrics_count_sessions_replies_fallbacks_timeouts_and_child_state(env):
                {"name": "c3", "connection_spec": f"unix:{env.dir}/nobody.sock", "fallback_status": "accept"}],
               extra=f'\n[controller]\nconnection_spec = "unix:{env.dir}/controller.sock"\n'
                     f'metrics_spec = "unix:{metrics}"\nunix_socket_mode = 0o600\n')
+    wait_until(metrics.exists, 10, "the endpoint's socket")  # bound after the manager's own socket
     assert os.stat(metrics).st_mode & 0o777 == 0o600  # the controller's mode applies to the endpoint's socket
     rcpt = []
     for _ in range(2):
@@ -138,9 +139,11 @@ def test_metrics_with_workers_survive_restarts_and_count_reloads(env):
     assert started() == 6  # the killed worker's sessions are kept by the master
 
     config = env.dir / "milter-manager.toml"
+    original = config.read_text()
+    config.write_text(original.replace(f"inet:{port}@", f"inet:{free_port()}@"))
     env.manager.proc.send_signal(signal.SIGHUP)
     env.manager.wait_output("[server][reload] configuration reloaded")
-    original = config.read_text()
+    assert "controller.metrics_spec changed to inet:" in env.manager.output  # the endpoint stays until a restart
     config.write_text(original + "\n[manager\n")
     env.manager.proc.send_signal(signal.SIGHUP)
     env.manager.wait_output("[server][reload][error]")
@@ -167,6 +170,14 @@ def test_metrics_endpoint_answers_404_elsewhere(env):
     env.start([{"name": "c1"}], extra=f'\n[controller]\nmetrics_spec = "inet:{port}@[127.0.0.1]"\n')
     import urllib.error
     import urllib.request
+
+    def listening() -> bool:
+        import socket
+
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, 10, "the endpoint")  # bound after the manager's own socket
 
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
