@@ -14,7 +14,7 @@ import platform
 from bisect import bisect_left
 
 from .. import __version__
-from ..protocol import Reply
+from ..protocol import ACCEPT, CONTINUE, DISCARD, REJECT, TEMPFAIL, Reply
 from ..server.app import MetricFamily
 from .status import status_of
 
@@ -24,6 +24,11 @@ LATENCY_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 #: stage names of the latency histograms, by command letter (``O`` is connect and negotiate)
 STAGES = {"O": "negotiate", "C": "connect", "H": "helo", "M": "envelope-from", "R": "envelope-recipient",
           "T": "data", "U": "unknown", "L": "header", "N": "end-of-header", "B": "body", "E": "end-of-message"}
+
+
+#: the status name of each plain reply letter (a ``y`` reply code goes through status_of, M-RC-1)
+_NICKS = {letter: status_of(reply).nick for letter, reply in (("c", CONTINUE), ("a", ACCEPT), ("r", REJECT),
+                                                                ("t", TEMPFAIL), ("d", DISCARD))}
 
 
 class Histogram:
@@ -62,9 +67,13 @@ class ChildRecord:
 
     def replied(self, letter: str, reply: Reply, seconds: float) -> None:
         """A final reply to ``letter`` arrived ``seconds`` after the command was sent."""
-        nick = status_of(reply).nick
+        nick = _NICKS.get(reply.LETTER) or status_of(reply).nick  # a plain letter without the enum's hashing
         self.replies[nick] = self.replies.get(nick, 0) + 1
-        self.observe(letter, seconds)
+        histogram = self.latency.get(letter)
+        if histogram is None:
+            histogram = self.latency[letter] = Histogram()
+        histogram.counts[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+        histogram.total += seconds
 
     def observe(self, letter: str, seconds: float) -> None:
         histogram = self.latency.get(letter)
@@ -146,7 +155,8 @@ def metric_families(status: dict) -> list[MetricFamily]:
                [({}, counters.get("sessions_started", 0))]),
         family("sessions_finished_total", "counter", "MTA sessions finished, by the last status the MTA got.",
                [({"status": name}, count) for name, count in sorted(counters.get("sessions_finished", {}).items())]),
-        family("sessions_in_flight", "gauge", "MTA sessions in progress.", [({}, totals.get("sessions_processing", 0))]),
+        family("sessions_in_flight", "gauge", "MTA sessions in progress.",
+               [({}, totals.get("sessions_processing", 0))]),
         family("session_duration_seconds", "histogram", "Length of MTA sessions.",
                [({}, duration)] if duration else [], LATENCY_BOUNDS),
         family("child_sessions_total", "counter", "Sessions of each child milter, by the child's final status.",

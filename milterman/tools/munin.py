@@ -152,9 +152,9 @@ def children(samples: Samples, config: bool) -> list[str]:
         field = field_name(name)
         down = any(sample == "milter_manager_child_up" and labels.get("child") == name and number == 0
                    for sample, labels, number in samples)
-        lines += [f"{field}_sessions.value {_number(value(samples, 'milter_manager_child_sessions_total', child=name))}",
-                  f"{field}_fallbacks.value "
-                  f"{_number(value(samples, 'milter_manager_child_fallbacks_total', child=name))}",
+        sessions_total = value(samples, "milter_manager_child_sessions_total", child=name)
+        fallbacks = value(samples, "milter_manager_child_fallbacks_total", child=name)
+        lines += [f"{field}_sessions.value {_number(sessions_total)}", f"{field}_fallbacks.value {_number(fallbacks)}",
                   f"{field}_down.value {1 if down else 0}"]
     return lines
 
