@@ -21,15 +21,15 @@ import math
 import os
 import resource
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable
 
 from ..log import Logger
 from ..log import logger as default_logger
-from ..net.sockets import ListenError, bind_listener, remove_unix_socket
+from ..net.sockets import ListenError
 from ..net.spec import ConnectionSpec
 from .app import Application, MetricFamily, add_counters
+from .listening import ListeningThread
 from .process import StartupError
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -224,22 +224,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class MetricsEndpoint:
+class MetricsEndpoint(ListeningThread):
     """A thread of the master that answers HTTP requests one at a time (a scrape takes milliseconds)."""
+
+    name = "metrics"
 
     def __init__(self, spec: ConnectionSpec, text: Callable[[], str], *, unix_mode: int = 0o660,
                  unix_group: str | None = None, remove_on_create: bool = True, remove_on_close: bool = True,
                  logger: Logger = default_logger) -> None:
-        self.spec = spec
+        super().__init__(spec, unix_mode=unix_mode, unix_group=unix_group, remove_on_create=remove_on_create,
+                         remove_on_close=remove_on_close, setting="controller.remove_unix_socket_on_create",
+                         logger=logger)
         self.text = text
-        self.logger = logger
-        self.listener = bind_listener(spec, backlog=16, unix_mode=unix_mode, unix_group=unix_group,
-                                      remove_stale=remove_on_create, setting="controller.remove_unix_socket_on_create")
-        self.listener.set_inheritable(False)
-        self.remove_on_close = remove_on_close
         self.handler = type("Handler", (_Handler,), {"endpoint": self})
-        self._stopping = False
-        self._thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
 
     @classmethod
     def start_for(cls, app: Application, configuration: object, text: Callable[[], str],
@@ -257,30 +254,5 @@ class MetricsEndpoint:
         endpoint.start()
         return endpoint
 
-    def start(self) -> None:
-        self._thread.start()
-        self.logger.info(f"[metrics][listen] {self.spec}")
-
-    def close(self) -> None:
-        self._stopping = True
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
-        if self.remove_on_close:
-            problem = remove_unix_socket(self.spec)
-            if problem:
-                self.logger.warning(f"[metrics][stop][warning] {problem}")
-
-    def _serve(self) -> None:
-        while not self._stopping:
-            try:
-                client, address = self.listener.accept()
-            except OSError:
-                return
-            with client:
-                try:
-                    self.handler(client, address or ("unix", 0), self)
-                except OSError:
-                    pass
+    def serve_client(self, client: socket.socket, address: object) -> None:
+        self.handler(client, address or ("unix", 0), self)

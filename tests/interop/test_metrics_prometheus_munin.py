@@ -21,7 +21,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -65,14 +64,9 @@ def drive(manager: ManagerProcess, sessions: int) -> None:
 
 
 @pytest.fixture
-def workdir() -> Iterator[Path]:
+def workdir(reachable_dir: Path) -> Path:
     """A directory everyone may read (Munin runs plugins as nobody; pytest's tmp_path is root's alone)."""
-    directory = Path(tempfile.mkdtemp(prefix="milterman-metrics-"))
-    os.chmod(directory, 0o755)
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    return reachable_dir
 
 
 @pytest.fixture
