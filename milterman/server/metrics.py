@@ -21,6 +21,7 @@ import math
 import os
 import resource
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -70,6 +71,8 @@ class ServerRecord:
         self.last_reload: dict | None = None
         #: counters of workers that have exited, summed (``counters`` of their last publication)
         self.retired: dict = {}
+        #: the supervising loop adds to ``retired`` while the controller's and the endpoint's threads read it
+        self._lock = threading.Lock()
 
     def worker_exited(self, published: dict, expected: bool) -> None:
         """A worker was reaped; ``expected``: it was told to stop (a reload, SIGTTOU, the stop)."""
@@ -77,7 +80,8 @@ class ServerRecord:
             self.worker_restarts += 1
         counters = published.get("counters")
         if counters:
-            add_counters(self.retired, counters)
+            with self._lock:
+                add_counters(self.retired, counters)
 
     def reloaded(self, success: bool) -> None:
         self.reloads["success" if success else "failure"] += 1
@@ -87,7 +91,8 @@ class ServerRecord:
         """Add the master's facts and counters to a ``status`` answer (shared by the controller and /metrics)."""
         status["master"].update(process=process_facts(), worker_restarts=self.worker_restarts,
                                 reloads=dict(self.reloads), last_reload=self.last_reload)
-        status["retired"] = self.retired
+        with self._lock:
+            status["retired"] = add_counters({}, self.retired)  # a copy: the sum goes on growing
 
 
 # ------------------------------------------------------------------------------ the text format
