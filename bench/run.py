@@ -70,7 +70,7 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
 
 
 def measure(label: str, command: list[str], target: str, sessions: int, concurrency: int,
-            ready: callable, helpers: list[subprocess.Popen] | None = None) -> dict:
+            ready: callable, helpers: list[subprocess.Popen] | None = None, loaded: callable = None) -> dict:
     """Start a milter (or the manager), drive it with milter-test-server, return the figures.
 
     CPU and peak RSS are those of the measured process tree only (not the children of the manager,
@@ -87,6 +87,8 @@ def measure(label: str, command: list[str], target: str, sessions: int, concurre
         run = subprocess.run(driver_command(target, sessions, concurrency), capture_output=True, text=True,
                              timeout=900)
         cpu_after = cpu_seconds(tree)
+        if loaded is not None:
+            loaded()  # before the measured process is stopped
         if run.returncode != 0:
             raise RuntimeError(f"load against {label} failed: {run.stdout}{run.stderr}")
         report = json.loads(run.stdout.strip().splitlines()[-1])
@@ -195,7 +197,8 @@ def measure_manager(directory: str, n_children: int, n_workers: int, sessions: i
 
         try:
             result = measure(label, [sys.executable, "-m", "milterman.cli.manager", "-c", config, "--no-detect"],
-                             f"unix:{config}/manager.sock", sessions, concurrency, ready)
+                             f"unix:{config}/manager.sock", sessions, concurrency, ready,
+                             loaded=lambda: [scraper.stop() for scraper in scrapers])
         finally:
             for scraper in scrapers:
                 scraper.stop()
