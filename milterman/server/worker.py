@@ -253,13 +253,17 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
                 gevent.signal_handler(signal.SIGQUIT, stop, False, "SIGQUIT"),
                 gevent.signal_handler(signal.SIGUSR1, reopen_log),
                 gevent.signal_handler(signal.SIGHUP, hangup)]
+    # A stop that arrived while a new worker was starting (a reload right after another): it must not
+    # start accepting, or it takes connections meant for the new generation before its handler runs.
+    told_to_stop = bool(signal.sigpending() & {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
     # handlers in place: deliver what arrived while a new worker was starting (blocked since the fork)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SERVE_SIGNALS)
     helpers = [gevent.spawn(heartbeat)]
     if master_fd is not None:
         helpers.append(gevent.spawn(watch_master))
     try:
-        server.start()
+        if not told_to_stop:
+            server.start()
         if on_ready is not None:
             on_ready()
         stopped.wait()
