@@ -15,15 +15,12 @@ from bisect import bisect_left
 
 from .. import __version__
 from ..protocol import ACCEPT, CONTINUE, DISCARD, REJECT, TEMPFAIL, Reply
+from ..protocol.stages import stage_name
 from ..server.app import MetricFamily
 from .status import status_of
 
 #: upper bounds (seconds) of the latency histograms' buckets; the last bucket is +Inf
 LATENCY_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-#: stage names of the latency histograms, by command letter (``O`` is connect and negotiate)
-STAGES = {"O": "negotiate", "C": "connect", "H": "helo", "M": "envelope-from", "R": "envelope-recipient",
-          "T": "data", "U": "unknown", "L": "header", "N": "end-of-header", "B": "body", "E": "end-of-message"}
 
 
 #: the status name of each plain reply letter (a ``y`` reply code goes through status_of, M-RC-1)
@@ -90,7 +87,7 @@ class ChildRecord:
     def snapshot(self) -> dict:
         return {"ended": dict(self.ended), "replies": dict(self.replies), "timeouts": dict(self.timeouts),
                 "fallbacks": self.fallbacks,
-                "latency": {STAGES.get(letter, letter): histogram.snapshot()
+                "latency": {stage_name(letter): histogram.snapshot()  # ``negotiate`` includes connecting
                             for letter, histogram in list(self.latency.items())}}
 
 
