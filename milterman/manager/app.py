@@ -159,15 +159,7 @@ class ManagerApplication(Application):
 
     def controller_settings(self, configuration):
         """[controller] (D-7): off unless a connection_spec is set."""
-        controller = configuration.controller
-        if not controller.connection_spec:
-            return None
-        try:
-            spec = resolve(controller.connection_spec.spec)  # checked by name_check at start
-        except SpecError as error:
-            raise ServerConfigurationError(f"controller.connection_spec: {error}") from None
-        return (spec, controller.unix_socket_mode, controller.unix_socket_group,
-                controller.remove_unix_socket_on_create, controller.remove_unix_socket_on_close)
+        return _controller_socket(configuration, "connection_spec")
 
     def render_configuration(self, configuration) -> str:
         return configuration_module.render(configuration)
@@ -197,16 +189,8 @@ class ManagerApplication(Application):
     def metrics_settings(self, configuration):
         """``controller.metrics_spec``: off unless set; a unix socket gets the controller's mode, group and
         removal settings."""
-        controller = configuration.controller
-        self.metrics_spec = controller.metrics_spec
-        if not controller.metrics_spec:
-            return None
-        try:
-            spec = resolve(controller.metrics_spec.spec)  # checked by name_check at start
-        except SpecError as error:
-            raise ServerConfigurationError(f"controller.metrics_spec: {error}") from None
-        return (spec, controller.unix_socket_mode, controller.unix_socket_group,
-                controller.remove_unix_socket_on_create, controller.remove_unix_socket_on_close)
+        self.metrics_spec = configuration.controller.metrics_spec
+        return _controller_socket(configuration, "metrics_spec")
 
     def metric_families(self, status: dict) -> list:
         from .metrics import metric_families
@@ -241,6 +225,20 @@ class ManagerApplication(Application):
                           packet_buffer_size=packet_buffer_size).run()
 
         return handle
+
+
+def _controller_socket(configuration, key: str):
+    """(spec, mode, group, remove on create, remove on close) of a socket of ``[controller]``, or None: unset."""
+    controller = configuration.controller
+    text = getattr(controller, key)
+    if not text:
+        return None
+    try:
+        spec = resolve(text.spec)  # checked by name_check at start
+    except SpecError as error:
+        raise ServerConfigurationError(f"controller.{key}: {error}") from None
+    return (spec, controller.unix_socket_mode, controller.unix_socket_group,
+            controller.remove_unix_socket_on_create, controller.remove_unix_socket_on_close)
 
 
 def announcement(configuration) -> list[tuple[int, str]]:
