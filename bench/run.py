@@ -5,8 +5,9 @@ Everything is measured in the same run with the same driver, over unix sockets i
 temporary directory: sessions/s, latency percentiles, the measured process tree's CPU
 time per session and its peak RSS (VmHWM). The direct part compares
 milter-test-client with a libmilter C milter (ratio line); the manager part runs
-milter-manager with 1 and 3 milter-test-client children, n_workers 0 and 2. Every
-wait is bounded.
+milter-manager with 1 and 3 milter-test-client children, n_workers 0 and 2; the metrics
+part runs the manager (3 children, n_workers 2) with its metrics endpoint off and on
+(scraped every second), alternated, and compares the medians. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
 
 
 def measure(label: str, command: list[str], target: str, sessions: int, concurrency: int,
-            ready: callable, helpers: list[subprocess.Popen] | None = None) -> dict:
+            ready: callable, helpers: list[subprocess.Popen] | None = None, loaded: callable = None) -> dict:
     """Start a milter (or the manager), drive it with milter-test-server, return the figures.
 
     CPU and peak RSS are those of the measured process tree only (not the children of the manager,
@@ -86,6 +87,8 @@ def measure(label: str, command: list[str], target: str, sessions: int, concurre
         run = subprocess.run(driver_command(target, sessions, concurrency), capture_output=True, text=True,
                              timeout=900)
         cpu_after = cpu_seconds(tree)
+        if loaded is not None:
+            loaded()  # before the measured process is stopped
         if run.returncode != 0:
             raise RuntimeError(f"load against {label} failed: {run.stdout}{run.stderr}")
         report = json.loads(run.stdout.strip().splitlines()[-1])
@@ -119,13 +122,59 @@ def wait_for_path(path: str, process: subprocess.Popen, timeout: float = 15.0) -
     raise RuntimeError(f"{path} did not appear within {timeout} s")
 
 
-def measure_manager(directory: str, n_children: int, n_workers: int, sessions: int, concurrency: int) -> dict:
-    """milter-manager with n milter-test-client children, all on unix sockets in ``directory``."""
+class Scraper:
+    """Reads the metrics endpoint every ``interval`` seconds in a thread, as Prometheus would."""
+
+    def __init__(self, url: str, interval: float = 1.0) -> None:
+        import threading
+
+        self.url = url
+        self.interval = interval
+        self.scrapes = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(self.interval):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as answer:
+                    answer.read()
+                self.scrapes += 1
+            except OSError:
+                self.failures += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def measure_manager(directory: str, n_children: int, n_workers: int, sessions: int, concurrency: int,
+                    metrics: bool | None = None, run: int = 0) -> dict:
+    """milter-manager with n milter-test-client children, all on unix sockets in ``directory``.
+
+    ``metrics``: None leaves the endpoint out of the label; True switches it on and scrapes it
+    every second during the measured load; False measures the same set-up with it off.
+    """
     children = []
-    config = os.path.join(directory, f"manager-{n_children}-{n_workers}")
+    config = os.path.join(directory, f"manager-{n_children}-{n_workers}-{metrics}-{run}")
     os.makedirs(config, exist_ok=True)
     lines = ["version = 1", "[manager]", f'connection_spec = "unix:{config}/manager.sock"',
              f"n_workers = {n_workers}", "[log]", "use_syslog = false", 'level = "error"']
+    port = free_port()
+    if metrics:
+        lines += ["[controller]", f'metrics_spec = "inet:{port}@[127.0.0.1]"']
     try:
         for number in range(n_children):
             path = f"{config}/child{number}.sock"
@@ -137,9 +186,29 @@ def measure_manager(directory: str, n_children: int, n_workers: int, sessions: i
         with open(f"{config}/milter-manager.toml", "w") as handle:
             handle.write("\n".join(lines) + "\n")
         label = f"milter-manager, {n_children} child{'ren' if n_children > 1 else ''}, n_workers {n_workers}"
-        return measure(label, [sys.executable, "-m", "milterman.cli.manager", "-c", config, "--no-detect"],
-                       f"unix:{config}/manager.sock", sessions, concurrency,
-                       lambda process: wait_for_path(f"{config}/manager.sock", process))
+        if metrics is not None:
+            label += f", metrics {'on' if metrics else 'off'}"
+        scrapers: list[Scraper] = []
+
+        def ready(process: subprocess.Popen) -> None:
+            wait_for_path(f"{config}/manager.sock", process)
+            if metrics:  # the endpoint is bound before the workers start
+                scrapers.append(Scraper(f"http://127.0.0.1:{port}/metrics"))
+
+        try:
+            result = measure(label, [sys.executable, "-m", "milterman.cli.manager", "-c", config, "--no-detect"],
+                             f"unix:{config}/manager.sock", sessions, concurrency, ready,
+                             loaded=lambda: [scraper.stop() for scraper in scrapers])
+        finally:
+            for scraper in scrapers:
+                scraper.stop()
+        for scraper in scrapers:
+            result["scrapes"] = scraper.scrapes
+            if scraper.failures or not scraper.scrapes:
+                result["errors"] += 1
+                print(f"bench: {scraper.failures} of {scraper.scrapes + scraper.failures} scrapes failed",
+                      file=sys.stderr)
+        return result
     finally:
         for child in children:
             child.send_signal(signal.SIGTERM)
@@ -161,12 +230,89 @@ def print_table(title: str, results: list[dict]) -> None:
               f"{result['peak_rss_kb'] / 1024:8.1f} MB {result['errors']}")
 
 
+def measure_metrics(directory: str, options) -> list[dict]:
+    """The metrics endpoint's cost: 3 children, 2 workers, with it off and on (scraped every second),
+    in alternating rounds of the same run; the medians are compared (target: under 2 % of sessions/s)."""
+    import statistics
+
+    rounds = []
+    for number in range(options.metrics_rounds):
+        for metrics in (False, True):
+            rounds.append(measure_manager(directory, 3, 2, options.manager_sessions, options.concurrency,
+                                          metrics=metrics, run=number))
+    print_table(f"\nMetrics endpoint off and on (scraped every second), alternated {options.metrics_rounds} times: "
+                f"--n-sessions {options.manager_sessions} --concurrency {options.concurrency}", rounds)
+    off = statistics.median(result["sessions_per_second"] for result in rounds if "metrics off" in result["label"])
+    on = statistics.median(result["sessions_per_second"] for result in rounds if "metrics on" in result["label"])
+    cpu_off = statistics.median(result["cpu_ms_per_session"] for result in rounds if "metrics off" in result["label"])
+    cpu_on = statistics.median(result["cpu_ms_per_session"] for result in rounds if "metrics on" in result["label"])
+    print(f"  metrics endpoint: median sessions/s off {off:.1f}, on {on:.1f} ({100 * (off - on) / off:+.1f} % cost; "
+          f"target < 2 %); manager CPU ms/session off {cpu_off:.3f}, on {cpu_on:.3f}")
+    recording, scrape = metrics_cpu_costs()
+    print(f"  CPU of the counters on every session's path (always on: status uses them too): {recording:.1f} us per "
+          f"session of 3 children ({100 * recording / 1000 / cpu_off:.2f} % of the manager's CPU per session); one "
+          f"scrape of 2 workers in the master: {scrape:.2f} ms")
+    return rounds
+
+
+def metrics_cpu_costs() -> tuple[float, float]:
+    """CPU time (process time, insensitive to other load) of the metrics' two parts, measured in this process.
+
+    Recording: what a session of 3 children adds (11 stages each: a reply with its latency and one
+    negotiation, the child's end, the session's end). Scrape: the master's status of 2 workers
+    rendered as the page, from counters as large as after such sessions.
+    """
+    from milterman.manager.context import ManagerContext
+    from milterman.manager.metrics import Recorder
+    from milterman.protocol import CONTINUE
+    from milterman.server.app import Application
+    from milterman.server.metrics import ServerRecord, metrics_text, process_facts
+
+    recorder = Recorder()
+    context = ManagerContext(recorder=recorder)
+    children = [recorder.child(f"child{number}") for number in range(3)]
+    letters = "CHMRTLLNBE"
+    sessions = 20000
+    begin = time.process_time()
+    for _ in range(sessions):
+        context.session_started()
+        for record in children:
+            started = time.monotonic()
+            record.observe("O", time.monotonic() - started)
+            for letter in letters:
+                started = time.monotonic()
+                record.replied(letter, CONTINUE, time.monotonic() - started)
+        for number in range(3):
+            context.child_ended(f"child{number}", "pass")
+        context.sessions_processing -= 1
+        recorder.session_finished("pass", 0.01)
+    recording = (time.process_time() - begin) / sessions * 1e6
+
+    from milterman.manager.app import ManagerApplication
+
+    app: Application = ManagerApplication(None, {})
+    published = context.statistics()
+    workers = [{"pid": pid, "process": process_facts(), **published} for pid in (2, 3)]
+    status = {"master": {"pid": 1, "uptime": 1.0, "n_workers": 2}, "workers": workers}
+    ServerRecord().decorate(status)
+    scrapes = 200
+    begin = time.process_time()
+    for _ in range(scrapes):
+        copy = {"master": dict(status["master"]), "workers": status["workers"]}
+        copy.update(app.summarize(copy["workers"]))
+        metrics_text(copy, app)
+    scrape = (time.process_time() - begin) / scrapes * 1e3
+    return recording, scrape
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=2000, help="sessions per direct run")
     parser.add_argument("--manager-sessions", type=int, default=3000, help="sessions per manager run")
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--only", choices=("direct", "manager"), help="run one part only")
+    parser.add_argument("--only", choices=("direct", "manager", "metrics"), help="run one part only")
+    parser.add_argument("--metrics-rounds", type=int, default=3,
+                        help="metrics endpoint off/on pairs, alternated (the median of each is compared)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON as well")
     options = parser.parse_args()
     os.chdir(ROOT)
@@ -176,7 +322,7 @@ def main() -> int:
     results = []
     failed = []
     with tempfile.TemporaryDirectory(prefix="milterman-bench-") as directory:
-        if options.only != "manager":
+        if options.only in (None, "direct"):
             cmilter = build_c_milter()
             direct = []
             path = f"{directory}/client.sock"
@@ -194,7 +340,9 @@ def main() -> int:
                 print(f"  ratio ours/C: sessions/s {ours['sessions_per_second'] / peer['sessions_per_second']:.2f}, "
                       f"cpu per session {ours['cpu_ms_per_session'] / max(peer['cpu_ms_per_session'], 1e-9):.2f}")
             results += direct
-        if options.only != "direct":
+        if options.only in (None, "metrics"):
+            results += measure_metrics(directory, options)
+        if options.only in (None, "manager"):
             managed = []
             for n_children in (1, 3):
                 for n_workers in (0, 2):

@@ -90,6 +90,8 @@ class ControllerSettings:
     unix_socket_group: str | None
     remove_unix_socket_on_create: bool
     remove_unix_socket_on_close: bool
+    #: the metrics endpoint (Prometheus text format over HTTP); None = off
+    metrics_spec: SpecText | None = None
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,8 @@ SECTIONS: dict[str, tuple[Setting, ...]] = {
         ("remove_unix_socket_on_create", _BOOL, True, "Remove a stale controller socket before binding; false: a "
          "socket file left behind makes the start fail."),
         ("remove_unix_socket_on_close", _BOOL, True, "Remove the controller socket at shutdown; false: leave it."),
+        ("metrics_spec", Spec(), None, "Metrics endpoint: Prometheus' text format over HTTP at `/metrics` (unix or "
+         "inet; a unix socket gets the mode, group and removal settings above); unset: none."),
     ),
     "hooks": _settings(
         "hooks",

@@ -69,6 +69,10 @@ class ManagerApplication(Application):
         self.hooks = None
         #: a configuration already loaded for this start (the command line's), used by the first load()
         self.loaded = None
+        #: this serving process's counters, kept across reloads (made in the serving process)
+        self.recorder = None
+        #: the metrics endpoint the master listens on (set at start; a reload cannot move it)
+        self.metrics_spec: str | None = None
 
     def configuration(self):
         """Load and validate (raises the configuration's ConfigurationError naming FILE: KEY).
@@ -147,20 +151,15 @@ class ManagerApplication(Application):
     def reloaded(self, configuration) -> None:
         """log.* take effect on reload too (new workers are forked with the master's logger)."""
         apply_log_settings(configuration, self.logger)
+        if configuration.controller.metrics_spec != self.metrics_spec:
+            self.logger.warning(f"[server][reload][warning] controller.metrics_spec changed to "
+                                f"{configuration.controller.metrics_spec or 'unset'}; it takes effect after a restart")
         if configuration.manager.daemon:
             self.logger.detached("milter-manager")  # no terminal any more: the file, or else syslog
 
     def controller_settings(self, configuration):
         """[controller] (D-7): off unless a connection_spec is set."""
-        controller = configuration.controller
-        if not controller.connection_spec:
-            return None
-        try:
-            spec = resolve(controller.connection_spec.spec)  # checked by name_check at start
-        except SpecError as error:
-            raise ServerConfigurationError(f"controller.connection_spec: {error}") from None
-        return (spec, controller.unix_socket_mode, controller.unix_socket_group,
-                controller.remove_unix_socket_on_create, controller.remove_unix_socket_on_close)
+        return _controller_socket(configuration, "connection_spec")
 
     def render_configuration(self, configuration) -> str:
         return configuration_module.render(configuration)
@@ -175,10 +174,28 @@ class ManagerApplication(Application):
             self.hooks.run("maintained", sessions)
 
     def summarize(self, published: list[dict]) -> dict:
-        """``children``: each child's health over every serving process (the per-worker detail stays)."""
+        """``children``: each child's health over every serving process (the per-worker detail stays);
+        ``totals``: the counters summed over them (and over exited workers), what the metrics show."""
+        from ..server.app import add_counters
         from .health import summarize
 
-        return {"children": summarize([entry.get("child_health", {}) for entry in published])}
+        counters: dict = {}
+        for entry in published:
+            add_counters(counters, entry.get("counters", {}))
+        return {"children": summarize([entry.get("child_health", {}) for entry in published]),
+                "totals": {"counters": counters,
+                           "sessions_processing": sum(entry.get("sessions_processing", 0) for entry in published)}}
+
+    def metrics_settings(self, configuration):
+        """``controller.metrics_spec``: off unless set; a unix socket gets the controller's mode, group and
+        removal settings."""
+        self.metrics_spec = configuration.controller.metrics_spec
+        return _controller_socket(configuration, "metrics_spec")
+
+    def metric_families(self, status: dict) -> list:
+        from .metrics import metric_families
+
+        return metric_families(status)
 
     def make_handler(self, configuration):
         import gevent
@@ -190,7 +207,11 @@ class ManagerApplication(Application):
 
         if self.launcher_socket is not None and self.launch_client is None:
             self.launch_client = LaunchClient(self.launcher_socket)  # this process's own channel (M-LAU-1)
-        context = build_context(configuration, self.logger, self.launch_client)
+        if self.recorder is None:
+            from .metrics import Recorder
+
+            self.recorder = Recorder()
+        context = build_context(configuration, self.logger, self.launch_client, self.recorder)
         if self.context is not None:
             self.context.close()  # a reload in a single process: the new context keeps its own health
         self.context = context
@@ -204,6 +225,20 @@ class ManagerApplication(Application):
                           packet_buffer_size=packet_buffer_size).run()
 
         return handle
+
+
+def _controller_socket(configuration, key: str):
+    """(spec, mode, group, remove on create, remove on close) of a socket of ``[controller]``, or None: unset."""
+    controller = configuration.controller
+    text = getattr(controller, key)
+    if not text:
+        return None
+    try:
+        spec = resolve(text.spec)  # checked by name_check at start
+    except SpecError as error:
+        raise ServerConfigurationError(f"controller.{key}: {error}") from None
+    return (spec, controller.unix_socket_mode, controller.unix_socket_group,
+            controller.remove_unix_socket_on_create, controller.remove_unix_socket_on_close)
 
 
 def announcement(configuration) -> list[tuple[int, str]]:
@@ -290,7 +325,7 @@ def _launch_function(launcher, milter, logger: Logger):
 
 
 def child_definitions(configuration, conditions_per_milter: dict | None = None, launcher=None,
-                      logger: Logger = default_logger) -> tuple[ChildDefinition, ...]:
+                      logger: Logger = default_logger, recorder=None) -> tuple[ChildDefinition, ...]:
     """Enabled milters with a connection spec, in definition order (M-SES-2, M-SES-4)."""
     definitions = []
     for milter in configuration.milters:
@@ -302,12 +337,15 @@ def child_definitions(configuration, conditions_per_milter: dict | None = None, 
             timeouts=Timeouts(milter.connection_timeout, milter.writing_timeout, milter.reading_timeout,
                               milter.end_of_message_timeout),
             conditions=(conditions_per_milter or {}).get(milter.name, ()),
-            retry_delay=milter.retry_delay, launch=_launch_function(launcher, milter, logger)))
+            retry_delay=milter.retry_delay, launch=_launch_function(launcher, milter, logger),
+            record=recorder.child(milter.name) if recorder is not None else None))
     return tuple(definitions)
 
 
-def build_context(configuration, logger: Logger = default_logger, launcher=None):
-    """The ManagerContext a serving process's leaders share."""
+def build_context(configuration, logger: Logger = default_logger, launcher=None, recorder=None):
+    """The ManagerContext a serving process's leaders share (counting into ``recorder``, kept across reloads)."""
+    from .metrics import Recorder
+
     from ..config.entry_points import resolve as resolve_entry_point
     from .context import ManagerContext
     from .disconnect import build_check
@@ -319,8 +357,10 @@ def build_context(configuration, logger: Logger = default_logger, launcher=None)
     manager = configuration.manager
     disconnect = build_check(manager.connection_check_interval, manager.connection_checkers,
                              status_named(manager.fallback_status_at_disconnect), resolve_entry_point)
+    recorder = recorder if recorder is not None else Recorder()
     return ManagerContext(
-        definitions=child_definitions(configuration, conditions_per_milter, launcher, logger),
+        definitions=child_definitions(configuration, conditions_per_milter, launcher, logger, recorder),
+        recorder=recorder,
         fallback_status=status_named(manager.fallback_status), chunk_size=manager.chunk_size,
         stages_read=stages_read, macros_read=macros_read, logger=logger,
         condition_evaluator=condition_evaluator, rule_evaluator=rule_evaluator,
@@ -331,8 +371,9 @@ def connection_specs(configuration) -> list[tuple[str, tuple[str, str], object]]
     """(key, (FILE, KEY), spec) of every connection spec in use: the listening socket, the controller, the
     enabled milters (messages name each where it is set)."""
     specs = []
-    for key in ("manager.connection_spec", "controller.connection_spec"):
-        spec = getattr(configuration, key.split(".")[0]).connection_spec
+    for key in ("manager.connection_spec", "controller.connection_spec", "controller.metrics_spec"):
+        section, name = key.split(".")
+        spec = getattr(getattr(configuration, section), name)
         if spec:
             specs.append((key, origin(configuration, key), spec))
     specs += [("milter.connection_spec", milter_origin(milter, "connection_spec"), milter.connection_spec)

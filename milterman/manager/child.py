@@ -8,7 +8,7 @@ and the leader then counts the child's fallback status (M-ERR-1, D-14).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..log import DEBUG, Logger
 from ..net import ConnectionSpec, MilterIOError, MtaClient, Response, Timeouts
@@ -36,6 +36,8 @@ class ChildDefinition:
     conditions: tuple = ()
     #: the child's ``command`` as a :class:`milterman.manager.launcher.CommandLaunch` (M-LAU-1), or None
     launch: object = None
+    #: this child's counters in the serving process (:class:`milterman.manager.metrics.ChildRecord`), or None
+    record: object = field(default=None, compare=False, repr=False)
 
 
 class ChildFailure(Exception):
@@ -47,7 +49,7 @@ class Child:
 
     __slots__ = ("definition", "id", "logger", "client", "quitted", "in_message", "recipients_accepted",
                  "last_status", "stage", "end_status", "skip_body", "macros_extra", "started", "failure",
-                 "negotiated", "sent_headers", "sent_end_of_header", "sent_body", "ended", "recipients")
+                 "negotiated", "sent_headers", "sent_end_of_header", "sent_body", "ended", "recipients", "begun")
 
     def __init__(self, definition: ChildDefinition, logger: Logger) -> None:
         self.definition = definition
@@ -76,6 +78,8 @@ class Child:
         self.ended = False
         #: RCPT arguments of this transaction sent to this child and not refused by it (B5.1 recipients)
         self.recipients: list[str] = []
+        #: when the command awaiting a reply was sent (the stage latency of the metrics)
+        self.begun = 0.0
 
     @property
     def name(self) -> str:
@@ -95,16 +99,19 @@ class Child:
         """
         definition = self.definition
         self.stage = "negotiate"
+        started = time.monotonic()
         try:
             self.client = MtaClient.open(definition.spec, offer, timeouts=definition.timeouts,
                                          check_reply_text=False)
         except MilterIOError as error:
-            raise ChildFailure(f"connect: {error}") from None
+            raise self._failure(error, "connect: ") from None
         try:
             self.client.negotiate()
         except (MilterIOError, ProtocolError) as error:
             self.client.close(send_quit=False)
-            raise ChildFailure(f"negotiation failed: {error}") from None
+            raise self._failure(error, "negotiation failed: ") from None
+        if definition.record is not None:
+            definition.record.observe("O", time.monotonic() - started)
         for warning in self.client.state.warnings:
             self.logger.warning(f"[{self.id}] [manager][child][negotiate] [{self.name}] {warning}")
         self.negotiated = True
@@ -145,20 +152,31 @@ class Child:
         try:
             if macros and (encoded is None or not self.client.queue_encoded_macros(letter, encoded)):
                 self.client.queue_macros(letter, macros)
+            self.begun = time.monotonic()
             return self.client.begin(command)
         except (MilterIOError, ProtocolError) as error:
-            raise ChildFailure(f"{stage_name(letter)}: {error}") from None
+            raise self._failure(error, f"{stage_name(letter)}: ") from None
 
     def collect(self, letter: str) -> Response:
         try:
             response = self.client.collect(letter)
         except (MilterIOError, ProtocolError) as error:
-            raise ChildFailure(f"{stage_name(letter)}: {error}") from None
+            raise self._failure(error, f"{stage_name(letter)}: ") from None
         if response.final.LETTER in ("4", "f"):
             # M-ERR-5 Py: shutdown / connection-failure from a child is a child failure (M-ERR-1, fallback)
             raise ChildFailure(f"{stage_name(letter)}: the milter answered "
                                f"{type(response.final).__name__}")
+        record = self.definition.record
+        if record is not None:
+            record.replied(letter, response.final, time.monotonic() - self.begun)
         return response
+
+    def _failure(self, error: Exception, where: str) -> ChildFailure:
+        """The ChildFailure for ``error``; a timeout is counted by its kind for the metrics."""
+        record = self.definition.record
+        if record is not None and isinstance(error, MilterIOError):
+            record.failed(error.kind)
+        return ChildFailure(f"{where}{error}")
 
     def exchange(self, command: Command, macros: dict[str, str] | None,
                  encoded: bytes | None = None) -> Response | None:

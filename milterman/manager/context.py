@@ -14,6 +14,7 @@ from ..log import logger as default_logger
 from .child import ChildDefinition
 from .disconnect import NO_WATCH, DisconnectCheck, Watch, connection_facts
 from .health import HealthBoard
+from .metrics import Recorder
 from .status import Status
 
 
@@ -51,8 +52,8 @@ class ManagerContext:
     sessions_finished: int = 0
     _pending_finished: int = 0
     max_pending_finished_sessions: int = 0
-    #: child name → final status nick → count (the controller's status, D-7)
-    child_counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: the process's counters: the controller's status and the metrics endpoint (D-7)
+    recorder: Recorder = field(default_factory=Recorder)
     #: the disconnect check (M-ERR-8), None when off
     disconnect: DisconnectCheck | None = None
 
@@ -113,18 +114,29 @@ class ManagerContext:
             return None
 
     def child_ended(self, name: str, status: str) -> None:
-        counters = self.child_counters.setdefault(name, {})
-        counters[status] = counters.get(status, 0) + 1
+        ended = self.recorder.child(name).ended
+        ended[status] = ended.get(status, 0) + 1
+
+    def fallback_used(self, name: str) -> None:
+        """The child failed and its fallback status answered for it in this session (D-14, M-ERR-3)."""
+        self.recorder.child(name).fallbacks += 1
 
     def statistics(self) -> dict:
-        """This process's counters: sessions finished and in progress, each child's end statuses."""
+        """This process's counters: sessions finished and in progress, each child's end statuses and health;
+        ``counters`` holds everything that only grows (summed over workers by the master)."""
+        counters = self.recorder.snapshot()
         return {"sessions_finished": self.sessions_finished, "sessions_processing": self.sessions_processing,
-                "children": {name: dict(counts) for name, counts in self.child_counters.items()},
-                "child_health": self.health.statistics()}
+                "children": {name: child["ended"] for name, child in counters["children"].items()},
+                "child_health": self.health.statistics(), "counters": counters}
 
     def close(self) -> None:
         """Stop bringing children back (the process serves a new configuration now)."""
         self.health.close()
+
+    def session_started(self) -> None:
+        """A leader started its children (the recorder counts its end with its last status)."""
+        self.sessions_processing += 1
+        self.recorder.started += 1
 
     def session_finished(self) -> None:
         """ST-FINISHED, batched by max_pending_finished_sessions (M-FIN-1)."""

@@ -8,11 +8,46 @@ library only, so it may run in the master); the serving process calls
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..spec import ConnectionSpec
 
 Handler = Callable[[object, object], None]
+
+
+@dataclass
+class MetricFamily:
+    """One metric of the metrics endpoint: Prometheus ``kind`` (counter, gauge, histogram) and its samples.
+
+    A sample is ``(labels, value)``; a histogram's value is ``{"buckets": [count per bucket, not
+    cumulative, the last one above every bound], "sum": total}`` with the upper ``bounds`` here.
+    """
+
+    name: str
+    kind: str
+    help: str
+    samples: list = field(default_factory=list)
+    bounds: tuple = ()
+
+
+def add_counters(total: dict, counters: dict) -> dict:
+    """Add ``counters`` into ``total`` (numbers added, dicts merged key by key, lists element by element).
+
+    What serving processes publish under ``counters`` only grows; the master sums it over its workers
+    and keeps the sum of those that exited (the metrics endpoint's counters never go down).
+    """
+    for key, value in counters.items():
+        present = total.get(key)
+        if isinstance(value, dict):
+            total[key] = add_counters(present if isinstance(present, dict) else {}, value)
+        elif isinstance(value, list):
+            if isinstance(present, list) and len(present) == len(value):
+                total[key] = [a + b for a, b in zip(present, value, strict=True)]
+            else:
+                total[key] = list(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            total[key] = (present if isinstance(present, (int, float)) else 0) + value
+    return total
 
 
 class ConfigurationError(Exception):
@@ -92,6 +127,15 @@ class Application:
     def summarize(self, published: list[dict]) -> dict:
         """Top-level entries of the controller's status drawn from every serving process's counters."""
         return {}
+
+    def metrics_settings(self, configuration: object
+                         ) -> tuple[ConnectionSpec, int, str | None, bool, bool] | None:
+        """Like :meth:`controller_settings`, for the metrics endpoint; None: off."""
+        return None
+
+    def metric_families(self, status: dict) -> list[MetricFamily]:
+        """The application's metrics, drawn from the ``status`` answer (one source for both)."""
+        return []
 
     def make_handler(self, configuration: object) -> Handler:
         """In the serving process: the function that serves one accepted connection."""

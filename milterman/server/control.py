@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Callable
 
 from ..log import Logger
 from ..log import logger as default_logger
 from ..net.framing import encode_fields, read_fields
-from ..net.sockets import bind_listener, remove_unix_socket
 from ..net.spec import ConnectionSpec
+from .listening import ListeningThread
 
 MAX_REQUEST = 1 << 20
 
@@ -54,56 +53,24 @@ def request(spec: ConnectionSpec, command: str, payload: str = "", timeout: floa
     return answer
 
 
-class Controller:
+class Controller(ListeningThread):
     """The controller's listening thread."""
+
+    name = "controller"
 
     def __init__(self, spec: ConnectionSpec, *, status: Callable[[], dict], reload: Callable[[], None],
                  configuration: Callable[[], str], unix_mode: int = 0o660, unix_group: str | None = None,
                  logger: Logger = default_logger, remove_on_create: bool = True,
                  remove_on_close: bool = True) -> None:
-        self.spec = spec
+        super().__init__(spec, unix_mode=unix_mode, unix_group=unix_group, remove_on_create=remove_on_create,
+                         remove_on_close=remove_on_close, setting="controller.remove_unix_socket_on_create",
+                         logger=logger)
         self.status = status
         self.reload = reload
         self.configuration = configuration
-        self.logger = logger
-        self.listener = bind_listener(spec, backlog=16, unix_mode=unix_mode, unix_group=unix_group,
-                                      remove_stale=remove_on_create,
-                                      setting="controller.remove_unix_socket_on_create")
-        self.remove_on_close = remove_on_close
-        self.listener.set_inheritable(False)
-        self._stopping = False
-        self._thread = threading.Thread(target=self._serve, name="controller", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-        self.logger.info(f"[controller][listen] {self.spec}")
-
-    def close(self) -> None:
-        self._stopping = True
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
-        if self.remove_on_close:
-            problem = remove_unix_socket(self.spec)
-            if problem:
-                self.logger.warning(f"[controller][stop][warning] {problem}")
-
-    def _serve(self) -> None:
-        while not self._stopping:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            with client:
-                client.settimeout(10.0)
-                try:
-                    self._handle(client)
-                except OSError:
-                    pass
-
-    def _handle(self, client: socket.socket) -> None:
+    def serve_client(self, client: socket.socket, address: object) -> None:
+        client.settimeout(10.0)
         while True:
             message = read_message(client)
             if message is None:

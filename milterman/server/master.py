@@ -36,13 +36,14 @@ from ..log import logger as default_logger
 from ..net.sockets import ListenError, bind_listener, remove_unix_socket
 from .app import Application, ConfigurationError, ServerConfig
 from .lookup import NameLookup
+from .metrics import MetricsEndpoint, ServerRecord, metrics_text
 from .process import (PidFile, StartupError, activated_sockets, close_quietly, daemonize, drop_privileges,
                       ensure_standard_fds, set_file_descriptor_limit, set_process_title, systemd_notify)
 from .signals import SignalQueue, signal_name
 from .single import SingleProcess
 from .supervision import (BOOT_ATTEMPTS, BOOT_ERROR_STATUS, HALT_STATUS, ReportPipe, WorkerProcess, describe_status,
                           is_boot_failure)
-from .worker import SERVE_SIGNALS, BackendError, check_event_loop
+from .worker import SERVE_SIGNALS, BackendError, check_event_loop, read_published
 
 #: a worker that dies sooner than this after its start counts as a start failure (back-off)
 QUICK_DEATH = 2.0
@@ -83,6 +84,8 @@ class Master:
         self.reports: ReportPipe | None = None
         self._wake_read = -1
         self.controller = None
+        self.metrics: MetricsEndpoint | None = None
+        self.record = ServerRecord()  # restarts, reloads, exited workers' counters (status and metrics)
         self.started_at = time.time()
         self._master_read = self._master_write = -1
         #: a reload waiting for its host names to be looked up (off the signal loop)
@@ -129,6 +132,8 @@ class Master:
         self.n_workers = config.n_workers
         self.started_at = time.time()
         self._start_controller()
+        self.metrics = MetricsEndpoint.start_for(self.app, self.configuration,
+                                                 lambda: metrics_text(self._status(), self.app), self.logger)
 
     def _start_controller(self) -> None:
         """The controller socket (D-7), after privileges are dropped (M-CTL-1), in a thread of the master."""
@@ -151,8 +156,6 @@ class Master:
 
     def _status(self) -> dict:
         """The controller's ``status``: the master, each worker and its published counters."""
-        from .worker import read_published
-
         now = time.monotonic()
         workers = []
         for worker in list(self.workers.values()):
@@ -165,7 +168,9 @@ class Master:
                   "workers": sorted(workers, key=lambda worker: worker["pid"])}
         if self.n_workers == 0:
             status["process"] = self.app.statistics()
-        status.update(self.app.summarize([status["process"]] if self.n_workers == 0 else status["workers"]))
+        self.record.decorate(status)
+        status.update(self.app.summarize([status["process"]] if self.n_workers == 0
+                                         else status["workers"] + [{"counters": status["retired"]}]))
         return status
 
     def run(self, on_detached=None) -> int:
@@ -182,6 +187,9 @@ class Master:
             self._cleanup()
 
     def _cleanup(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self.controller is not None:
             self.controller.close()
             self.controller = None
@@ -339,6 +347,7 @@ class Master:
                 os.kill(os.getpid(), signal.SIGHUP)
             if pending.error is not None:
                 self.logger.error(f"[server][reload][error] {pending.error}; the previous configuration stays in use")
+                self.record.reloaded(False)
                 return None
             configuration, config = pending.loaded
         else:
@@ -347,6 +356,7 @@ class Master:
                 check_event_loop(config.event_loop_backend)
             except (ConfigurationError, StartupError, BackendError) as error:
                 self.logger.error(f"[server][reload][error] {error}; the previous configuration stays in use")
+                self.record.reloaded(False)
                 return None
             check = self.app.name_check(configuration)
             if check is not None:
@@ -366,7 +376,9 @@ class Master:
             self.app.reloaded(configuration)
         except ConfigurationError as error:
             self.logger.error(f"[server][reload][error] {error}; the previous configuration stays in use")
+            self.record.reloaded(False)
             return None
+        self.record.reloaded(True)
         self.logger.message("[server][reload] configuration reloaded")
         return configuration, config
 
@@ -429,10 +441,11 @@ class Master:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
-            os.close(worker.heartbeat_fd)
             how = describe_status(status)
             lifetime = time.monotonic() - worker.started
             expected = self.stopping or worker.stop_sent is not None
+            self.record.worker_exited(read_published(worker.heartbeat_fd), bool(expected))
+            os.close(worker.heartbeat_fd)
             if expected:
                 self.logger.info(f"[server][worker][exit] pid {pid} {how}")
                 continue
@@ -515,6 +528,8 @@ class Master:
             self.workers = {}
             self.logger.after_fork()
             self.controller = None
+            if self.metrics is not None:
+                self.metrics.listener.close()  # the master's; never served here
             config = self.config
             set_process_title(self.title("worker"))
             from .worker import select_event_loop, serve

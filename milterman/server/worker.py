@@ -21,12 +21,14 @@ import json
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..log import STATISTICS, Logger
 from ..log import logger as default_logger
 from . import memory
+from .metrics import process_facts
 
 EVENT_LOOP_BACKENDS = {"default": "libev-cext", "libev": "libev-cext", "libuv": "libuv-cffi"}
 #: the signals serve() handles; a new worker starts with them blocked until serve() has its handlers (Master._spawn)
@@ -80,12 +82,20 @@ def publish(fd: int, statistics: dict) -> None:
 
 
 def read_published(fd: int) -> dict:
-    """The counters a worker last published (empty when none yet)."""
-    try:
-        data = os.pread(fd, 1 << 20, 0)
-        return json.loads(data) if data else {}
-    except (OSError, ValueError):
-        return {}
+    """The counters a worker last published (empty when none yet).
+
+    A read that meets the worker writing sees a torn text: it is read again (a few times), so the
+    sums the metrics show do not drop for one scrape.
+    """
+    for _attempt in range(5):
+        try:
+            data = os.pread(fd, 1 << 20, 0)
+            return json.loads(data) if data else {}
+        except ValueError:
+            time.sleep(0.001)
+        except OSError:
+            return {}
+    return {}
 
 
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -202,6 +212,11 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
             on_stop()
         gevent.spawn(finish, settings.graceful_timeout if graceful else 0)
 
+    def report() -> None:
+        """The counters and this process's facts, for the controller's status and the metrics."""
+        if settings.statistics is not None:
+            publish(heartbeat_fd, {"sessions": sessions[0], "process": process_facts(), **settings.statistics()})
+
     def heartbeat() -> None:
         parent = os.getppid()
         mode = 0
@@ -210,8 +225,7 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
                 mode ^= 1
                 try:
                     os.fchmod(heartbeat_fd, mode)
-                    if settings.statistics is not None:
-                        publish(heartbeat_fd, {"sessions": sessions[0], **settings.statistics()})
+                    report()
                 except (OSError, ValueError):
                     pass
             if master_fd is not None and os.getppid() != parent:
@@ -239,13 +253,17 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
                 gevent.signal_handler(signal.SIGQUIT, stop, False, "SIGQUIT"),
                 gevent.signal_handler(signal.SIGUSR1, reopen_log),
                 gevent.signal_handler(signal.SIGHUP, hangup)]
+    # A stop that arrived while a new worker was starting (a reload right after another): it must not
+    # start accepting, or it takes connections meant for the new generation before its handler runs.
+    told_to_stop = bool(signal.sigpending() & {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
     # handlers in place: deliver what arrived while a new worker was starting (blocked since the fork)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SERVE_SIGNALS)
     helpers = [gevent.spawn(heartbeat)]
     if master_fd is not None:
         helpers.append(gevent.spawn(watch_master))
     try:
-        server.start()
+        if not told_to_stop:
+            server.start()
         if on_ready is not None:
             on_ready()
         stopped.wait()
@@ -257,4 +275,9 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
             sock.close()
         except OSError:
             pass
+        if heartbeat_fd is not None:
+            try:
+                report()  # the last counters: the master keeps them once this worker has exited
+            except (OSError, ValueError):
+                pass
     return 0

@@ -127,6 +127,10 @@ EFFECTS: dict[str, tuple[str, ...]] = {
         M + "test_remove_unix_socket_settings.py::test_remove_unix_socket_on_create_true_and_on_close"),
     "controller.remove_unix_socket_on_close": (
         M + "test_remove_unix_socket_settings.py::test_remove_unix_socket_on_create_true_and_on_close",),
+    "controller.metrics_spec": (
+        M + "test_metrics.py::test_metrics_count_sessions_replies_fallbacks_timeouts_and_child_state",
+        M + "test_metrics.py::test_metrics_with_workers_survive_restarts_and_count_reloads",
+        M + "test_metrics.py::test_metrics_spec_is_off_by_default"),
     # [hooks], [database]
     "hooks.maintained": (HOOKS,
                          M + "test_hooks.py::test_hook_that_does_not_import_refuses_the_start_with_file_and_key"),

@@ -13,7 +13,9 @@ One test, in order:
    header``, with ``/usr/share/milterman`` on the path) registered through the conffile's
    ``conf.d/``; a Postfix instance with Debian's STOCK ``master.cf`` (smtpd chrooted in the
    queue directory, prepared by Debian's own ``configure-instance.sh``) and the ``postconf -e``
-   lines of ``README.Debian``; one mail with swaks arrives with the child's header;
+   lines of ``README.Debian``; one mail with swaks arrives with the child's header; with the
+   metrics endpoint switched on there, the packaged Munin plugins (``/usr/share/munin/plugins``)
+   run by ``munin-run`` (as Munin's user nobody) count that session;
 6. SIGTERM: exit status 0, the stop is logged, the port is closed;
 7. ``apt-get purge``; the ``milter-manager`` user stays (Debian policy).
 
@@ -59,7 +61,8 @@ APP_DIR = "/usr/share/milterman"
 #: the PATH systemd gives system services
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
 TOOLS = ("dpkg-buildpackage", "dh", "dh_python3", "pandoc", "apt-get", "swaks", "systemd-analyze", "man",
-         "logrotate")
+         "logrotate", "munin-run")
+MUNIN_PLUGINS = Path("/usr/share/munin/plugins")
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -378,8 +381,10 @@ def test_debian_package_serves_postfix_as_installed(real_environment, workdir):
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  start_new_session=True)
         wait_for(lambda: accepts("127.0.0.1", child_port), 20, "the child milter")
+        metrics_port = free_port()
         TEST_INCLUDE.write_text(f'[[milter]]\nname = "packaged-child"\n'
-                                f'connection_spec = "inet:{child_port}@[127.0.0.1]"\n')
+                                f'connection_spec = "inet:{child_port}@[127.0.0.1]"\n'
+                                f'[controller]\nmetrics_spec = "inet:{metrics_port}@[127.0.0.1]"\n')
         check = run(exec_argv(unit["Service"]["ExecReload"][0], {}), env={"PATH": SYSTEMD_PATH}, cwd="/")
         assert "configuration OK" in check.stdout
 
@@ -417,6 +422,20 @@ def test_debian_package_serves_postfix_as_installed(real_environment, workdir):
         log = log_path.read_text()
         assert "[session][end]" in log, log
         assert "Permission denied" not in log, log  # e.g. a detected opendkim's socket directory
+
+        # 5c. the packaged Munin plugins read the metrics endpoint, run by munin-run as Munin's user nobody
+        plugin_conf = workdir / "munin-plugin-conf.d"
+        plugin_conf.mkdir()
+        (plugin_conf / "milterman").write_text(f"[milter_manager_*]\nenv.url http://127.0.0.1:{metrics_port}/metrics\n")
+        for plugin in ("milter_manager_sessions", "milter_manager_children", "milter_manager_memory"):
+            assert os.access(MUNIN_PLUGINS / plugin, os.X_OK), plugin
+            for argument in ("config", None):
+                output = run(["munin-run", "--servicedir", str(MUNIN_PLUGINS), "--sconfdir", str(plugin_conf), plugin,
+                              *([argument] if argument else [])], cwd="/").stdout
+                assert ("graph_title" in output) if argument else (".value " in output), (plugin, output)
+        wait_for(lambda: "packaged_child_sessions.value 1" in run(
+            ["munin-run", "--servicedir", str(MUNIN_PLUGINS), "--sconfdir", str(plugin_conf),
+             "milter_manager_children"], cwd="/").stdout, 10, "the session in the children plugin")
 
         # ExecReload as systemd runs it (MAINPID set): the check, then SIGHUP
         reload_env = {"PATH": SYSTEMD_PATH, "MAINPID": str(unit_process.proc.pid)}

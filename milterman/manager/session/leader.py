@@ -74,13 +74,14 @@ class Leader(MilterHandler):
         """Connect and negotiate every enabled child at once (M-SES-2, M-SES-3); failures count per D-14."""
         if not self._in_progress:
             self._in_progress = True
-            self.manager.sessions_processing += 1
+            self.manager.session_started()
         self.children = self.facts.children = start_children(self.manager, offer, self.logger, self._count_fallback)
         self.children_ready = True
 
     def _count_fallback(self, child: Child) -> None:
         """A child that could not be reached or negotiated answers its fallback at connect (D-14)."""
         fallback = child.definition.fallback_status
+        self.manager.fallback_used(child.name)
         if fallback != Status.ACCEPT:
             self.pending_fallbacks.append(fallback)
         self.milter_end(child)
@@ -115,6 +116,7 @@ class Leader(MilterHandler):
     def expire(self, child: Child, reason: str, combined: Combined | None = None) -> None:
         """M-ERR-1: the child is gone for this MTA session; its fallback is counted (D-14, M-ERR-3)."""
         child.expire(reason)
+        self.manager.fallback_used(child.name)
         if combined is not None:
             combined.add(child.definition.fallback_status)
         self.milter_end(child)
@@ -364,6 +366,7 @@ class Leader(MilterHandler):
         if self._in_progress:
             self._in_progress = False
             self.manager.sessions_processing -= 1
+            self.manager.recorder.session_finished(self.last_status, elapsed)
         self.manager.session_finished()
 
     def interrupted(self, interrupt: BaseException) -> Reply:
