@@ -260,7 +260,9 @@ MILTER = _settings(
     "milter",
     ("name", Text(), None, "Unique name; a later table with the same name changes the keys it sets (B6).",
      {"required": True}),
-    ("connection_spec", Spec(), None, "Where the child listens; required when enabled."),
+    ("connection_spec", Spec(), None, "Where the child listens; required when enabled (unless `python`)."),
+    ("python", ClassReference(), None, "A `milterman.milter.Milter` subclass `\"module:Class\"` run inside each "
+     "worker with no socket, instead of `connection_spec`."),
     ("description", _STR, None, "Free text."),
     ("enabled", _BOOL, True, "Disabled milters get no child (M-SES-2)."),
     ("fallback_status", _STATUS, "accept", "Status counted when this child fails (D-14, M-ERR-3)."),
