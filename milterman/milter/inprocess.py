@@ -119,8 +119,11 @@ class MemoryPipe:
             data = data[:-len(_PROGRESS_WIRE)]
             if self._timeout is not None:
                 self._deadline = time.monotonic() + self._timeout
-                if self._timer is not None:
-                    self._timer.cancel()
+                if self._timer is not None:  # a new timer: gevent's cancel-and-start does not move the old one
+                    import gevent
+
+                    self._timer.close()
+                    self._timer = gevent.Timeout(self._timeout, _Expired)
                     self._timer.start()
             if self.on_progress is not None:
                 self.on_progress()
