@@ -21,36 +21,26 @@ from typing import ClassVar
 
 from ..protocol import (ACCEPT, CONTINUE, DISCARD, REJECT, SKIP, TEMPFAIL, Accept, Continue, Discard, Reject,
                         Reply, ReplyCode, Skip, TempFail, format_reply_text)
-from ..protocol.flags import MacroStage
+from ..protocol.stages import STAGES as STAGE_TABLE
 
 __all__ = ["Milter", "Connection", "MilterDefinitionError", "MilterUsageError", "CONTINUE", "ACCEPT", "REJECT",
            "TEMPFAIL", "DISCARD", "SKIP", "reply", "STAGES", "check_milter_class"]
 
-#: stage method → the arguments it is called with (besides ``self``), in wire order
-STAGES: Mapping[str, tuple[str, ...]] = {
-    "connect": ("hostname", "family", "address", "port"),
-    "helo": ("name",),
-    "envelope_from": ("sender", "parameters"),
-    "envelope_recipient": ("recipient", "parameters"),
-    "data": (),
-    "unknown": ("command",),
-    "header": ("name", "value"),
-    "end_of_header": (),
-    "body": ("chunk",),
-    "end_of_message": (),
-}
+#: what each stage's command carries, as the arguments of its method (the stages come from the stage table)
+_ARGUMENTS: Mapping[str, tuple[str, ...]] = {
+    "C": ("hostname", "family", "address", "port"), "H": ("name",), "M": ("sender", "parameters"),
+    "R": ("recipient", "parameters"), "U": ("command",), "L": ("name", "value"), "B": ("chunk",)}
+#: stage method → the arguments it is called with (besides ``self``), in protocol order
+STAGES: Mapping[str, tuple[str, ...]] = {stage.handler: _ARGUMENTS.get(stage.letter, ()) for stage in STAGE_TABLE}
 #: methods called without a reply expected
 NOTIFICATIONS: Mapping[str, tuple[str, ...]] = {"abort": (), "close": ()}
 #: every name an attribute may not take (it would hide the method)
 CALLBACK_NAMES = frozenset(STAGES) | frozenset(NOTIFICATIONS)
 #: what a stage method may return: exactly one final reply
 REPLY_TYPES = (Continue, Accept, Reject, TempFail, Discard, Skip, ReplyCode)
-#: stage name → macro stage number, for :attr:`Milter.macros_wanted`
-MACRO_STAGES: Mapping[str, int] = {
-    "connect": MacroStage.CONNECT, "helo": MacroStage.HELO, "envelope_from": MacroStage.MAIL,
-    "envelope_recipient": MacroStage.RCPT, "data": MacroStage.DATA, "end_of_header": MacroStage.END_OF_HEADER,
-    "end_of_message": MacroStage.END_OF_MESSAGE,
-}
+#: stage method name → macro stage number, for :attr:`Milter.macros_wanted`
+MACRO_STAGES: Mapping[str, int] = {stage.handler: int(stage.macro_stage) for stage in STAGE_TABLE
+                                   if stage.macro_stage is not None}
 
 
 class MilterDefinitionError(TypeError):

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..net.milter import HANDLER_METHODS, MilterHandler, MilterSession, Wanted
+from ..net.milter import MilterHandler, MilterSession, Wanted
 from ..protocol import Family, Negotiate, Reply, Step
 from ..protocol.messages import to_bytes
-from ..protocol.negotiation import EVENT_FLAGS
-from .api import MACRO_STAGES, REPLY_TYPES, STAGES, Connection, Milter, MilterUsageError, check_milter_class
+from ..protocol.stages import STAGES as STAGE_TABLE
+from .api import MACRO_STAGES, REPLY_TYPES, Connection, Milter, MilterUsageError, check_milter_class
 
 _FAMILIES = {Family.INET: "inet", Family.INET6: "inet6", Family.UNIX: "unix"}
-_LETTER = {name: letter for letter, name in HANDLER_METHODS.items()}
 
 
 class Plan:
@@ -31,14 +30,12 @@ class Plan:
         #: stage name → the subclass's function (None: not implemented, never negotiated)
         self.functions: dict[str, Callable | None] = {}
         protocol = 0
-        for name in STAGES:
-            function = getattr(cls, name)
-            implemented = function is not getattr(Milter, name)
-            self.functions[name] = function if implemented else None
-            letter = _LETTER[name]
-            if not implemented and letter in EVENT_FLAGS:
-                skip_bit, no_reply_bit, _since = EVENT_FLAGS[letter]
-                protocol |= skip_bit | no_reply_bit
+        for stage in STAGE_TABLE:
+            function = getattr(cls, stage.handler)
+            implemented = function is not getattr(Milter, stage.handler)
+            self.functions[stage.handler] = function if implemented else None
+            if not implemented:  # neither sent nor answered (end of message has no such bits: 0)
+                protocol |= stage.skip_bit | stage.no_reply_bit
         if self.functions["body"] is not None:
             protocol |= int(Step.SKIP)  # body() may answer SKIP
         self.protocol = protocol
