@@ -9,6 +9,7 @@ no-reply bits of every other one are set); the session answers the rest itself.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 from ..net.milter import MilterHandler, MilterSession, Wanted
@@ -45,9 +46,16 @@ class Plan:
         self.close = cls.close if cls.close is not Milter.close else None
 
 
+#: class → its plan: checked and worked out once per class, not per connection (a reloaded module's class is new)
+_plans: "weakref.WeakKeyDictionary[type, Plan]" = weakref.WeakKeyDictionary()
+
+
 def plan_for(cls: type[Milter]) -> Plan:
-    """Check ``cls`` (:func:`check_milter_class`) and work out its negotiation."""
-    return Plan(check_milter_class(cls))
+    """Check ``cls`` (:func:`check_milter_class`) and work out its negotiation, once per class."""
+    plan = _plans.get(cls)
+    if plan is None:
+        plan = _plans[cls] = Plan(check_milter_class(cls))
+    return plan
 
 
 class MilterAdapter(MilterHandler):
