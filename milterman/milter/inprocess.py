@@ -1,12 +1,13 @@
 """A milter driven in the same process, with no socket: the MTA side and the milter side joined in memory.
 
-:class:`InProcessClient` is an :class:`~milterman.net.MtaClient` whose "socket" hands
-the encoded commands to a :class:`~milterman.net.MilterSession` running the milter
-class, and hands its encoded replies back. Both sides are the ordinary protocol code
-(state machines, negotiation, checks), so an in-process milter behaves exactly as the
-same class served on a socket; only the system calls and the second process are gone.
+:class:`InProcessClient` is an :class:`~milterman.net.MtaClient` whose commands go, as
+message objects, to a :class:`~milterman.net.MilterSession` running the milter class,
+and whose replies come back as message objects. Both sides keep their ordinary state
+machines (negotiation, the order of commands, which reply is allowed where), so an
+in-process milter behaves exactly as the same class served on a socket; only the
+encoding, the system calls and the second process are gone.
 
-The milter's callbacks run when the MTA side reads a reply, under the reading (or
+The milter's callbacks run when the MTA side collects a reply, under the reading (or
 end-of-message) timeout: a callback that waits cooperatively (gevent) is interrupted
 when it expires, and one that computes past it has its reply thrown away; either way
 the MTA side sees the timeout it would see from a socket. ``progress()`` restarts it.
@@ -16,34 +17,43 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections import deque
 
 from ..log import ERROR, Logger, logger as default_logger
-from ..net import MilterSession, MtaClient, Timeouts
-from ..protocol import PROGRESS, Negotiate
+from ..net import MilterIOError, MilterSession, MtaClient, Response, Timeouts
+from ..protocol import PROGRESS, Command, Macro, Negotiate, ProtocolError, Reply, strip_braces
 from .api import Milter
 from .runner import handler_factory
-
-_PROGRESS_WIRE = PROGRESS.encode()
 
 
 class _Expired(Exception):
     """Raised into a callback that waits past its timeout."""
 
 
-class _MilterEnd:
-    """What the milter session writes to: the replies queue up for the MTA side."""
+class _Commands:
+    """Stands in for the session's decoder: the commands handed over, as objects, in order."""
 
-    __slots__ = ("pipe",)
+    __slots__ = ("queue", "max_data_size")
 
-    def __init__(self, pipe: "MemoryPipe") -> None:
-        self.pipe = pipe
+    def __init__(self) -> None:
+        self.queue: deque[Command] = deque()
+        self.max_data_size = 0
+
+    def __iter__(self):
+        queue = self.queue
+        while queue:
+            yield queue.popleft()
+
+    def feed_eof(self) -> None:
+        pass
+
+
+class _Closed:
+    """Where a socket would be, on both sides: nothing travels through it (bytes written to it directly, as the
+    manager's disconnect check writes ABORT and QUIT, are dropped: closing the client ends the milter's context)."""
 
     def send(self, data: bytes) -> int:
-        self.pipe.replied(data)
         return len(data)
-
-    def sendall(self, data) -> None:
-        self.pipe.replied(bytes(data))
 
     def settimeout(self, timeout: float | None) -> None:
         pass
@@ -52,140 +62,196 @@ class _MilterEnd:
         pass
 
 
-class MemoryPipe:
-    """The MTA side's socket: ``send`` queues commands, ``recv`` runs the milter on them and returns its replies.
+class InProcessSession(MilterSession):
+    """The ordinary milter-side session, its replies kept as objects instead of written to a socket."""
 
-    ``reraise``: a callback's exception leaves ``recv`` as it is (tests want the traceback); otherwise it is
-    logged and becomes a broken connection, which the MTA side handles as it would a crashed milter.
-    """
-
-    def __init__(self, cls: type[Milter], *, logger: Logger = default_logger, reraise: bool = False,
-                 session_id: int | None = None) -> None:
-        self.session = MilterSession(_MilterEnd(self), handler_factory(cls), logger=logger, idle_timeout=None,
-                                     session_id=session_id)
-        self.logger = logger
-        self.reraise = reraise
-        self._commands: list[bytes] = []
-        self._replies: list[bytes] = []
-        self._timeout: float | None = None
-        self._timer = None
-        self._deadline = 0.0
-        #: called at once when the milter sends PROGRESS (the manager relays it to the MTA)
+    def __init__(self, cls: type[Milter], *, logger: Logger, session_id: int | None) -> None:
+        super().__init__(_Closed(), handler_factory(cls), logger=logger, idle_timeout=None, session_id=session_id)
+        self.decoder = _Commands()
+        self.replies: list[Reply] = []
+        #: called when the milter sends PROGRESS (restarts the timeout; the manager relays it at once)
         self.on_progress = None
-        self.closed = False
 
-    # ------------------------------------------------------------------ the MTA side's socket
+    def queue(self, reply: Reply) -> None:
+        self.state.check_send(reply)
+        self.replies.append(reply)
 
-    def settimeout(self, timeout: float | None) -> None:
-        self._timeout = timeout
+    def progress(self) -> None:
+        self.state.check_send(PROGRESS)
+        if self.on_progress is not None:
+            self.on_progress()
 
-    def send(self, data: bytes) -> int:
-        if self.closed:
-            raise BrokenPipeError("the in-process milter has finished")
-        self._commands.append(data)
-        return len(data)
+    def flush(self) -> None:
+        """Only the negotiation reply is queued encoded by the session: the client decodes it."""
 
-    def sendall(self, data) -> None:
-        self.send(bytes(data))
+    def handle(self, commands: list[Command]) -> None:
+        """Run the milter on ``commands``; its replies are in :attr:`replies`. Errors propagate."""
+        self.decoder.queue.extend(commands)
+        self._handle_available()
 
-    def recv(self, size: int) -> bytes:
-        if self._commands:
-            self._run()
-        if not self._replies:
-            return b""  # nothing owed was produced: the milter has gone (closed)
-        data = b"".join(self._replies)
-        self._replies.clear()
+    def negotiation_reply(self) -> bytes:
+        outgoing = self._outgoing
+        data = b"".join(outgoing)
+        outgoing.clear()
         return data
 
-    def close(self) -> None:
-        """Let the milter see what is still queued (ABORT, QUIT), then end its connection context."""
-        if self.closed:
-            return
-        try:
-            if self._commands:
-                self._feed(b"".join(self._commands))
-        except Exception as error:
-            self._log(error)
-        finally:
-            self._commands.clear()
-            self.closed = True
-            self.session.finish()
-
-    # ------------------------------------------------------------------ running the milter
-
-    def replied(self, data: bytes) -> None:
-        """The milter session wrote ``data``; PROGRESS restarts the timeout and is relayed at once."""
-        if data.endswith(_PROGRESS_WIRE):
-            data = data[:-len(_PROGRESS_WIRE)]
-            if self._timeout is not None:
-                self._deadline = time.monotonic() + self._timeout
-                if self._timer is not None:  # a new timer: gevent's cancel-and-start does not move the old one
-                    import gevent
-
-                    self._timer.close()
-                    self._timer = gevent.Timeout(self._timeout, _Expired)
-                    self._timer.start()
-            if self.on_progress is not None:
-                self.on_progress()
-        if data:
-            self._replies.append(data)
-
-    def _run(self) -> None:
-        data = b"".join(self._commands)
-        self._commands.clear()
-        timeout = self._timeout
-        if timeout is None:
-            self._feed(data)
-            return
-        import gevent
-
-        self._deadline = time.monotonic() + timeout
-        self._timer = gevent.Timeout(timeout, _Expired)
-        self._timer.start()
-        try:
-            self._feed(data)
-        except _Expired:
-            self._replies.clear()
-            raise TimeoutError("the milter did not answer in time") from None
-        finally:
-            self._timer.close()
-            self._timer = None
-        if time.monotonic() > self._deadline:  # a callback that computed past the timeout (it could not be cut)
-            self._replies.clear()
-            raise TimeoutError("the milter did not answer in time")
-
-    def _feed(self, data: bytes) -> None:
-        try:
-            self.session.feed(data)
-        except _Expired:
-            raise
-        except Exception as error:
-            if self.reraise:
-                raise
-            self._log(error)
-            self.closed = True
-            raise ConnectionResetError(f"the milter failed: {type(error).__name__}: {error}") from None
-
-    def _log(self, error: BaseException) -> None:
-        if self.logger.enabled(ERROR):
-            lines = traceback.format_exception(type(error), error, error.__traceback__)
-            self.logger.error(f"[{self.session.id}] [milter][error][callback] {type(error).__name__}: {error} | "
-                              + " | ".join(line.rstrip().replace("\n", " | ") for line in lines[-4:-1]))
+    def finish(self) -> None:
+        self._finish()
 
 
 class InProcessClient(MtaClient):
-    """The MTA side of an in-process milter (everything :class:`~milterman.net.MtaClient` offers)."""
+    """The MTA side of an in-process milter (everything :class:`~milterman.net.MtaClient` offers).
+
+    ``reraise``: a callback's exception leaves :meth:`collect` as it is (tests want the traceback);
+    otherwise it is logged and becomes a broken connection, as a crashed milter would be.
+    """
+
+    def __init__(self, session: InProcessSession, offer: Negotiate, *, timeouts: Timeouts | None = None,
+                 reraise: bool = False, check_reply_text: bool = True) -> None:
+        super().__init__(_Closed(), offer, timeouts=timeouts, check_reply_text=check_reply_text)
+        self.session = session
+        self.reraise = reraise
+        self._objects: list[Command] = []
+        #: one loop timer per timeout value, armed around each run of the milter (cheaper than a Timeout each time)
+        self._timers: dict[float, object] = {}
+        self._timer = None
+        self._progressed = 0
+        self.finished = False
+        session.on_progress = self._milter_progress
 
     @classmethod
     def start(cls, milter_class: type[Milter], offer: Negotiate, *, timeouts: Timeouts | None = None,
               logger: Logger = default_logger, reraise: bool = False, check_reply_text: bool = True,
               session_id: int | None = None) -> "InProcessClient":
         """A new connection context of ``milter_class`` (not yet negotiated)."""
-        pipe = MemoryPipe(milter_class, logger=logger, reraise=reraise, session_id=session_id)
-        client = cls(pipe, offer, timeouts=timeouts, check_reply_text=check_reply_text)
-        pipe.on_progress = client._progress
-        return client
+        session = InProcessSession(milter_class, logger=logger, session_id=session_id)
+        return cls(session, offer, timeouts=timeouts, reraise=reraise, check_reply_text=check_reply_text)
 
-    def _progress(self) -> None:
+    # ------------------------------------------------------------------ the MTA side, objects instead of bytes
+
+    def queue_macros(self, stage: str, macros: dict[str, str] | list[tuple[str, str]]) -> None:
+        """As :meth:`MtaClient.queue_macros` (filtered by the milter's macro-list request, P-NEG-14), unencoded."""
+        items = macros.items() if isinstance(macros, dict) else macros
+        normalized = {strip_braces(name): value for name, value in items}
+        requested = self.state.options.macro_request(stage) if self.state.options is not None else None
+        if requested is not None:
+            wanted = set(requested)
+            normalized = {name: value for name, value in normalized.items() if name in wanted}
+        if normalized:
+            self._objects.append(Macro(stage, tuple(sorted(normalized.items()))))
+
+    def queue_encoded_macros(self, stage: str, packet: bytes) -> bool:
+        return False  # never decode what the manager encoded for the socket children: take the values
+
+    def begin(self, command: Command) -> bool:
+        if self.finished:
+            raise MilterIOError("closed", "connection closed by the milter")
+        expects_reply = self.state.send(command)
+        self._objects.append(command)
+        if expects_reply:
+            self._timeout = self.timeouts.end_of_message if command.LETTER == "E" else self.timeouts.reading
+            self._deadline = time.monotonic() + self._timeout
+        return expects_reply
+
+    def collect(self, letter: str) -> Response:
+        """Run the milter on what was begun and take its replies; PROGRESS restarts the timeout (P-SM-12)."""
+        started = time.monotonic()
+        try:
+            replies = self._run(letter, max(0.0, self._deadline - started))
+            modifications: list[Reply] = []
+            progress = self._progressed
+            state = self.state
+            for reply in replies:
+                if state.receive(reply):
+                    return Response(reply, modifications, progress)
+                modifications.append(reply)
+                if self.on_modification is not None:
+                    self.on_modification(reply)
+            self.finished = True
+            raise MilterIOError("closed", "connection closed by the milter")
+        finally:
+            self.waited += time.monotonic() - started
+
+    def _arm(self) -> None:
+        """Start the timer of the current timeout: it throws :class:`_Expired` into this greenlet if it waits."""
+        from gevent import getcurrent, get_hub
+
+        timer = self._timers.get(self._timeout)
+        if timer is None:  # repeating, so that again() counts the whole timeout from now (a stopped libev
+            #                timer started again would only wait for what was left of it)
+            timer = self._timers[self._timeout] = get_hub().loop.timer(self._timeout, self._timeout)
+        timer.again(getcurrent().throw, _Expired, update=True)
+        self._timer = timer
+
+    def _run(self, letter: str, timeout: float) -> list[Reply]:
+        session = self.session
+        commands, self._objects = self._objects, []
+        self._progressed = 0
+        self._deadline = time.monotonic() + timeout
+        self._arm()
+        try:
+            session.handle(commands)
+            if letter == "O":
+                self.decoder.feed(session.negotiation_reply())
+                reply = self.decoder.next_message()
+                session.replies.append(reply)
+        except _Expired:
+            self._fail()
+            raise MilterIOError("end-of-message timeout" if letter == "E" else "reading timeout") from None
+        except Exception as error:
+            self._fail()
+            if self.reraise:
+                raise
+            if isinstance(error, ProtocolError) and not isinstance(error, MilterIOError):
+                raise MilterIOError("io", f"the milter broke the protocol: {error}") from None
+            self._log(error)
+            raise MilterIOError("io", f"the milter failed: {type(error).__name__}: {error}") from None
+        finally:
+            self._timer.stop()
+            self._timer = None
+        if time.monotonic() > self._deadline:  # computed past the timeout (it could not be cut): reply dropped
+            self._fail()
+            raise MilterIOError("end-of-message timeout" if letter == "E" else "reading timeout")
+        replies = session.replies
+        session.replies = []
+        return replies
+
+    def _milter_progress(self) -> None:
+        """The milter sent PROGRESS: a new timeout from now, and the manager hears of it at once."""
+        self._progressed += 1
+        self._deadline = time.monotonic() + self._timeout
+        if self._timer is not None:
+            self._timer.stop()
+            self._arm()
         if self.on_progress is not None:
             self.on_progress()
+
+    def _fail(self) -> None:
+        self.finished = True
+        self.session.replies = []
+
+    def _log(self, error: BaseException) -> None:
+        logger = self.session.logger
+        if logger.enabled(ERROR):
+            lines = traceback.format_exception(type(error), error, error.__traceback__)
+            logger.error(f"[{self.session.id}] [milter][error][callback] {type(error).__name__}: {error} | "
+                         + " | ".join(line.rstrip().replace("\n", " | ") for line in lines[-4:-1]))
+
+    def close(self, send_quit: bool = True) -> None:
+        """Let the milter see what is still queued (ABORT, QUIT), then end its connection context."""
+        if self.finished:
+            return
+        super().close(send_quit)  # QUIT queued (as an object) when it may still be sent; the "socket" is no socket
+        self.finished = True
+        try:
+            if self._objects:
+                self.session.handle(self._objects)
+        except Exception as error:
+            if self.reraise:
+                raise
+            self._log(error)
+        finally:
+            self._objects = []
+            for timer in self._timers.values():
+                timer.close()
+            self.session.finish()

@@ -276,16 +276,6 @@ class MilterSession:
             self._finish()
         return self.commands_received > 0
 
-    def feed(self, data: bytes) -> None:
-        """Handle bytes from an in-process MTA side at once (no socket read); errors propagate."""
-        self.decoder.feed(data)
-        self._handle_available()
-        self.flush()
-
-    def finish(self) -> None:
-        """End the connection context of an in-process session (abort and close the handler)."""
-        self._finish()
-
     def _handle_available(self) -> None:
         state = self.state
         log = self.logger
