@@ -25,18 +25,8 @@ pytestmark = pytest.mark.interop
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
-TAG = '''from milterman.milter import Milter, CONTINUE, REJECT
-
-class Tag(Milter):
-    def envelope_recipient(self, recipient, parameters):
-        if recipient.lower().strip("<>") == "carol@example.test":
-            return REJECT
-        return CONTINUE
-
-    def end_of_message(self):
-        self.add_header("X-Tagged", "yes")
-        return CONTINUE
-'''
+#: the issue's file, exactly as written (tests/support/tag.py)
+TAG = (Path(__file__).resolve().parents[1] / "support" / "tag.py").read_text()
 
 
 class MilterRunProcess:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,18 +14,7 @@ from manager_harness import letters
 from milterman.config import ConfigurationError, load_string
 from milterman.protocol import AddHeader
 
-TAG = """
-from milterman.milter import Milter, CONTINUE, REJECT
-
-class Tag(Milter):
-    def envelope_recipient(self, recipient, parameters):
-        if recipient.lower().strip("<>") == "carol@example.test":
-            return REJECT
-        return CONTINUE
-
-    def end_of_message(self):
-        self.add_header("X-Tagged", "yes")
-        return CONTINUE
+TAG = (Path(__file__).resolve().parents[1] / "support" / "tag.py").read_text() + """
 
 class Broken(Milter):
     def envelope_recipient(self, recipient, parameters):

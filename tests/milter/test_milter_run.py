@@ -14,18 +14,8 @@ import pytest
 
 from milterman.testing import run_milter
 
-TAG = '''from milterman.milter import Milter, CONTINUE, REJECT
-
-class Tag(Milter):
-    def envelope_recipient(self, recipient, parameters):
-        if recipient.lower().strip("<>") == "carol@example.test":
-            return REJECT
-        return CONTINUE
-
-    def end_of_message(self):
-        self.add_header("X-Tagged", "VERSION")
-        return CONTINUE
-'''
+#: the issue's file (tests/support/tag.py), its header value made VERSION to tell reloads apart
+TAG = (Path(__file__).resolve().parents[1] / "support" / "tag.py").read_text().replace('"yes"', '"VERSION"')
 
 SHADOWED = '''from milterman.milter import Milter, CONTINUE
 
