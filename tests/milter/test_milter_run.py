@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,16 @@ class Collector(Milter):
 def milter_run(directory: Path, *arguments: str, **options) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "milterman.cli.milter_run", *arguments], cwd=directory,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **options)
+
+
+def wait_listening(path: Path, process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Until a connection to the unix socket succeeds (the file exists a moment before the socket listens)."""
+    def listening() -> bool:
+        assert process.poll() is None, process.stdout.read() if process.stdout else process.returncode
+        with socket.socket(socket.AF_UNIX) as probe:
+            return probe.connect_ex(str(path)) == 0
+
+    wait_for(listening, timeout, f"{path} to listen")
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -65,7 +76,7 @@ def test_served_with_workers_and_reloaded_on_sighup(tmp_path):
                          "--log-path", str(log), "--log-level", "all", "--pid-file", str(tmp_path / "pid"),
                          "--report-memory-profile", "--maintenance-interval", "1")
     try:
-        wait_for(socket_path.exists, 20, "the socket")
+        wait_listening(socket_path, process)
         spec = f"unix:{socket_path}"
         outcome = run_milter(spec, recipients=["alice@example.test", "carol@example.test"])
         assert outcome.rejected_recipients == ["<carol@example.test>"]
