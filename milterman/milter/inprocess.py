@@ -21,7 +21,8 @@ from collections import deque
 
 from ..log import ERROR, Logger, logger as default_logger
 from ..net import MilterIOError, MilterSession, MtaClient, Response, Timeouts
-from ..protocol import PROGRESS, Command, Macro, Negotiate, ProtocolError, Reply, strip_braces
+from ..protocol import PROGRESS, Command, Negotiate, ProtocolError, Reply
+from ..protocol.macros import macro_packet
 from .api import Milter
 from .runner import handler_factory
 
@@ -131,14 +132,9 @@ class InProcessClient(MtaClient):
 
     def queue_macros(self, stage: str, macros: dict[str, str] | list[tuple[str, str]]) -> None:
         """As :meth:`MtaClient.queue_macros` (filtered by the milter's macro-list request, P-NEG-14), unencoded."""
-        items = macros.items() if isinstance(macros, dict) else macros
-        normalized = {strip_braces(name): value for name, value in items}
-        requested = self.state.options.macro_request(stage) if self.state.options is not None else None
-        if requested is not None:
-            wanted = set(requested)
-            normalized = {name: value for name, value in normalized.items() if name in wanted}
-        if normalized:
-            self._objects.append(Macro(stage, tuple(sorted(normalized.items()))))
+        packet = macro_packet(self.state.options, stage, macros)
+        if packet is not None:
+            self._objects.append(packet)
 
     def queue_encoded_macros(self, stage: str, packet: bytes) -> bool:
         return False  # never decode what the manager encoded for the socket children: take the values

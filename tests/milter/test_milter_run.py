@@ -106,7 +106,7 @@ def test_daemon_exits_zero_once_listening(tmp_path):
                          "--log-path", str(tmp_path / "run.log"))
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
-    wait_for(pid_file.exists, 10, "the pid file")
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 10, "the pid file")
     daemon = int(pid_file.read_text())
     try:
         assert daemon != process.pid
