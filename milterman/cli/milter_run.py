@@ -6,13 +6,11 @@ import os
 import sys
 
 from .. import __version__
-from ..config import ConfigurationError as SettingsError
-from ..config.cli import options_help, settings_from_options
-from ..config.schema import SERVER_SETTINGS, find_setting, server_fields
+from ..config.cli import options_help
+from ..config.schema import SERVER_SETTINGS
 from ..log import logger
 from ..server.app import Application, ConfigurationError
-from ..spec import DEFAULT_SPEC
-from .common import UsageError, configure_logging, fail, parse_arguments
+from .common import UsageError, fail, parse_arguments, served_config
 
 #: the settings milter-run takes from its options: the server's, from the one table milter-manager uses
 SETTINGS = tuple(key for key in SERVER_SETTINGS.values() if key != "manager.connection_spec") + (
@@ -93,31 +91,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(arguments: dict, argv: list[str] | None = None) -> int:
-    from ..net import SpecError, parse_spec
-    from ..server.app import ServerConfig
     from ..server.master import run_application
 
     reference = arguments["MODULE:CLASS"]
     if ":" not in reference:
         raise UsageError(f"MODULE:CLASS: no colon in <{reference}> (e.g. tag:Tag)")
-    spec_text = arguments["--connection-spec"] or os.environ.get("MILTER_DEFAULT_CONNECTION_SPEC") or DEFAULT_SPEC
-    try:
-        spec = parse_spec(spec_text)
-    except SpecError as error:
-        raise UsageError(f"--connection-spec: {error}") from None
-    try:
-        values = settings_from_options(arguments, sys.argv[1:] if argv is None else argv, SETTINGS)
-    except SettingsError as error:
-        raise UsageError("\n".join(f"{issue.key}: {issue.message}" for issue in error.issues)) from None
-    configure_logging(arguments)
+    config, values = served_config(arguments, argv, SETTINGS, process_name="milter-run",
+                                   report_memory=arguments["--report-memory-profile"])
     # as `python -m` does: a module beside the user is found (absolute: a daemon changes directory)
     sys.path.insert(0, os.getcwd())
-    fields = server_fields(lambda key: values[key] if key in values else find_setting(key).default)
-    fields.update(spec=spec, report_memory_statistics=arguments["--report-memory-profile"])
-    config = ServerConfig(**fields, process_name="milter-run")
     return run_application(MilterRunApplication(reference, config, values["manager.packet_buffer_size"]),
                            on_detached=logger.detached)
-
 
 if __name__ == "__main__":
     sys.exit(main())
