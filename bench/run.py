@@ -74,7 +74,8 @@ def measure(label: str, command: list[str], target: str, sessions: int, concurre
     """Start a milter (or the manager), drive it with milter-test-server, return the figures.
 
     CPU and peak RSS are those of the measured process tree only (not the children of the manager,
-    which run as separate milter-test-client processes).
+    which run as separate milter-test-client processes); ``helpers`` are processes whose CPU time
+    is reported as well (``helper_cpu_ms_per_session``: a child milter served on its own socket).
     """
     milter = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -83,10 +84,11 @@ def measure(label: str, command: list[str], target: str, sessions: int, concurre
         if warm.returncode != 0:
             raise RuntimeError(f"warm-up against {label} failed: {warm.stdout}{warm.stderr}")
         tree = process_tree(milter.pid)
-        cpu_before = cpu_seconds(tree)
+        helper_tree = [process for helper in helpers or () for process in process_tree(helper.pid)]
+        cpu_before, helper_before = cpu_seconds(tree), cpu_seconds(helper_tree)
         run = subprocess.run(driver_command(target, sessions, concurrency), capture_output=True, text=True,
                              timeout=900)
-        cpu_after = cpu_seconds(tree)
+        cpu_after, helper_after = cpu_seconds(tree), cpu_seconds(helper_tree)
         if loaded is not None:
             loaded()  # before the measured process is stopped
         if run.returncode != 0:
@@ -96,6 +98,7 @@ def measure(label: str, command: list[str], target: str, sessions: int, concurre
         return {"label": label, "sessions": totals["sessions"], "statuses": totals["statuses"],
                 "errors": totals["errors"], "sessions_per_second": totals["sessions_per_second"],
                 "latency": totals["latency"], "cpu_ms_per_session": 1000 * (cpu_after - cpu_before) / sessions,
+                "helper_cpu_ms_per_session": 1000 * (helper_after - helper_before) / sessions,
                 "peak_rss_kb": sum(peak_rss_kb(process.pid) for process in tree)}
     finally:
         milter.send_signal(signal.SIGTERM)
@@ -219,6 +222,74 @@ def measure_manager(directory: str, n_children: int, n_workers: int, sessions: i
                 child.kill()
 
 
+#: the examples/ milters the Python-child part runs: RCPT and end of message; header, body and end of message
+PYTHON_CHILDREN = ("recipient_policy:RecipientPolicy", "footer:Footer")
+
+
+def measure_python_child(directory: str, reference: str, in_process: bool, sessions: int, concurrency: int) -> dict:
+    """milter-manager (n_workers 0) with one Python child from examples/: run in the manager (``python =``) or
+    served by milter-run on a unix socket (``connection_spec =``)."""
+    config = os.path.join(directory, f"python-child-{reference.partition(':')[0]}-{'in' if in_process else 'socket'}")
+    os.makedirs(config, exist_ok=True)
+    lines = ["version = 1", "[manager]", f'connection_spec = "unix:{config}/manager.sock"', "n_workers = 0",
+             "[log]", "use_syslog = false", 'level = "error"', "[[milter]]", 'name = "policy"']
+    environment = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "examples"))
+    helpers = []
+    try:
+        if in_process:
+            lines.append(f'python = "{reference}"')
+        else:
+            path = f"{config}/child.sock"
+            helpers.append(subprocess.Popen([sys.executable, "-m", "milterman.cli.milter_run", reference, "-q",
+                                             "-s", f"unix:{path}"], stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, env=environment))
+            wait_for_path(path, helpers[0])
+            lines.append(f'connection_spec = "unix:{path}"')
+        with open(f"{config}/milter-manager.toml", "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        label = f"manager, {reference.partition(':')[0]} {'in process' if in_process else 'over a unix socket'}"
+        previous = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = environment["PYTHONPATH"]  # the manager imports the in-process child
+        try:
+            return measure(label, [sys.executable, "-m", "milterman.cli.manager", "-c", config, "--no-detect"],
+                           f"unix:{config}/manager.sock", sessions, concurrency,
+                           lambda process: wait_for_path(f"{config}/manager.sock", process), helpers)
+        finally:
+            if previous is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = previous
+    finally:
+        for helper in helpers:
+            helper.send_signal(signal.SIGTERM)
+            try:
+                helper.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+
+
+def python_child_part(directory: str, reference: str, options) -> list[dict]:
+    """The in-process and socket rows of one example milter, alternating over ``--rounds`` (on a shared machine
+    one pair can be skewed by other load); each round's ratios and their median."""
+    pairs = [[measure_python_child(directory, reference, in_process, options.manager_sessions, options.concurrency)
+              for in_process in (True, False)] for _ in range(options.rounds)]
+    rows = [row for pair in pairs for row in pair]
+    print_table(f"\nOne Python child ({reference}), in process vs over a unix socket, {options.rounds} rounds: "
+                f"--n-sessions {options.manager_sessions} --concurrency {options.concurrency}", rows)
+    speeds, cpus = [], []
+    for inside, socket_row in pairs:
+        total = socket_row["cpu_ms_per_session"] + socket_row["helper_cpu_ms_per_session"]
+        speeds.append(inside["sessions_per_second"] / max(socket_row["sessions_per_second"], 1e-9))
+        cpus.append(inside["cpu_ms_per_session"] / max(total, 1e-9))
+        print(f"  round: sessions/s ratio {speeds[-1]:.2f}; CPU ms/session in process "
+              f"{inside['cpu_ms_per_session']:.3f}, socket manager {socket_row['cpu_ms_per_session']:.3f} "
+              f"+ child {socket_row['helper_cpu_ms_per_session']:.3f} = {total:.3f}")
+    median_speed, median_cpu = sorted(speeds)[len(speeds) // 2], sorted(cpus)[len(cpus) // 2]
+    print(f"  ratio in process / socket (median of {len(pairs)}): sessions/s {median_speed:.2f} (target >= 1.5); "
+          f"CPU per session {median_cpu:.2f} of manager + child")
+    return rows
+
+
 def print_table(title: str, results: list[dict]) -> None:
     print(title)
     print(f"  {'measured':52} {'sessions/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'cpu ms/sess':>11} "
@@ -310,9 +381,10 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=2000, help="sessions per direct run")
     parser.add_argument("--manager-sessions", type=int, default=3000, help="sessions per manager run")
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--only", choices=("direct", "manager", "metrics"), help="run one part only")
+    parser.add_argument("--only", choices=("direct", "manager", "metrics", "python-child"), help="run one part only")
     parser.add_argument("--metrics-rounds", type=int, default=3,
                         help="metrics endpoint off/on pairs, alternated (the median of each is compared)")
+    parser.add_argument("--rounds", type=int, default=3, help="in-process/socket pairs of the Python-child part")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON as well")
     options = parser.parse_args()
     os.chdir(ROOT)
@@ -342,6 +414,9 @@ def main() -> int:
             results += direct
         if options.only in (None, "metrics"):
             results += measure_metrics(directory, options)
+        if options.only in (None, "python-child"):
+            for reference in PYTHON_CHILDREN:
+                results += python_child_part(directory, reference, options)
         if options.only in (None, "manager"):
             managed = []
             for n_children in (1, 3):

@@ -19,7 +19,7 @@ OUTSIDE = re.compile(r"manager\.md|tools\.md|logging\.md|decisions\.md|design\.m
 RULE_ID = re.compile(r"\b(?:[A-Z]{1,3}(?:-[A-Z0-9]+)*-[A-Z]?\d+[a-z]?|[AB]\d+(?:\.\d+)*)\b")
 NOT_RULES = {"GPL-3", "LGPL-3", "GFDL-1"}  # license names
 COMMANDS = ["manager", "test_server", "test_client", "performance_check", "log_analyzer", "report_statistics",
-            "convert_config"]
+            "convert_config", "milter_run"]
 
 
 def text_files(*roots: str) -> list[Path]:

@@ -182,3 +182,34 @@ def configure_logging(arguments: dict) -> None:
             raise UsageError(f"--log-path: {error}") from None
     if arguments.get("--syslog"):
         logger.use_syslog(facility=arguments.get("--syslog-facility") or "mail")
+
+
+def served_config(arguments: dict, argv: list[str] | None, keys: tuple[str, ...], *, process_name: str,
+                  report_memory: bool):
+    """(ServerConfig, values of ``keys``) of a served command (milter-test-client, milter-run): ``-s`` (else
+    $MILTER_DEFAULT_CONNECTION_SPEC) and the server settings of the one table, checked as in the files;
+    logging is set up."""
+    import os
+
+    from ..config import ConfigurationError
+    from ..config.cli import settings_from_options
+    from ..config.schema import find_setting, server_fields
+    from ..net import SpecError, parse_spec
+    from ..server.app import ServerConfig
+    from ..spec import DEFAULT_SPEC
+
+    spec_text = arguments["--connection-spec"] or os.environ.get("MILTER_DEFAULT_CONNECTION_SPEC") or DEFAULT_SPEC
+    try:
+        spec = parse_spec(spec_text)
+    except SpecError as error:
+        raise UsageError(f"--connection-spec: {error}") from None
+    try:
+        values = settings_from_options(arguments, sys.argv[1:] if argv is None else argv, keys)
+    except ConfigurationError as error:
+        raise UsageError("\n".join(f"{issue.key}: {issue.message}" for issue in error.issues)) from None
+    configure_logging(arguments)
+    if arguments["--socket-group-name"]:
+        logger.warning("[client][option][deprecated] --socket-group-name: use --unix-socket-group")
+    fields = server_fields(lambda key: values[key] if key in values else find_setting(key).default)
+    fields.update(spec=spec, report_memory_statistics=report_memory)
+    return ServerConfig(**fields, process_name=process_name), values

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 from .. import __version__
-from ..config import ConfigurationError
-from ..config.cli import options_help, settings_from_options
-from ..config.schema import SERVER_SETTINGS, find_setting, server_fields
+from ..config.cli import options_help
+from ..config.schema import SERVER_SETTINGS
 from ..log import logger
 from ..server.app import Application
-from ..spec import DEFAULT_SPEC
-from .common import UsageError, configure_logging, fail, parse_arguments
+from .common import UsageError, fail, parse_arguments, served_config
 
 #: the settings milter-test-client takes from its options: the server's, from the one table milter-manager uses
 SETTINGS = tuple(key for key in SERVER_SETTINGS.values() if key != "manager.connection_spec") + (
@@ -81,34 +78,18 @@ class TestClientApplication(Application):
 
 
 def run(arguments: dict, argv: list[str] | None = None) -> int:
-    from ..net import SpecError, parse_spec
-    from ..server.app import ServerConfig
     from ..server.master import run_application
     from ..tools.test_client import ClientSettings
 
-    spec_text = arguments["--connection-spec"] or os.environ.get("MILTER_DEFAULT_CONNECTION_SPEC") or DEFAULT_SPEC
-    try:
-        spec = parse_spec(spec_text)
-    except SpecError as error:
-        raise UsageError(f"--connection-spec: {error}") from None
-    try:
-        values = settings_from_options(arguments, sys.argv[1:] if argv is None else argv, SETTINGS)
-    except ConfigurationError as error:
-        raise UsageError("\n".join(f"{issue.key}: {issue.message}" for issue in error.issues)) from None
-    configure_logging(arguments)
-    if arguments["--socket-group-name"]:
-        logger.warning("[client][option][deprecated] --socket-group-name: use --unix-socket-group")
+    server_config, values = served_config(arguments, argv, SETTINGS, process_name="milter-test-client",
+                                          report_memory=arguments["--report-memory-profile"])
     settings = ClientSettings(
         report_request=not arguments["--no-report-request"],
         report_memory_profile=arguments["--report-memory-profile"],
         max_pending_finished_sessions=values["manager.max_pending_finished_sessions"],
         packet_buffer_size=values["manager.packet_buffer_size"],
     )
-    fields = server_fields(lambda key: values[key] if key in values else find_setting(key).default)
-    fields.update(spec=spec, report_memory_statistics=settings.report_memory_profile)
-    server_config = ServerConfig(**fields, process_name="milter-test-client")
     return run_application(TestClientApplication(server_config, settings), on_detached=logger.detached)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -280,9 +280,13 @@ class _Merger:
         for name, state in self.milters.items():
             values = {setting.name: setting.default for setting in MILTER}
             values.update(state["values"], name=name)
-            if values["enabled"] and values["connection_spec"] is None and "connection_spec" not in state["failed"]:
-                self.issues.add(state["file"], f"milter {show(name)}", "connection_spec is required when the milter "
-                                "is enabled")
+            if values["python"] is not None and values["connection_spec"] is not None:
+                self.issues.add(state["file"], f"milter {show(name)}", "python and connection_spec exclude each "
+                                "other: a child runs in process or behind a socket")
+            elif (values["enabled"] and values["connection_spec"] is None and values["python"] is None
+                  and not {"connection_spec", "python"} & state["failed"]):
+                self.issues.add(state["file"], f"milter {show(name)}", "connection_spec (or python) is required when "
+                                "the milter is enabled")
             result.append(model.MilterSettings(**values, source=state["source"]))
         return result
 

@@ -189,6 +189,8 @@ class MilterSettings:
     reading_timeout: float
     end_of_message_timeout: float
     retry_delay: float
+    #: ``"module:Class"`` of an in-process child (instead of connection_spec)
+    python: str | None = None
     #: where it came from ("defined in FILE", "detected from /etc/opendkim.conf", D-9); a comment in render
     source: str | None = field(default=None, compare=False)
 

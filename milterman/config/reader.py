@@ -199,6 +199,8 @@ class _FileReader:
             return
         self.condition_references(values.get("applicable_conditions"),
                                   f"{label}{': ' if named else '.'}applicable_conditions")
+        if values.get("python") is not None and not self.importable(values["python"], f"{label}: python", milter=True):
+            values.pop("python")  # type: ignore[arg-type]
         name = values.pop("name")
         failed = {k for k in raw if k not in values and k != "name"}
         self.document.milters.append(MilterEntry(self.path, label, name, values, failed))  # type: ignore[arg-type]
@@ -311,7 +313,7 @@ class _FileReader:
         self.document.conditions.append(ConditionEntry(self.path, key, definition,
                                                        values.get("attach_to", ())))  # type: ignore[arg-type]
 
-    def importable(self, reference: str, key: str) -> bool:
+    def importable(self, reference: str, key: str, milter: bool = False) -> bool:
         """``[[condition]] python``: the class must import now (at start and on reload), not at the first mail.
 
         Modules are looked for on Python's path, then in the directory of the file that names them.
@@ -324,7 +326,12 @@ class _FileReader:
         if directory not in sys.path:
             sys.path.append(directory)
         try:
-            load_condition_object(reference, fresh=True)
+            if milter:  # [[milter]] python: a checked milterman.milter.Milter subclass
+                from ..milter import load
+
+                load(reference, fresh=True)
+            else:
+                load_condition_object(reference, fresh=True)
         except Exception as error:  # the site's module: any failure to import or instantiate refuses the file
             self.report(key, f"cannot use {show(reference)}: {type(error).__name__}: {error}")
             return False

@@ -260,7 +260,7 @@ MILTER = _settings(
     "milter",
     ("name", Text(), None, "Unique name; a later table with the same name changes the keys it sets (B6).",
      {"required": True}),
-    ("connection_spec", Spec(), None, "Where the child listens; required when enabled."),
+    ("connection_spec", Spec(), None, "Where the child listens; required when enabled (unless `python`)."),
     ("description", _STR, None, "Free text."),
     ("enabled", _BOOL, True, "Disabled milters get no child (M-SES-2)."),
     ("fallback_status", _STATUS, "accept", "Status counted when this child fails (D-14, M-ERR-3)."),
@@ -276,6 +276,8 @@ MILTER = _settings(
     ("end_of_message_timeout", _TIMEOUT, 297.0, "Seconds to wait for the end-of-message reply (M-ERR-2)."),
     ("retry_delay", Number(0.0), 5.0, "Once the child is down: seconds before the first attempt to bring it "
      "back (its command is started first); each failed attempt doubles the wait, up to 60 s."),
+    ("python", ClassReference(), None, "A `milterman.milter.Milter` subclass `\"module:Class\"` run inside each "
+     "worker with no socket, instead of `connection_spec`."),
 )
 
 #: B3 ``[[milter_patch]]`` keys besides the ``[[milter]]`` keys (all but ``name``)

@@ -251,11 +251,12 @@ def announcement(configuration) -> list[tuple[int, str]]:
 
     lines = []
     for milter in configuration.milters:
-        if not milter.enabled or not milter.connection_spec:
+        if not milter.enabled or not (milter.connection_spec or milter.python):
             continue
         details = "; ".join(part for part in (milter.source, "evaluation mode" if milter.evaluation_mode else "")
                             if part)
-        lines.append((MESSAGE, f"child milter {show(milter.name)}: {milter.connection_spec}"
+        lines.append((MESSAGE, f"child milter {show(milter.name)}: "
+                               f"{milter.connection_spec or f'python {milter.python} (in process)'}"
                                + (f" ({details})" if details else "")))
     if not lines:
         lines.append((WARNING, "no child milter configured: every session gets manager.fallback_status "
@@ -324,15 +325,25 @@ def _launch_function(launcher, milter, logger: Logger):
                          milter.name, logger)
 
 
+def in_process_class(reference: str | None):
+    """The Milter subclass of ``[[milter]] python`` (imported and checked by the configuration load), or None."""
+    if reference is None:
+        return None
+    from ..milter import load
+
+    return load(reference)
+
+
 def child_definitions(configuration, conditions_per_milter: dict | None = None, launcher=None,
                       logger: Logger = default_logger, recorder=None) -> tuple[ChildDefinition, ...]:
     """Enabled milters with a connection spec, in definition order (M-SES-2, M-SES-4)."""
     definitions = []
     for milter in configuration.milters:
-        if not milter.enabled or not milter.connection_spec:
+        if not milter.enabled or not (milter.connection_spec or milter.python):
             continue
         definitions.append(ChildDefinition(
-            name=milter.name, spec=milter.connection_spec.spec,
+            name=milter.name, spec=milter.connection_spec.spec if milter.connection_spec else None,
+            milter_class=in_process_class(milter.python),
             fallback_status=status_named(milter.fallback_status), evaluation_mode=milter.evaluation_mode,
             timeouts=Timeouts(milter.connection_timeout, milter.writing_timeout, milter.reading_timeout,
                               milter.end_of_message_timeout),

@@ -38,6 +38,8 @@ class ChildDefinition:
     launch: object = None
     #: this child's counters in the serving process (:class:`milterman.manager.metrics.ChildRecord`), or None
     record: object = field(default=None, compare=False, repr=False)
+    #: an in-process child: its milterman.milter.Milter subclass (``spec`` is then None; see manager/inprocess.py)
+    milter_class: object = None
 
 
 class ChildFailure(Exception):

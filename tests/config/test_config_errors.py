@@ -139,7 +139,8 @@ def test_D_7_controller_accepts_unix_and_loopback():
 
 def test_C_TOML_4_milter_without_spec_when_enabled():
     text = HEAD + '[[milter]]\nname = "a"\n[[milter]]\nname = "b"\nenabled = false\n'
-    assert one_issue(text) == 'main.toml: milter "a": connection_spec is required when the milter is enabled'
+    assert one_issue(text) == ('main.toml: milter "a": connection_spec (or python) is required when the milter '
+                               'is enabled')
 
 
 def test_C_TOML_4_unknown_condition_names():

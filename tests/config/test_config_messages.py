@@ -75,7 +75,7 @@ def test_errors_inside_a_milter_name_the_milter():
         '\'inet\' or \'inet6\': <bogus:x>: <bogus>',
         'main.toml: milter "opendkim": reading_timeout: must be > 0, got 0',
         'main.toml: milter "opendkim": falback_status: unknown key "falback_status" (did you mean "fallback_status"?)',
-        'main.toml: milter "spamass": connection_spec is required when the milter is enabled']
+        'main.toml: milter "spamass": connection_spec (or python) is required when the milter is enabled']
 
 
 def test_a_milter_without_a_usable_name_keeps_its_index():

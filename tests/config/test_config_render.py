@@ -219,7 +219,8 @@ def configurations(draw) -> dict:
     milters = []
     for name in milter_names:
         milter = {"name": name, "connection_spec": draw(_SPECS)}
-        for setting in draw(st.lists(st.sampled_from(MILTER[2:]), max_size=4, unique_by=lambda s: s.name)):
+        settings = [setting for setting in MILTER[2:] if setting.name != "python"]  # python excludes connection_spec
+        for setting in draw(st.lists(st.sampled_from(settings), max_size=4, unique_by=lambda s: s.name)):
             if setting.name == "applicable_conditions":
                 milter[setting.name] = draw(st.lists(st.sampled_from(known), max_size=3, unique=True))
             else:

@@ -159,6 +159,9 @@ EFFECTS: dict[str, tuple[str, ...]] = {
     # [[milter]]
     "milter.name": (M + "test_statistics_lines.py::test_LG_ST_formats_and_order",),
     "milter.connection_spec": (M + "test_scenarios.py::test_V1_reject_at_eom_after_add_header",),
+    "milter.python": (M + "test_inprocess_child.py::test_in_process_child_beside_a_socket_child",
+                      M + "test_inprocess_child.py::test_python_and_connection_spec_together_are_refused",
+                      M + "test_inprocess_child.py::test_a_shadowed_stage_is_refused_when_the_configuration_loads"),
     "milter.description": (C + "test_config_render.py::test_D_9_source_field_is_a_comment_and_not_compared",
                            M + "test_manager_cli.py::test_check_config_and_show_config_round_trip_D_8"),
     "milter.enabled": (HERE + "test_session_keys_reach_the_leaders_and_children",),

@@ -38,7 +38,7 @@ from smtp_sink import SmtpSink  # noqa: E402
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 COMMANDS = ("milter-test-server", "milter-test-client", "milter-manager", "milter-performance-check",
-            "milter-manager-log-analyzer", "milter-report-statistics", "milter-manager-convert-config")
+            "milter-manager-log-analyzer", "milter-report-statistics", "milter-manager-convert-config", "milter-run")
 WORKED_EXAMPLE = REPO / "tests" / "tools" / "data" / "log_analyzer" / "worked-example.log"
 #: files of the checkout that are no part of the sdist: git's own, and Debian's packaging (built from the checkout)
 NOT_IN_SDIST = re.compile(r"^(\.gitignore|\.gitattributes|debian/.*)$")
@@ -201,6 +201,23 @@ def test_test_server_and_test_client_talk(venv, tmp_path):
     for line in ("envelope-from: <<wheel@example.net>>", "envelope-recipient: <<receiver@example.org>>",
                  "header: <From: <wheel@example.net>>", "end-of-message"):
         assert line in seen.splitlines(), seen
+
+
+def test_milter_run_serves_a_class_beside_the_user(venv, tmp_path):
+    directory = short_dir(tmp_path)
+    (directory / "tagger.py").write_text("from milterman.milter import Milter, CONTINUE\n\n"
+                                         "class Tagger(Milter):\n    def end_of_message(self):\n"
+                                         "        self.add_header('X-Wheel', 'yes')\n        return CONTINUE\n")
+    socket = directory / "run.sock"
+    with open(tmp_path / "run.out", "wb") as output:
+        served = subprocess.Popen([venv.bin("milter-run"), "tagger:Tagger", "-s", f"unix:{socket}"], stdout=output,
+                                  stderr=subprocess.STDOUT, cwd=directory)
+    try:
+        wait_for_socket(socket, served)
+        server = checked([venv.bin("milter-test-server"), "-s", f"unix:{socket}", "--output-message"])
+    finally:
+        assert stop(served) == 0
+    assert server.stdout.startswith("status: pass\n") and "+ X-Wheel: yes" in server.stdout, server.stdout
 
 
 @pytest.fixture

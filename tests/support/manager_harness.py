@@ -402,7 +402,7 @@ class ManagerEnv:
         entries = []
         for milter in milters:
             entry = dict(milter)
-            if "connection_spec" not in entry:
+            if "connection_spec" not in entry and "python" not in entry:  # python: an in-process child
                 entry["connection_spec"] = self.milters[entry["name"]].spec
             entries.append(entry)
         manager_table = {"connection_spec": f"unix:{self.socket_path}", "n_workers": n_workers,

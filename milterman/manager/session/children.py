@@ -17,6 +17,7 @@ from ...protocol import CONTINUE, Discard, Negotiate, Reply, Skip
 from ...protocol.stages import BY_LETTER, STAGE_NAMES
 from ..child import Child, ChildFailure
 from ..context import ManagerContext
+from ..inprocess import make_child
 from ..status import Combined, Status, status_of
 from .negotiation import child_offer
 
@@ -36,7 +37,7 @@ def start_children(manager: ManagerContext, offer: Negotiate, logger: Logger,
     offered = child_offer(offer)
     health = manager.health
     health.last_offer = offered
-    children = [Child(definition, logger) for definition in manager.definitions]
+    children = [make_child(definition, logger) for definition in manager.definitions]
 
     def connect(child: Child) -> tuple[Exception, bool] | None:
         """None when connected, else (the failure, whether the log already has it)."""

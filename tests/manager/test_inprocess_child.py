@@ -1,0 +1,136 @@
+"""[[milter]] python = "module:Class": a Milter subclass run inside the manager's workers, with the semantics
+of a socket child (negotiated stages, fallback status, timeouts, conditions, statistics lines)."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from manager_harness import letters
+from milterman.config import ConfigurationError, load_string
+from milterman.protocol import AddHeader
+
+TAG = (Path(__file__).resolve().parents[1] / "support" / "tag.py").read_text() + """
+
+class Broken(Milter):
+    def envelope_recipient(self, recipient, parameters):
+        raise RuntimeError("directory unreachable")
+
+class Slow(Milter):
+    def envelope_recipient(self, recipient, parameters):
+        import gevent
+        gevent.sleep(5)
+        return CONTINUE
+
+class Shadowed(Milter):
+    def __init__(self):
+        self.header = None
+
+    def header(self, name, value):
+        return CONTINUE
+
+class StopFromX:
+    def envelope_from(self, facts):
+        return facts.envelope_from == "<x@example.test>"
+"""
+
+LOG = {"level": "all"}
+
+
+def write_module(env, name: str = "site_milters") -> str:
+    (env.dir / f"{name}.py").write_text(textwrap.dedent(TAG))
+    return name
+
+
+@pytest.mark.parametrize("n_workers", [0, 2], ids=lambda n: f"n_workers={n}")
+def test_in_process_child_beside_a_socket_child(env, n_workers):
+    """The Tag milter in process: carol refused at RCPT, X-Tagged added, one [milter][end] line; the socket
+    child beside it gets every stage while the in-process one was asked only for RCPT and EOM."""
+    module = write_module(env)
+    env.milter("c1")
+    manager = env.start([{"name": "c1"}, {"name": "tag", "python": f"{module}:Tag"}], log=LOG, n_workers=n_workers)
+    mta = env.mta()
+    mta.session_start()
+    assert letters(mta.mail()) == ["c"]
+    assert letters(mta.rcpt("<alice@example.test>")) == ["c"]
+    assert letters(mta.rcpt("<carol@example.test>")) == ["r"]
+    packets = mta.content()
+    assert AddHeader("X-Tagged", "yes") in packets and packets[-1].LETTER == "c"
+    mta.quit()
+    output = manager.wait_output("[manager][child][end] [tag]")
+    assert '[manager][start] child milter "tag": python site_milters:Tag (in process)' in output
+    assert "[milter][end][end-of-message][pass]" in output
+    assert "[milter][header][add]" in output and "<X-Tagged>=<yes>: tag" in output
+    assert env.milters["c1"].session.letters[:5] == ["O", "C", "H", "M", "R"]
+
+
+def test_a_failing_callback_counts_the_fallback_status(env):
+    module = write_module(env)
+    manager = env.start([{"name": "broken", "python": f"{module}:Broken", "fallback_status": "reject"}], log=LOG)
+    mta = env.mta()
+    mta.session_start()
+    assert letters(mta.mail()) == ["c"]
+    assert letters(mta.rcpt("<alice@example.test>")) == ["r"]
+    mta.quit()
+    output = manager.wait_output("[manager][child][error] [broken]")
+    assert "[milter][error][callback] RuntimeError: directory unreachable" in output
+    assert "the milter failed: RuntimeError: directory unreachable" in output
+
+
+def test_a_callback_past_the_reading_timeout_counts_the_fallback_status(env):
+    module = write_module(env)
+    manager = env.start([{"name": "slow", "python": f"{module}:Slow", "fallback_status": "temporary-failure",
+                          "reading_timeout": 0.5}], log=LOG)
+    mta = env.mta()
+    mta.session_start()
+    assert letters(mta.mail()) == ["c"]
+    started = time.monotonic()
+    assert letters(mta.rcpt("<alice@example.test>")) == ["t"]
+    assert time.monotonic() - started < 3
+    mta.quit()
+    assert "reading timeout" in manager.wait_output("[manager][child][error] [slow]")
+
+
+def test_conditions_stop_an_in_process_child(env):
+    module = write_module(env)
+    env.milter("c1")
+    manager = env.start([{"name": "c1"}, {"name": "tag", "python": f"{module}:Tag",
+                                          "applicable_conditions": ["not-x"]}], log=LOG,
+                        extra=f'\n[[condition]]\nname = "not-x"\npython = "{module}:StopFromX"\n')
+    for sender, tagged in (("<x@example.test>", False), ("<y@example.test>", True)):
+        mta = env.mta()
+        mta.session_start()
+        assert letters(mta.mail(sender)) == ["c"]
+        assert letters(mta.rcpt("<alice@example.test>")) == ["c"]
+        packets = mta.content()
+        assert (AddHeader("X-Tagged", "yes") in packets) is tagged, (sender, packets)
+        mta.quit()
+        mta.close()
+    output = manager.wait_output("[milter][end][end-of-message][pass]", count=2)
+    assert re.search(r"\[milter\]\[end\]\[envelope-from\]\[pass\]\[[0-9.e-]+\]\(\d+\): tag\n", output), output
+
+
+HEAD = 'version = 1\n[log]\nuse_syslog = false\n'
+
+
+def test_python_and_connection_spec_together_are_refused(tmp_path, monkeypatch):
+    (tmp_path / "both_site.py").write_text(textwrap.dedent(TAG))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigurationError) as raised:
+        load_string(HEAD + '[[milter]]\nname = "both"\npython = "both_site:Tag"\n'
+                    'connection_spec = "unix:/tmp/x.sock"\n')
+    assert 'milter "both"' in str(raised.value)
+    assert "python and connection_spec exclude each other" in str(raised.value)
+
+
+def test_a_shadowed_stage_is_refused_when_the_configuration_loads(tmp_path, monkeypatch):
+    (tmp_path / "shadow_site.py").write_text(textwrap.dedent(TAG))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigurationError) as raised:
+        load_string(HEAD + '[[milter]]\nname = "s"\npython = "shadow_site:Shadowed"\n')
+    assert 'milter "s": python' in str(raised.value)
+    assert "attribute 'header' would hide the stage method" in str(raised.value)
