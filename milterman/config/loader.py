@@ -89,6 +89,11 @@ def load_string(text: str, *, filename: str = "<string>", overrides: Mapping[str
     return _Loader().run(text, filename, overrides, detected)
 
 
+
+#: [[milter]] keys that only mean something for a child behind a socket (refused beside ``python``, D-17)
+SOCKET_ONLY_KEYS = frozenset({"command", "command_options", "user_name", "connection_timeout", "writing_timeout",
+                              "retry_delay"})
+
 class _Loader:
     def __init__(self) -> None:
         self.issues = Issues()
@@ -280,9 +285,13 @@ class _Merger:
         for name, state in self.milters.items():
             values = {setting.name: setting.default for setting in MILTER}
             values.update(state["values"], name=name)
+            socket_only = sorted(SOCKET_ONLY_KEYS & set(state["values"]))
             if values["python"] is not None and values["connection_spec"] is not None:
                 self.issues.add(state["file"], f"milter {show(name)}", "python and connection_spec exclude each "
                                 "other: a child runs in process or behind a socket")
+            elif values["python"] is not None and socket_only:  # D-17: an in-process child has no use for them
+                self.issues.add(state["file"], f"milter {show(name)}", f"{', '.join(socket_only)}: only for a child "
+                                "behind a socket; an in-process child (python) is not connected, written to or started")
             elif (values["enabled"] and values["connection_spec"] is None and values["python"] is None
                   and not {"connection_spec", "python"} & state["failed"]):
                 self.issues.add(state["file"], f"milter {show(name)}", "connection_spec (or python) is required when "

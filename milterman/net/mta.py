@@ -3,7 +3,7 @@
 :class:`MtaClient` is the low-level exchange that the manager's child side and the
 test server share; the protocol rules it follows are :class:`~milterman.protocol.MtaState`'s
 and :func:`~milterman.protocol.macros.macro_packet`'s (the tools' whole transaction is
-:func:`milterman.tools.transaction.play_transaction`).
+:func:`milterman.testing.transaction.play_transaction`).
 """
 
 from __future__ import annotations

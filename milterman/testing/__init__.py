@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ..net import ConnectionSpec, MtaClient, Timeouts, parse_spec
 from ..protocol import AddHeader, Modification, Reply, unescape_percent
-from ..tools.transaction import Transaction, TransactionResult, play_transaction
+from .transaction import Transaction, TransactionResult, play_transaction
 from .engine import Message, ServerSettings, apply_modifications, build_transaction, make_offer, parse_mail
 
 __all__ = ["run_milter", "serve_milter", "Outcome", "STAGE_LETTERS"]

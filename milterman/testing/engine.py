@@ -2,7 +2,7 @@
 
 milter-test-server and :mod:`milterman.testing` share this: :func:`build_transaction` makes the
 commands and macros of one session from :class:`ServerSettings` (the defaults milter-test-server
-documents), :func:`milterman.tools.transaction.play_transaction` plays them, and :func:`apply_modifications`
+documents), :func:`milterman.testing.transaction.play_transaction` plays them, and :func:`apply_modifications`
 gives the message as the MTA would hold it afterwards.
 """
 
@@ -14,7 +14,7 @@ from ..net import ConnectionSpec, Timeouts
 from ..protocol import (AddHeader, AddRcpt, AddRcptWithParameters, ChangeFrom, ChangeHeader, Connect, DeleteRcpt,
                         Family, InsertHeader, Negotiate, ReplaceBody, chunk_body, strip_braces)
 from ..protocol.flags import Action, Step
-from ..tools.transaction import Transaction, TransactionResult
+from .transaction import Transaction, TransactionResult
 
 DEFAULT_BODY = "\n".join(f"La de da de da {n}." for n in range(1, 5))
 

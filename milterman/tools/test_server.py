@@ -1,6 +1,6 @@
 """milter-test-server: play the MTA side of one SMTP transaction against a milter.
 
-The session itself is :func:`milterman.tools.transaction.play_transaction`; this module builds the
+The session itself is :func:`milterman.testing.transaction.play_transaction`; this module builds the
 transaction from the settings (defaults, macros, ``--mail-file``), applies the
 milter's modifications to a copy of the message and renders the result. Beyond the original it drives load:
 ``n_sessions`` sessions with
@@ -21,7 +21,7 @@ from ..protocol import unescape_percent
 from ..testing.engine import (DEFAULT_BODY, MailFileError, Message, ParsedMail, ServerSettings,  # noqa: F401
                               apply_modifications, build_transaction, connect_command, extract_address,
                               make_offer, normalize_address, parse_mail)
-from .transaction import Transaction, TransactionResult, play_transaction
+from ..testing.transaction import Transaction, TransactionResult, play_transaction
 
 BAR_WIDTH = 39
 RED = "\x1b[01;31m"

@@ -127,6 +127,17 @@ def test_python_and_connection_spec_together_are_refused(tmp_path, monkeypatch):
     assert "python and connection_spec exclude each other" in str(raised.value)
 
 
+@pytest.mark.parametrize("setting", ['command = "/usr/sbin/tag-milter"', 'connection_timeout = 5',
+                                     'writing_timeout = 5', 'retry_delay = 1', 'user_name = "nobody"'])
+def test_socket_only_settings_beside_python_are_refused_D_17(tmp_path, monkeypatch, setting):
+    (tmp_path / "socket_only_site.py").write_text(textwrap.dedent(TAG))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigurationError) as raised:
+        load_string(HEAD + f'[[milter]]\nname = "inside"\npython = "socket_only_site:Tag"\n{setting}\n')
+    assert 'milter "inside"' in str(raised.value)
+    assert f"{setting.split()[0]}: only for a child behind a socket" in str(raised.value)
+
+
 def test_a_shadowed_stage_is_refused_when_the_configuration_loads(tmp_path, monkeypatch):
     (tmp_path / "shadow_site.py").write_text(textwrap.dedent(TAG))
     monkeypatch.syspath_prepend(str(tmp_path))

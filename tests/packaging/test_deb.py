@@ -355,11 +355,13 @@ def test_debian_package_serves_postfix_as_installed(real_environment, workdir):
                 assert "milter-manager" in grp.getgrnam(group).gr_mem, f"milter-manager is not in {group}"
         for command in ("/usr/sbin/milter-manager", "/usr/bin/milter-test-server", "/usr/bin/milter-test-client",
                         "/usr/bin/milter-performance-check", "/usr/bin/milter-manager-log-analyzer",
-                        "/usr/bin/milter-report-statistics", "/usr/bin/milter-manager-convert-config"):
+                        "/usr/bin/milter-report-statistics", "/usr/bin/milter-manager-convert-config",
+                        "/usr/bin/milter-run"):
             version = run([command, "--version"], env={"PATH": SYSTEMD_PATH}, cwd="/")
             assert deb.name.split("_")[1] in version.stdout, (command, version.stdout)
         assert run(["man", "-w", "8", "milter-manager"]).stdout.strip()
         assert run(["man", "-w", "1", "milter-manager-convert-config"]).stdout.strip()
+        assert run(["man", "-w", "1", "milter-run"]).stdout.strip()
 
         # 3. systemd-analyze verify accepts the installed unit
         verify = run(["systemd-analyze", "verify", str(UNIT)], check=False)
