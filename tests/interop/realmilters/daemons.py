@@ -18,6 +18,7 @@ import pwd
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -105,10 +106,17 @@ class Daemon:
 class Milter:
     """A milter the MTAs call: its name, its socket in libmilter and Postfix syntax, its daemons."""
 
-    def __init__(self, name: str, libmilter_spec: str, daemons: list[Daemon]) -> None:
+    def __init__(self, name: str, libmilter_spec: str, daemons: list[Daemon], cleanup: Path | None = None) -> None:
         self.name = name
         self.spec = libmilter_spec
         self.daemons = daemons
+        self.cleanup = cleanup
+        """A directory of this milter's outside the suite's (removed by :func:`stop_all`)."""
+
+    @property
+    def sendmail_spec(self) -> str:
+        """The socket as Sendmail's ``S=`` wants it (no brackets around the address)."""
+        return self.spec.replace("@[127.0.0.1]", "@127.0.0.1")
 
     @property
     def postfix_spec(self) -> str:
@@ -240,14 +248,19 @@ def start_spamassassin(directory: Path, sandbox: Sandbox) -> Milter:
         "--nouser-config", f"--siteconfigpath={site}", "-u", "debian-spamd", "-g", "debian-spamd", f"--helper-home-dir={home}",
         "--max-children=2", "--min-children=1", "--syslog=stderr", f"--pidfile={directory}/spamd.pid"]),
         spamd_port, timeout=90)
-    socket_dir = directory / "spamass"
-    socket_dir.mkdir(exist_ok=True)
+    # not below /tmp: Sendmail refuses a unix milter socket below a world-writable directory
+    socket_dir = Path(tempfile.mkdtemp(prefix="milterman-spamass-", dir="/run"))
     os.chmod(socket_dir, 0o755)
     path = socket_dir / "spamass.sock"
-    milter = Daemon("spamass-milter", directory, sandbox.command([
-        PROGRAMS["spamass-milter"][0], "-p", str(path), "-P", str(directory / "spamass-milter.pid"),
-        "--", "-d", "127.0.0.1", "-p", str(spamd_port)]), path, after_ready=lambda: os.chmod(path, 0o666))
-    return Milter("spamass-milter", f"unix:{path}", [spamd, milter])
+    try:
+        milter = Daemon("spamass-milter", directory, sandbox.command([
+            PROGRAMS["spamass-milter"][0], "-p", str(path), "-P", str(directory / "spamass-milter.pid"),
+            "--", "-d", "127.0.0.1", "-p", str(spamd_port)]), path, after_ready=lambda: os.chmod(path, 0o666))
+    except BaseException:
+        spamd.stop()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        raise
+    return Milter("spamass-milter", f"unix:{path}", [spamd, milter], cleanup=socket_dir)
 
 
 def start_clamav(directory: Path, sandbox: Sandbox) -> Milter:
@@ -389,7 +402,6 @@ def stop_all(milters: list[Milter]) -> None:
     for milter in reversed(milters):
         for daemon in reversed(milter.daemons):
             daemon.stop()
+        if milter.cleanup:
+            shutil.rmtree(milter.cleanup, ignore_errors=True)
 
-
-def which(program: str) -> str | None:
-    return shutil.which(program)

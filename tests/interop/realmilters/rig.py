@@ -77,6 +77,15 @@ class Outcome:
                                                     "body_sha256", "dkim")}
 
 
+def explain(chained: Outcome, managed: Outcome) -> str:
+    """Both outcomes side by side and the end of the manager's log, for assertion messages."""
+    def lines(outcome: Outcome) -> str:
+        return "\n".join(f"  {n}: {v[:160]!r}" for n, v in outcome.headers)
+    return (f"\nchain: {chained.fate} {chained.replies}\n{lines(chained)}\ndkim {chained.dkim}"
+            f"\nmanager: {managed.fate} {managed.replies}\n{lines(managed)}\ndkim {managed.dkim}"
+            f"\n--- manager log (end) ---\n{managed.manager_log[-4000:]}")
+
+
 def split_message(data: bytes) -> tuple[list[tuple[str, str]], bytes]:
     """Header fields (name as written, value unfolded-raw) in order, and the body bytes."""
     head, _, body = data.partition(b"\r\n\r\n")
@@ -198,7 +207,36 @@ def observe(postfix: PostfixInstance, sink: SmtpSink, sandbox: Sandbox, mail: Te
     return outcome
 
 
+def observe_sendmail(sendmail, sink: SmtpSink, sandbox: Sandbox, mail: TestMail, timeout: float = 60.0) -> Outcome:
+    """:func:`observe` for a :class:`sendmail_harness.SendmailInstance`: Sendmail logs to syslog
+    only, so an accepted mail's fate is read from the sink (the subset sent through Sendmail
+    holds only mails that are delivered or refused in SMTP)."""
+    sink.clear()
+    result = sendmail.send(mail.mail_from, list(mail.rcpts), mail.message, source_address=CLIENT_ADDRESS,
+                           timeout=timeout)
+    match = re.search(r"2\.0\.0 (\S+) Message accepted", result.data[1]) if result.accepted else None
+    queue_id = match.group(1) if match else None
+    outcome = Outcome(fate="", replies=[line.replace(queue_id, "QUEUEID") if queue_id else line
+                                        for line in replies(result)])
+    if not result.accepted:
+        final = result.final
+        outcome.fate = f"{'tempfailed' if final and 400 <= final[0] < 500 else 'rejected'}"
+        return outcome
+    assert queue_id, result
+    message = _sink_message(sink, queue_id, time.monotonic() + timeout)
+    outcome.fate = "delivered"
+    outcome.mail_from, outcome.rcpts = message.mail_from, tuple(sorted(message.rcpt_tos))
+    headers, body = split_message(message.data)
+    outcome.raw = message.data
+    outcome.headers = [(name, normalise_value(name, value, queue_id)) for name, value in headers]
+    outcome.body_sha256 = hashlib.sha256(body).hexdigest()
+    outcome.dkim = dkim_results(sandbox, message.data)
+    return outcome
+
+
 def _sink_message(sink: SmtpSink, queue_id: str, deadline: float) -> SinkMessage:
+    """The message whose trace fields name ``queue_id`` ("id QUEUEID" in Postfix's or Sendmail's
+    own ``Received:``)."""
     while True:
         for message in sink.messages:
             if f" id {queue_id}" in message.data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace"):

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -168,7 +167,7 @@ class Sandbox:
 
     def in_namespace(self) -> bool:
         """True when the calling thread's network namespace is the sandbox's."""
-        if self.holder is None:
+        if self.holder is None or self.holder.poll() is not None:
             return False
         return os.readlink("/proc/thread-self/ns/net") == os.readlink(f"/proc/{self.holder.pid}/ns/net")
 
@@ -224,6 +223,3 @@ def kill_group(process: subprocess.Popen, timeout: float = 10.0) -> None:
     if process.poll() is None:
         process.wait(5)
 
-
-def which(program: str) -> str | None:
-    return shutil.which(program, path="/usr/sbin:/usr/bin:/sbin:/bin")

@@ -18,7 +18,7 @@ import time
 import tomllib
 
 import pytest
-from rig import Outcome
+from rig import Outcome, explain
 
 pytestmark = pytest.mark.interop
 
@@ -46,14 +46,6 @@ def outcomes(realmilters, name: str) -> tuple[Outcome, Outcome]:
     return _outcomes[name]
 
 
-def explain(chained: Outcome, managed: Outcome) -> str:
-    def lines(outcome: Outcome) -> str:
-        return "\n".join(f"  {n}: {v[:160]!r}" for n, v in outcome.headers)
-    return (f"\nchain: {chained.fate} {chained.replies}\n{lines(chained)}\ndkim {chained.dkim}"
-            f"\nmanager: {managed.fate} {managed.replies}\n{lines(managed)}\ndkim {managed.dkim}"
-            f"\n--- manager log (end) ---\n{managed.manager_log[-4000:]}")
-
-
 @pytest.mark.parametrize("name", SAME)
 def test_the_manager_delivers_what_the_postfix_chain_delivers(realmilters, name):
     """D-16: fate, replies, envelope, headers (names, values, order), body and DKIM all equal."""
@@ -73,7 +65,8 @@ def test_the_mails_get_the_verdicts_the_milters_give(realmilters):
     assert fates["clean"].fate == "delivered"
     assert [d["ok"] for d in fates["clean"].dkim] == [True, True], fates["clean"].dkim
     assert fates["gtube"].replies[-1] == "DATA 554 5.7.1 Gtube pattern", fates["gtube"].replies
-    assert "Rejected by clamav-milter: Milterman.Test.Marker" in fates["virus"].replies[-1], fates["virus"].replies
+    assert fates["virus"].replies[-1].startswith("DATA 550 5.7.1 Rejected by clamav-milter: Milterman.Test.Marker"), \
+        fates["virus"].replies
     assert fates["forged-spf"].replies[0].startswith("MAIL 550 5.7.23"), fates["forged-spf"].replies
     assert fates["dmarc-reject"].fate == "rejected at DATA", fates["dmarc-reject"].replies
     assert fates["dkim-inbound"].dkim == [{"d": "good.test", "s": "in", "a": "rsa-sha256", "ok": True}]
