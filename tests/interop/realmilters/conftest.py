@@ -1,6 +1,8 @@
-"""The real-milter rig, made once per test session (see sandbox.py for the namespace's design).
+"""The real-milter rig, made once per test run of this directory (see sandbox.py for the namespace's
+design).
 
-``realmilters`` (session scope) builds, in this order, and takes down in reverse:
+``realmilters`` (package scope: taken down when this directory's tests are done, so no other test
+runs in the private network) builds, in this order, and takes down in reverse:
 
 1. the DKIM keys (opendkim-genkey, dknewkey) and the DNS records of mails.py;
 2. the :class:`sandbox.Sandbox` (network namespace + dnsmasq); the test process's main thread
@@ -118,7 +120,7 @@ class RealMilters:
             raise RuntimeError("; ".join(errors))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def realmilters() -> Iterator[RealMilters]:
     usable, reason = postfix_usable()
     require_real("postfix", usable, reason)

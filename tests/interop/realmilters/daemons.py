@@ -328,7 +328,7 @@ sub test_action {
 sub filter_begin {
     my ($entity) = @_;
     my $action = test_action();
-    if ($action eq 'tempfail') { action_tempfail('4.7.1 Try again later (test filter)'); return; }
+    if ($action eq 'tempfail') { action_tempfail('Try again later (test filter)', '451', '4.7.1'); return; }
     if ($action eq 'discard') { action_discard(); return; }
     if ($action eq 'quarantine') { action_sm_quarantine('held by the test filter'); return; }
 }

@@ -71,7 +71,8 @@ def test_the_mails_get_the_verdicts_the_milters_give(realmilters):
     assert fates["dmarc-reject"].fate == "rejected at DATA", fates["dmarc-reject"].replies
     assert fates["dkim-inbound"].dkim == [{"d": "good.test", "s": "in", "a": "rsa-sha256", "ok": True}]
     assert fates["filter-discard"].fate == "discarded"
-    assert fates["filter-tempfail"].replies[-1].startswith("DATA 451 4.7.1"), fates["filter-tempfail"].replies
+    assert fates["filter-tempfail"].replies[-1] == "DATA 451 4.7.1 Try again later (test filter)", \
+        fates["filter-tempfail"].replies
     rewrite = fates["filter-rewrite"]
     assert (rewrite.mail_from, rewrite.rcpts) == ("rewritten@sign.test", ("added@recipient.test", "bob@recipient.test"))
     assert rewrite.values("Subject") == ["Rewritten by the test filter"]
