@@ -414,6 +414,7 @@ def stop_all(milters: list[Milter]) -> None:
         daemon.terminate()
     for daemon in daemons:
         daemon.stop()
+    for milter in milters:
         if milter.cleanup:
             shutil.rmtree(milter.cleanup, ignore_errors=True)
 
