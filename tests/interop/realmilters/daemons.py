@@ -254,7 +254,8 @@ def start_spamassassin(directory: Path, sandbox: Sandbox) -> Milter:
     _write(site / "local.cf", "score RCVD_ILLEGAL_IP 0\nscore RDNS_NONE 0\nscore RDNS_DYNAMIC 0\n")
     spamd = Daemon("spamd", directory, sandbox.command([
         PROGRAMS["spamd"][0], f"--listen=127.0.0.1:{spamd_port}", "--allowed-ips=127.0.0.1", "-L",
-        "--nouser-config", f"--siteconfigpath={site}", "-u", "debian-spamd", "-g", "debian-spamd", f"--helper-home-dir={home}",
+        "--nouser-config", f"--siteconfigpath={site}", "-u", "debian-spamd", "-g", "debian-spamd",
+        f"--helper-home-dir={home}",
         "--max-children=2", "--min-children=1", "--syslog=stderr", f"--pidfile={directory}/spamd.pid"]),
         spamd_port, timeout=90)
     # not below /tmp: Sendmail refuses a unix milter socket below a world-writable directory
@@ -286,7 +287,8 @@ def start_clamav(directory: Path, sandbox: Sandbox) -> Milter:
     port = free_port()
     milter_conf = _write(directory / "clamav-milter.conf", "\n".join([
         f"MilterSocket inet:{port}@127.0.0.1", "Foreground yes", f"ClamdSocket tcp:127.0.0.1:{clamd_port}",
-        "OnClean Accept", "OnInfected Reject", "RejectMsg Rejected by clamav-milter: %v", "OnFail Defer", "AddHeader Replace", f"LogFile {directory}/clamav-milter.file.log", "LogVerbose yes",
+        "OnClean Accept", "OnInfected Reject", "RejectMsg Rejected by clamav-milter: %v", "OnFail Defer",
+        "AddHeader Replace", f"LogFile {directory}/clamav-milter.file.log", "LogVerbose yes",
         f"TemporaryDirectory {directory}", "User root", "ReadTimeout 60"]) + "\n")
     milter = Daemon("clamav-milter", directory, [PROGRAMS["clamav-milter"][0], "-c", str(milter_conf)], port)
     return Milter("clamav-milter", f"inet:{port}@[127.0.0.1]", [clamd, milter])

@@ -47,7 +47,8 @@ def dns_records(dkim_records: dict[str, str]) -> dict[str, str | list[str]]:
 HOSTS = {"mta.milterman.test": "127.0.0.1", "client.milterman.test": CLIENT_ADDRESS}
 
 
-def _message(name: str, from_: str, *, subject: str, body: str, extra: str = "", to: str = "bob@recipient.test") -> bytes:
+def _message(name: str, from_: str, *, subject: str, body: str, extra: str = "",
+             to: str = "bob@recipient.test") -> bytes:
     text = (f"{extra}From: <{from_}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n"
             f"Date: {DATE}\r\nMessage-ID: <{name}@milterman.test>\r\n"
             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n" + body)

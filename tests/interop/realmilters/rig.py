@@ -86,6 +86,17 @@ def explain(chained: Outcome, managed: Outcome) -> str:
             f"\n--- manager log (end) ---\n{managed.manager_log[-4000:]}")
 
 
+def assert_same(chained: Outcome, managed: Outcome) -> None:
+    """Fate, replies, envelope, headers in order, body and DKIM verdicts all equal (D-16)."""
+    context = explain(chained, managed)
+    assert managed.fate == chained.fate, context
+    assert managed.replies == chained.replies, context
+    assert (managed.mail_from, managed.rcpts) == (chained.mail_from, chained.rcpts), context
+    assert managed.headers == chained.headers, context
+    assert managed.body_sha256 == chained.body_sha256, context
+    assert managed.dkim == chained.dkim, context
+
+
 def split_message(data: bytes) -> tuple[list[tuple[str, str]], bytes]:
     """Header fields (name as written, value unfolded-raw) in order, and the body bytes."""
     head, _, body = data.partition(b"\r\n\r\n")
