@@ -74,6 +74,18 @@ def test_the_mails_get_the_verdicts_the_milters_give(realmilters):
         assert fates[name].fate == "held", name
 
 
+def test_the_verdicts_come_from_the_sandbox_s_dns_and_nothing_else(realmilters):
+    """The SPF, DKIM and DMARC verdicts above are real look-ups answered by the sandbox's DNS
+    server, in a network where only the loopback interface exists."""
+    outcomes(realmilters, "dkim-inbound")
+    outcomes(realmilters, "dmarc-reject")
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=30, check=True)
+    assert [line.split(":")[1].strip() for line in links.stdout.splitlines()] == ["lo"], links.stdout
+    log = realmilters.sandbox.dns_log.read_text(errors="replace")
+    for name in ("good.test", "in._domainkey.good.test", "_dmarc.good.test", "_dmarc.dmarc-reject.test"):
+        assert f"query[TXT] {name} from 127.0.0.1" in log, name
+
+
 def test_forged_authentication_results_are_removed_as_in_the_chain(realmilters):
     """Issue item 1 (D-16): dkimpy-milter deletes earlier results of our authserv-id by the name
     ``authentication-results``; the manager must match names case-insensitively as Postfix does."""
