@@ -13,7 +13,9 @@ runs in the private network) builds, in this order, and takes down in reverse:
    in the same order, detection left to the configuration as a site would run it) and a second
    Postfix instance with only the manager in ``smtpd_milters``.
 
-A missing program, Postfix or root skips the tests, and fails them under CI=true.
+A missing program, Postfix or root skips the tests, and fails them under CI=true.  The rig's
+directory (every configuration and log) is removed at the end unless MILTERMAN_KEEP_REALMILTERS is
+set in the environment.
 """
 
 from __future__ import annotations
