@@ -83,7 +83,8 @@ class ManagerProcess:
 
     def __init__(self, directory: Path, milters: Iterable[Mapping[str, object]], *, n_workers: int = 0,
                  extra_toml: str = "", log_level: str = "all", manager_fallback: str = "accept",
-                 manager_toml: str = "") -> None:
+                 manager_toml: str = "", detect: bool = False) -> None:
+        """``detect``: start without ``--no-detect``, as a site would (the configuration decides, D-9)."""
         self.port = free_port()
         self.n_workers = n_workers
         self.config_dir = Path(directory) / f"manager-{self.port}"
@@ -106,8 +107,8 @@ class ManagerProcess:
         self.config_path.write_text(text)
         self._output = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "milterman.cli.manager", "-c", str(self.config_dir), "--no-detect",
-             "--n-workers", str(n_workers)],
+            [sys.executable, "-m", "milterman.cli.manager", "-c", str(self.config_dir),
+             *([] if detect else ["--no-detect"]), "--n-workers", str(n_workers)],
             stdout=self._output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=RUN_DIR)
         try:
             wait_listening_quietly(self.port, self.process, 20.0, "milter-manager", self.log_path)

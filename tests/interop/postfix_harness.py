@@ -712,18 +712,20 @@ class PostfixInstance:
         helo: str = "client.milterman.test",
         timeout: float = 30.0,
         mail_options: Iterable[str] = (),
+        source_address: str | None = None,
     ) -> SendResult:
         """Send one message over SMTP (smtplib) and return every reply.
 
         Rejections (4xx/5xx at any step) and connection failures are recorded in the
         result, not raised.  DATA is sent only if at least one recipient was accepted.
+        ``source_address``: the client's own address (the milters see it as the client).
         """
         if isinstance(rcpts, str):
             rcpts = [rcpts]
         if isinstance(message, str):
             message = message.encode("utf-8")
         result = SendResult()
-        client = smtplib.SMTP(timeout=timeout)
+        client = smtplib.SMTP(timeout=timeout, source_address=(source_address, 0) if source_address else None)
         try:
             code, msg = client.connect(self.host, self.port)
             result.banner = _reply(code, msg)
