@@ -192,7 +192,7 @@ class MilterState(_Grammar):
             return True
         if letter == "D":
             assert isinstance(command, Macro)
-            if not self.macros.define(command.stage, command.macros):
+            if not self.macros.receive(command):
                 self.warnings.append(f"ignored macros for unknown stage {command.stage!r} (P-BAD-18)")
             if command.dropped:
                 self.warnings.append(f"ignored malformed macro data: {command.dropped} (P-BAD-18)")
