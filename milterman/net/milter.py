@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import socket
 import traceback
+from time import monotonic
 from dataclasses import dataclass
 from collections.abc import Callable
 
@@ -29,6 +30,58 @@ from .sockets import send_all
 
 #: process-wide id counter for sessions and child connections
 _ids = itertools.count(1)
+#: the most one read takes from the MTA
+RECEIVE_SIZE = 262144
+
+
+def _is_gevent_socket(sock) -> bool:
+    """A gevent socket waits in the hub, where one session timer can interrupt it (a plain socket in a
+    thread, or a test's stand-in, keeps its own timeout)."""
+    from gevent.socket import socket as gevent_socket
+
+    return isinstance(sock, gevent_socket)
+
+
+class IdleWatch:
+    """The idle limit of one session as a single loop timer, instead of a gevent Timeout per read.
+
+    ``since`` is set while the session waits for the MTA (``None`` while it works); when the timer
+    fires and the wait has lasted ``limit`` seconds, :class:`TimeoutError` is thrown into the waiting
+    greenlet, as a socket timeout would raise it; otherwise it is armed again for what is left.
+    """
+
+    __slots__ = ("limit", "since", "_greenlet", "_loop", "_timer")
+
+    def __init__(self, limit: float, loop, greenlet) -> None:
+        self.limit = limit
+        self.since: float | None = None
+        self._greenlet = greenlet
+        self._loop = loop
+        self._timer = None
+        self._arm(limit)
+
+    def _arm(self, after: float) -> None:
+        timer = self._timer = self._loop.timer(max(after, 0.001))
+        timer.start(self._check)
+
+    def _check(self) -> None:
+        since = self.since
+        left = self.limit if since is None else since + self.limit - monotonic()
+        if left > 0:
+            self._timer.close()
+            self._arm(left)
+        else:
+            self._greenlet.throw(TimeoutError(f"no data for {self.limit:g} s"))
+
+    def stop(self) -> None:
+        self._timer.close()
+
+
+def watch_idle(limit: float) -> IdleWatch:
+    """An :class:`IdleWatch` for the calling greenlet."""
+    from gevent import get_hub, getcurrent
+
+    return IdleWatch(limit, get_hub().loop, getcurrent())
 
 
 def next_id() -> int:
@@ -249,15 +302,28 @@ class MilterSession:
         closed (a readiness probe) is no milter session and is not counted for maintenance.
         """
         log = self.logger
+        sock = self.sock
+        watch = None
         try:
-            self.sock.settimeout(self.idle_timeout)
+            if self.idle_timeout is not None and _is_gevent_socket(sock):
+                sock.settimeout(None)  # no gevent Timeout per read: one timer for the whole session
+                watch = watch_idle(self.idle_timeout)
+            else:
+                sock.settimeout(self.idle_timeout)
+            recv = sock.recv
+            receive_data = self.connection.receive_data
             while not self.closed:
                 try:
-                    data = self.sock.recv(262144)
+                    if watch is None:
+                        data = recv(RECEIVE_SIZE)
+                    else:
+                        watch.since = monotonic()
+                        data = recv(RECEIVE_SIZE)
+                        watch.since = None
                 except TimeoutError:
                     log.error(f"[{self.id}] [milter][error][timeout] no command for {self.idle_timeout:g} s")
                     break
-                self.connection.receive_data(data)
+                receive_data(data)
                 if not data:
                     break
                 self._handle_available()
@@ -273,6 +339,8 @@ class MilterSession:
             log.error(f"[{self.id}] [milter][error][internal] {error!r}: "
                       f"{traceback.format_exc().strip().splitlines()[-3:]}")
         finally:
+            if watch is not None:
+                watch.stop()
             self._finish()
         return self.commands_received > 0
 
