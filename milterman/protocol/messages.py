@@ -11,6 +11,7 @@ and dispatch live in :mod:`milterman.protocol.codec`.
 from __future__ import annotations
 
 import ipaddress
+import socket as _socket
 import struct
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -332,16 +333,27 @@ class Connect(Command):
         address = _one_string(rest[2:], "connect address", "P-CON-5")
         message = cls(hostname, family, port, address)
         if family == Family.INET:
-            try:
-                ipaddress.IPv4Address(message.ip)
-            except ValueError:
-                raise MalformedPacket(f"connect address {address!r} is not IPv4", "P-CON-5") from None
+            if not _valid_address(_socket.AF_INET, message.ip, ipaddress.IPv4Address):
+                raise MalformedPacket(f"connect address {address!r} is not IPv4", "P-CON-5")
         elif family == Family.INET6:
-            try:
-                ipaddress.IPv6Address(message.ip)
-            except ValueError:
-                raise MalformedPacket(f"connect address {address!r} is not IPv6", "P-CON-5") from None
+            if not _valid_address(_socket.AF_INET6, message.ip, ipaddress.IPv6Address):
+                raise MalformedPacket(f"connect address {address!r} is not IPv6", "P-CON-5")
         return message
+
+
+def _valid_address(family: int, text: str, parse) -> bool:
+    """``text`` is an address of ``family`` as :mod:`ipaddress` reads it; ``inet_pton`` first, which takes
+    only forms ipaddress takes too and costs a fraction of it (ipaddress decides the rest)."""
+    try:
+        _socket.inet_pton(family, text)
+        return True
+    except (OSError, ValueError):
+        pass
+    try:
+        parse(text)
+        return True
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
