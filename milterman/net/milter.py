@@ -16,6 +16,7 @@ import itertools
 import socket
 import traceback
 from time import monotonic
+from types import FunctionType
 from dataclasses import dataclass
 from collections.abc import Callable
 
@@ -162,6 +163,26 @@ class MilterHandler:
         return None
 
 
+#: handler class → its stage functions by call letter (see MilterSession._bind_methods)
+_CLASS_METHODS: dict[type, dict[str, Callable] | None] = {}
+_HANDLER_NAMES = frozenset(HANDLER_METHODS.values())
+
+
+def _method_table(methods: dict[str, Callable], *, unbound: bool) -> dict[str, Callable]:
+    """Stage callables taking ``(handler, command)``, with the lenient end of message that carries data (BE)."""
+    if not unbound:
+        methods = {letter: (lambda handler, command, method=method: method(command))
+                   for letter, method in methods.items()}
+    body, end_of_message = methods["B"], methods["E"]
+
+    def body_then_end(handler, command):
+        body(handler, command)
+        return end_of_message(handler, command)
+
+    methods[BODY_THEN_END] = body_then_end
+    return methods
+
+
 class Interrupt(BaseException):
     """Raised into a session's greenlet while a handler method waits: the handler's ``interrupted``
     gives the reply to the current command at once (the manager's disconnect check, M-ERR-8)."""
@@ -197,16 +218,22 @@ class MilterSession:
         self._write_lock = Semaphore()
 
     def _bind_methods(self) -> None:
-        """The handler's methods by the ``calls`` of :meth:`MilterConnection.events` (one lookup per command)."""
+        """The handler's methods by the ``calls`` of :meth:`MilterConnection.events` (one lookup per command).
+
+        Looked up once per handler class (plain functions, called with the handler); a handler whose
+        instance holds one of the names itself gets its own bound table.
+        """
         handler = self.handler
-        methods = {letter: getattr(handler, name) for letter, name in HANDLER_METHODS.items()}
-        body, end_of_message = methods["B"], methods["E"]
-
-        def body_then_end(command):
-            body(command)
-            return end_of_message(command)
-
-        methods[BODY_THEN_END] = body_then_end
+        cls = type(handler)
+        methods = _CLASS_METHODS.get(cls, False)
+        if methods is False:
+            functions = {letter: getattr(cls, name) for letter, name in HANDLER_METHODS.items()}
+            plain = all(type(function) is FunctionType for function in functions.values())
+            methods = _CLASS_METHODS[cls] = _method_table(functions, unbound=True) if plain else None
+        instance = getattr(handler, "__dict__", None)
+        if methods is None or (instance and not _HANDLER_NAMES.isdisjoint(instance)):
+            methods = _method_table({letter: getattr(handler, name) for letter, name in HANDLER_METHODS.items()},
+                                    unbound=False)
         self._methods = methods
 
     @property
@@ -362,7 +389,7 @@ class MilterSession:
                 self.current = letter
                 self._handler_used = True
                 try:
-                    reply = self._methods[calls](command) if calls else None
+                    reply = self._methods[calls](self.handler, command) if calls else None
                 except Interrupt as interrupt:
                     reply = self.handler.interrupted(interrupt)
                 if owed:
