@@ -76,17 +76,30 @@ class Decoder:
         available = len(buffer) - position
         if available < 4:
             return None
-        length = _LENGTH.unpack_from(buffer, position)[0]
+        length = self._length(buffer, position)
+        if available < 4 + length:
+            return None
+        letter = chr(buffer[position + 4])
+        payload = bytes(buffer[position + 5:position + 4 + length])
+        self._consume(position + 4 + length)
+        message_type = self._types.get(letter)
+        if message_type is None:
+            raise MalformedPacket(f"unknown command letter {letter!r} (0x{ord(letter):02x})", "P-BAD-5")
+        return message_type.from_payload(payload, self.strict)  # type: ignore[attr-defined]
+
+    def _length(self, data: bytes | bytearray, position: int) -> int:
+        """The length field at ``position``, checked before anything is allocated for it (P-FRM-2, P-FRM-4)."""
+        length = _LENGTH.unpack_from(data, position)[0]
         if length == 0:
             raise FramingError("packet length 0", "P-FRM-2")
         if length - 1 > self.max_data_size or length >= 0x80000000:
             raise FramingError(f"packet of {length - 1} data bytes is above the limit of {self.max_data_size}",
                                "P-FRM-4")
-        if available < 4 + length:
-            return None
-        letter = chr(buffer[position + 4])
-        payload = bytes(buffer[position + 5:position + 4 + length])
-        end = position + 4 + length
+        return length
+
+    def _consume(self, end: int) -> None:
+        """The buffer's packets up to ``end`` are read: forget them (the front is dropped past 64 KiB)."""
+        buffer = self._buffer
         if end == len(buffer):
             buffer.clear()
             self._position = 0
@@ -95,10 +108,6 @@ class Decoder:
             self._position = 0
         else:
             self._position = end
-        message_type = self._types.get(letter)
-        if message_type is None:
-            raise MalformedPacket(f"unknown command letter {letter!r} (0x{ord(letter):02x})", "P-BAD-5")
-        return message_type.from_payload(payload, self.strict)  # type: ignore[attr-defined]
 
     def __iter__(self) -> Iterator[Message]:
         """Every complete message buffered so far."""
@@ -176,25 +185,8 @@ class CommandDecoder(Decoder):
         if end > len(buffer):
             return None
         packet = bytes(memoryview(buffer)[position:end])
-        if end == len(buffer):
-            buffer.clear()
-            self._position = 0
-        elif end > 65536:
-            del buffer[:end]
-            self._position = 0
-        else:
-            self._position = end
+        self._consume(end)
         return self._command(packet, 0, end - position)
-
-    def _length(self, data: bytes | bytearray, position: int) -> int:
-        """The length field at ``position``, checked before anything is allocated for it (P-FRM-2, P-FRM-4)."""
-        length = _LENGTH.unpack_from(data, position)[0]
-        if length == 0:
-            raise FramingError("packet length 0", "P-FRM-2")
-        if length - 1 > self.max_data_size or length >= 0x80000000:
-            raise FramingError(f"packet of {length - 1} data bytes is above the limit of {self.max_data_size}",
-                               "P-FRM-4")
-        return length
 
     def _command(self, block: bytes, start: int, end: int) -> Command:
         """The command in ``block[start:end]``; macro packets and body chunks without a copy where possible."""
