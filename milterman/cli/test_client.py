@@ -69,7 +69,12 @@ class TestClientApplication(Application):
         from ..net import MilterSession
         from ..tools.test_client import TestClient
 
+        import gc
+
         client = TestClient(settings)
+        # Everything loaded so far lives as long as the process: out of the collector's full passes,
+        # which otherwise walk it again and again while sessions allocate.
+        gc.freeze()
 
         def handle(sock, address) -> bool:
             return MilterSession(sock, client.handler_factory, packet_buffer_size=settings.packet_buffer_size).run()

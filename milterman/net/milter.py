@@ -15,6 +15,8 @@ from __future__ import annotations
 import itertools
 import socket
 import traceback
+from time import monotonic
+from types import FunctionType
 from dataclasses import dataclass
 from collections.abc import Callable
 
@@ -29,6 +31,58 @@ from .sockets import send_all
 
 #: process-wide id counter for sessions and child connections
 _ids = itertools.count(1)
+#: the most one read takes from the MTA
+RECEIVE_SIZE = 262144
+
+
+def _is_gevent_socket(sock) -> bool:
+    """A gevent socket waits in the hub, where one session timer can interrupt it (a plain socket in a
+    thread, or a test's stand-in, keeps its own timeout)."""
+    from gevent.socket import socket as gevent_socket
+
+    return isinstance(sock, gevent_socket)
+
+
+class IdleWatch:
+    """The idle limit of one session as a single loop timer, instead of a gevent Timeout per read.
+
+    ``since`` is set while the session waits for the MTA (``None`` while it works); when the timer
+    fires and the wait has lasted ``limit`` seconds, :class:`TimeoutError` is thrown into the waiting
+    greenlet, as a socket timeout would raise it; otherwise it is armed again for what is left.
+    """
+
+    __slots__ = ("limit", "since", "_greenlet", "_loop", "_timer")
+
+    def __init__(self, limit: float, loop, greenlet) -> None:
+        self.limit = limit
+        self.since: float | None = None
+        self._greenlet = greenlet
+        self._loop = loop
+        self._timer = None
+        self._arm(limit)
+
+    def _arm(self, after: float) -> None:
+        timer = self._timer = self._loop.timer(max(after, 0.001))
+        timer.start(self._check)
+
+    def _check(self) -> None:
+        since = self.since
+        left = self.limit if since is None else since + self.limit - monotonic()
+        if left > 0:
+            self._timer.close()
+            self._arm(left)
+        else:
+            self._greenlet.throw(TimeoutError(f"no data for {self.limit:g} s"))
+
+    def stop(self) -> None:
+        self._timer.close()
+
+
+def watch_idle(limit: float) -> IdleWatch:
+    """An :class:`IdleWatch` for the calling greenlet."""
+    from gevent import get_hub, getcurrent
+
+    return IdleWatch(limit, get_hub().loop, getcurrent())
 
 
 def next_id() -> int:
@@ -109,6 +163,26 @@ class MilterHandler:
         return None
 
 
+#: handler class → its stage functions by call letter (see MilterSession._bind_methods)
+_CLASS_METHODS: dict[type, dict[str, Callable] | None] = {}
+_HANDLER_NAMES = frozenset(HANDLER_METHODS.values())
+
+
+def _method_table(methods: dict[str, Callable], *, unbound: bool) -> dict[str, Callable]:
+    """Stage callables taking ``(handler, command)``, with the lenient end of message that carries data (BE)."""
+    if not unbound:
+        methods = {letter: (lambda handler, command, method=method: method(command))
+                   for letter, method in methods.items()}
+    body, end_of_message = methods["B"], methods["E"]
+
+    def body_then_end(handler, command):
+        body(handler, command)
+        return end_of_message(handler, command)
+
+    methods[BODY_THEN_END] = body_then_end
+    return methods
+
+
 class Interrupt(BaseException):
     """Raised into a session's greenlet while a handler method waits: the handler's ``interrupted``
     gives the reply to the current command at once (the manager's disconnect check, M-ERR-8)."""
@@ -144,16 +218,22 @@ class MilterSession:
         self._write_lock = Semaphore()
 
     def _bind_methods(self) -> None:
-        """The handler's methods by the ``calls`` of :meth:`MilterConnection.events` (one lookup per command)."""
+        """The handler's methods by the ``calls`` of :meth:`MilterConnection.events` (one lookup per command).
+
+        Looked up once per handler class (plain functions, called with the handler); a handler whose
+        instance holds one of the names itself gets its own bound table.
+        """
         handler = self.handler
-        methods = {letter: getattr(handler, name) for letter, name in HANDLER_METHODS.items()}
-        body, end_of_message = methods["B"], methods["E"]
-
-        def body_then_end(command):
-            body(command)
-            return end_of_message(command)
-
-        methods[BODY_THEN_END] = body_then_end
+        cls = type(handler)
+        methods = _CLASS_METHODS.get(cls, False)
+        if methods is False:
+            functions = {letter: getattr(cls, name) for letter, name in HANDLER_METHODS.items()}
+            plain = all(type(function) is FunctionType for function in functions.values())
+            methods = _CLASS_METHODS[cls] = _method_table(functions, unbound=True) if plain else None
+        instance = getattr(handler, "__dict__", None)
+        if methods is None or (instance and not _HANDLER_NAMES.isdisjoint(instance)):
+            methods = _method_table({letter: getattr(handler, name) for letter, name in HANDLER_METHODS.items()},
+                                    unbound=False)
         self._methods = methods
 
     @property
@@ -249,15 +329,28 @@ class MilterSession:
         closed (a readiness probe) is no milter session and is not counted for maintenance.
         """
         log = self.logger
+        sock = self.sock
+        watch = None
         try:
-            self.sock.settimeout(self.idle_timeout)
+            if self.idle_timeout is not None and _is_gevent_socket(sock):
+                sock.settimeout(None)  # no gevent Timeout per read: one timer for the whole session
+                watch = watch_idle(self.idle_timeout)
+            else:
+                sock.settimeout(self.idle_timeout)
+            recv = sock.recv
+            receive_data = self.connection.receive_data
             while not self.closed:
                 try:
-                    data = self.sock.recv(262144)
+                    if watch is None:
+                        data = recv(RECEIVE_SIZE)
+                    else:
+                        watch.since = monotonic()
+                        data = recv(RECEIVE_SIZE)
+                        watch.since = None
                 except TimeoutError:
                     log.error(f"[{self.id}] [milter][error][timeout] no command for {self.idle_timeout:g} s")
                     break
-                self.connection.receive_data(data)
+                receive_data(data)
                 if not data:
                     break
                 self._handle_available()
@@ -273,6 +366,8 @@ class MilterSession:
             log.error(f"[{self.id}] [milter][error][internal] {error!r}: "
                       f"{traceback.format_exc().strip().splitlines()[-3:]}")
         finally:
+            if watch is not None:
+                watch.stop()
             self._finish()
         return self.commands_received > 0
 
@@ -294,7 +389,7 @@ class MilterSession:
                 self.current = letter
                 self._handler_used = True
                 try:
-                    reply = self._methods[calls](command) if calls else None
+                    reply = self._methods[calls](self.handler, command) if calls else None
                 except Interrupt as interrupt:
                     reply = self.handler.interrupted(interrupt)
                 if owed:

@@ -76,6 +76,7 @@ from .messages import (
     Quit,
     QuitNewConnection,
     Rcpt,
+    ReceivedMacro,
     Reject,
     ReplaceBody,
     Reply,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from .errors import FramingError, MalformedPacket
 from .flags import MAX_DATA_SIZE_1M
-from .messages import COMMAND_TYPES, REPLY_TYPES, Command, Message, Reply, ReplyCode
+from .messages import COMMAND_TYPES, REPLY_TYPES, Body, Command, Message, ReceivedMacro, Reply, ReplyCode
 
 _LENGTH = struct.Struct(">I")
 
@@ -76,17 +76,30 @@ class Decoder:
         available = len(buffer) - position
         if available < 4:
             return None
-        length = _LENGTH.unpack_from(buffer, position)[0]
+        length = self._length(buffer, position)
+        if available < 4 + length:
+            return None
+        letter = chr(buffer[position + 4])
+        payload = bytes(buffer[position + 5:position + 4 + length])
+        self._consume(position + 4 + length)
+        message_type = self._types.get(letter)
+        if message_type is None:
+            raise MalformedPacket(f"unknown command letter {letter!r} (0x{ord(letter):02x})", "P-BAD-5")
+        return message_type.from_payload(payload, self.strict)  # type: ignore[attr-defined]
+
+    def _length(self, data: bytes | bytearray, position: int) -> int:
+        """The length field at ``position``, checked before anything is allocated for it (P-FRM-2, P-FRM-4)."""
+        length = _LENGTH.unpack_from(data, position)[0]
         if length == 0:
             raise FramingError("packet length 0", "P-FRM-2")
         if length - 1 > self.max_data_size or length >= 0x80000000:
             raise FramingError(f"packet of {length - 1} data bytes is above the limit of {self.max_data_size}",
                                "P-FRM-4")
-        if available < 4 + length:
-            return None
-        letter = chr(buffer[position + 4])
-        payload = bytes(buffer[position + 5:position + 4 + length])
-        end = position + 4 + length
+        return length
+
+    def _consume(self, end: int) -> None:
+        """The buffer's packets up to ``end`` are read: forget them (the front is dropped past 64 KiB)."""
+        buffer = self._buffer
         if end == len(buffer):
             buffer.clear()
             self._position = 0
@@ -95,10 +108,6 @@ class Decoder:
             self._position = 0
         else:
             self._position = end
-        message_type = self._types.get(letter)
-        if message_type is None:
-            raise MalformedPacket(f"unknown command letter {letter!r} (0x{ord(letter):02x})", "P-BAD-5")
-        return message_type.from_payload(payload, self.strict)  # type: ignore[attr-defined]
 
     def __iter__(self) -> Iterator[Message]:
         """Every complete message buffered so far."""
@@ -110,15 +119,89 @@ class Decoder:
 
 
 class CommandDecoder(Decoder):
-    """Reads what an MTA sends (the milter side's input)."""
+    """Reads what an MTA sends (the milter side's input).
 
-    __slots__ = ()
+    A received block is read in place while nothing is buffered (the usual case: the MTA
+    writes whole packets, then waits for a reply), so a payload costs one slice of it; only
+    a packet cut by the end of a block goes through the buffer. Macro packets come out as
+    :class:`ReceivedMacro` (kept whole, parsed when read); a body chunk that was the whole
+    block keeps that block as its wire form, so relaying it copies nothing more.
+    """
+
+    __slots__ = ("_block", "_offset")
 
     def __init__(self, *, max_data_size: int = MAX_DATA_SIZE_1M, strict: bool = True) -> None:
         super().__init__(COMMAND_TYPES, max_data_size=max_data_size, strict=strict)
+        self._block = b""
+        self._offset = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._offset < len(self._block):
+            self._spill()
+        if self._position < len(self._buffer):
+            super().feed(data)
+        elif data:
+            self._block = bytes(data)
+            self._offset = 0
+
+    def _spill(self) -> None:
+        """Move what is left of the block into the buffer (a packet continues in the next block)."""
+        rest = memoryview(self._block)[self._offset:]
+        if self._position == len(self._buffer):
+            self._buffer.clear()
+            self._position = 0
+        self._buffer += rest
+        rest.release()
+        self._block = b""
+        self._offset = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._block) - self._offset + len(self._buffer) - self._position
 
     def next_message(self) -> Command | None:  # type: ignore[override]
-        return super().next_message()  # type: ignore[return-value]
+        block = self._block
+        if block:
+            offset = self._offset
+            if len(block) - offset >= 4:
+                end = offset + 4 + self._length(block, offset)
+                if end <= len(block):
+                    if end == len(block):
+                        self._block = b""
+                        self._offset = 0
+                    else:
+                        self._offset = end
+                    return self._command(block, offset, end)
+            if offset == len(block):
+                self._block = b""
+                self._offset = 0
+                return None
+            self._spill()
+        buffer = self._buffer
+        position = self._position
+        if len(buffer) - position < 4:
+            return None
+        end = position + 4 + self._length(buffer, position)
+        if end > len(buffer):
+            return None
+        packet = bytes(memoryview(buffer)[position:end])
+        self._consume(end)
+        return self._command(packet, 0, end - position)
+
+    def _command(self, block: bytes, start: int, end: int) -> Command:
+        """The command in ``block[start:end]``; macro packets and body chunks without a copy where possible."""
+        code = block[start + 4]
+        whole = start == 0 and end == len(block)
+        if code == 0x44:  # D
+            if end - start == 5:
+                raise MalformedPacket("macro packet without a stage letter", "P-BAD-17")
+            return ReceivedMacro(block if whole else block[start:end])
+        if code == 0x42 and whole and end > 5:  # B, the whole block: the block is its wire form
+            return Body(block[5:], block)
+        message_type = self._types.get(chr(code))
+        if message_type is None:
+            raise MalformedPacket(f"unknown command letter {chr(code)!r} (0x{code:02x})", "P-BAD-5")
+        return message_type.from_payload(block[start + 5:end], self.strict)  # type: ignore[attr-defined]
 
 
 class ReplyDecoder(Decoder):

@@ -30,52 +30,80 @@ _CLEARS = {
 
 
 class MacroStore:
-    """Per-connection macro values of the milter side."""
+    """Per-connection macro values of the milter side.
 
-    __slots__ = ("_stages",)
+    Each stage keeps its last macro packet as received (P-MAC-6: a later ``D`` for the same
+    stage replaces it); the values are read out of it only when something asks for them, once
+    per packet, so a stage nobody looks at costs no parsing. :meth:`packet` gives the packet
+    itself, for a relay that passes it on unchanged.
+    """
+
+    __slots__ = ("_packets", "_values")
 
     def __init__(self) -> None:
-        self._stages: dict[str, dict[str, str]] = {}
+        self._packets: dict[str, Macro] = {}
+        #: the values of the packets read so far (same dict until the stage's packet is replaced)
+        self._values: dict[str, dict[str, str]] = {}
+
+    def receive(self, packet: Macro) -> bool:
+        """Keep ``packet`` as its stage's macros; ``False`` (and nothing stored) for an unknown letter (P-BAD-18)."""
+        stage = packet.stage
+        if stage not in _RANK:
+            return False
+        self._packets[stage] = packet
+        self._values.pop(stage, None)
+        return True
 
     def define(self, stage: str, macros: tuple[tuple[str, str], ...]) -> bool:
         """Replace a stage's values; ``False`` (and nothing stored) for an unknown letter (P-BAD-18)."""
-        if stage not in _RANK:
-            return False
-        self._stages[stage] = dict(macros)
-        return True
+        return self.receive(Macro(stage, tuple(macros)))
 
     def command_arrived(self, letter: str) -> None:
         """Clear the stages later than ``letter`` (P-MAC-6); ``A`` clears the message stages."""
         cleared = _CLEARS.get(letter)
-        if cleared and self._stages:
+        if cleared and self._packets:
+            packets, values = self._packets, self._values
             for stage in cleared:
-                self._stages.pop(stage, None)
+                if packets.pop(stage, None) is not None:
+                    values.pop(stage, None)
 
     def clear(self) -> None:
         """Forget everything (OPTNEG, QUIT, QUIT_NC)."""
-        self._stages.clear()
+        self._packets.clear()
+        self._values.clear()
+
+    def packet(self, letter: str) -> bytes | None:
+        """The stage's last macro packet exactly as the MTA sent it, length header included (``None``: none)."""
+        packet = self._packets.get(letter)
+        return None if packet is None else packet.encode()
+
+    def stage(self, letter: str) -> dict[str, str]:
+        """The values defined for one stage letter (empty if none); the same dict until a new packet comes."""
+        values = self._values.get(letter)
+        if values is None:
+            packet = self._packets.get(letter)
+            if packet is None:
+                return {}
+            values = self._values[letter] = dict(packet.macros)
+        return values
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The newest value of ``name`` (with or without braces)."""
         name = strip_braces(name)
-        stages = self._stages
+        packets = self._packets
         for stage in _NEWEST_FIRST:
-            values = stages.get(stage)
-            if values and name in values:
-                return values[name]
+            if stage in packets:
+                values = self.stage(stage)
+                if name in values:
+                    return values[name]
         return default
-
-    def stage(self, letter: str) -> dict[str, str]:
-        """The values defined for one stage letter (empty if none)."""
-        return self._stages.get(letter, {})
 
     def merged(self) -> dict[str, str]:
         """Every visible macro, newer stages shadowing older ones."""
         result: dict[str, str] = {}
         for stage in STAGE_ORDER:
-            values = self._stages.get(stage)
-            if values:
-                result.update(values)
+            if stage in self._packets:
+                result.update(self.stage(stage))
         return result
 
 

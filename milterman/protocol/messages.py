@@ -11,8 +11,9 @@ and dispatch live in :mod:`milterman.protocol.codec`.
 from __future__ import annotations
 
 import ipaddress
+import socket as _socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .errors import MalformedPacket
@@ -179,7 +180,8 @@ class Macro(Command):
     """SMFIC_MACRO: name/value pairs for the command named by ``stage`` (P-CMD-2, P-MAC-1).
 
     Names are kept without braces (P-MAC-5). ``dropped`` says what a lenient read
-    left out of a malformed packet (P-BAD-18), for the log.
+    left out of a malformed packet (P-BAD-18), for the log. The milter side's decoder
+    gives a :class:`ReceivedMacro` instead, read only when something asks for the values.
     """
 
     LETTER: ClassVar[str] = "D"
@@ -197,24 +199,77 @@ class Macro(Command):
     def from_payload(cls, data: bytes, strict: bool = True) -> "Macro":
         if not data:
             raise MalformedPacket("macro packet without a stage letter", "P-BAD-17")
-        stage = to_str(data[:1])  # surrogateescape, so a non-ASCII stage byte re-encodes exactly (P-STR-4)
-        rest = data[1:]
-        dropped = ""
-        last = rest.rfind(NUL)
-        if last != len(rest) - 1:
-            dropped = "unterminated tail"
-            rest = rest[: last + 1]
-        strings = rest[:-1].split(NUL) if rest else []
-        if len(strings) % 2:
-            dropped = "name without a value"
-            strings.pop()
-        macros = tuple((strip_braces(to_str(strings[i])), to_str(strings[i + 1]))
-                       for i in range(0, len(strings), 2))
-        return cls(stage, macros, dropped)
+        macros, dropped = _macro_pairs(data[1:])
+        return cls(to_str(data[:1]), macros, dropped)  # surrogateescape: a non-ASCII stage byte re-encodes (P-STR-4)
 
     def as_dict(self) -> dict[str, str]:
         """The pairs as a mapping; a later duplicate wins (P-MAC-4)."""
         return dict(self.macros)
+
+
+def _macro_pairs(rest: bytes) -> tuple[tuple[tuple[str, str], ...], str]:
+    """The pairs of a macro packet after its stage byte, and what a lenient read dropped (P-MAC-5, P-BAD-18)."""
+    dropped = ""
+    last = rest.rfind(NUL)
+    if last != len(rest) - 1:
+        dropped = "unterminated tail"
+        rest = rest[: last + 1]
+    strings = rest[:-1].split(NUL) if rest else []
+    if len(strings) % 2:
+        dropped = "name without a value"
+        strings.pop()
+    return tuple((strip_braces(to_str(strings[i])), to_str(strings[i + 1])) for i in range(0, len(strings), 2)), dropped
+
+
+class ReceivedMacro(Macro):
+    """A macro packet as the MTA sent it: kept whole and read only when the values are asked for.
+
+    Most macro packets are never looked at (nothing reads the stage, or the manager only
+    passes them on), so the decoder stores the wire bytes; ``macros`` is parsed on first
+    use, ``dropped`` is found with two scans of the bytes, and :meth:`encode` gives the
+    received packet itself, length header included (the bytes a relay forwards unchanged).
+    Equal to a :class:`Macro` with the same stage, pairs and ``dropped``.
+    """
+
+    __slots__ = ("wire", "_pairs")
+
+    def __init__(self, wire: bytes) -> None:
+        """``wire``: one complete ``D`` packet with at least its stage byte (the decoder checked P-BAD-17)."""
+        object.__setattr__(self, "wire", wire)
+        object.__setattr__(self, "stage", to_str(wire[5:6]))
+        object.__setattr__(self, "_pairs", None)
+
+    @property
+    def macros(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
+        pairs = self._pairs
+        if pairs is None:
+            pairs = _macro_pairs(self.wire[6:])[0]
+            object.__setattr__(self, "_pairs", pairs)
+        return pairs
+
+    @property
+    def dropped(self) -> str:  # type: ignore[override]
+        """As :func:`_macro_pairs` says it, without splitting: the last NUL and the parity of the NULs."""
+        wire = self.wire
+        if len(wire) == 6:
+            return ""
+        if wire.count(NUL, 6) % 2:
+            return "name without a value"
+        return "" if wire[-1] == 0 else "unterminated tail"
+
+    def encode(self) -> bytes:
+        return self.wire
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Macro):
+            return NotImplemented
+        return (self.stage, self.macros, self.dropped) == (other.stage, other.macros, other.dropped)
+
+    def __hash__(self) -> int:
+        return hash((self.stage, self.macros, self.dropped))
+
+    def __repr__(self) -> str:
+        return f"Macro(stage={self.stage!r}, macros={self.macros!r}, dropped={self.dropped!r})"
 
 
 class Family:
@@ -278,16 +333,27 @@ class Connect(Command):
         address = _one_string(rest[2:], "connect address", "P-CON-5")
         message = cls(hostname, family, port, address)
         if family == Family.INET:
-            try:
-                ipaddress.IPv4Address(message.ip)
-            except ValueError:
-                raise MalformedPacket(f"connect address {address!r} is not IPv4", "P-CON-5") from None
+            if not _valid_address(_socket.AF_INET, message.ip, ipaddress.IPv4Address):
+                raise MalformedPacket(f"connect address {address!r} is not IPv4", "P-CON-5")
         elif family == Family.INET6:
-            try:
-                ipaddress.IPv6Address(message.ip)
-            except ValueError:
-                raise MalformedPacket(f"connect address {address!r} is not IPv6", "P-CON-5") from None
+            if not _valid_address(_socket.AF_INET6, message.ip, ipaddress.IPv6Address):
+                raise MalformedPacket(f"connect address {address!r} is not IPv6", "P-CON-5")
         return message
+
+
+def _valid_address(family: int, text: str, parse) -> bool:
+    """``text`` is an address of ``family`` as :mod:`ipaddress` reads it; ``inet_pton`` first, which takes
+    only forms ipaddress takes too and costs a fraction of it (ipaddress decides the rest)."""
+    try:
+        _socket.inet_pton(family, text)
+        return True
+    except (OSError, ValueError):
+        pass
+    try:
+        parse(text)
+        return True
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,15 +436,24 @@ EndOfHeader = _empty_type("EndOfHeader", Command, "N", "SMFIC_EOH (P-CMD-9).")
 
 @dataclass(frozen=True, slots=True)
 class Body(Command):
-    """SMFIC_BODY: one raw chunk of the body (P-CMD-10, P-BODY-1)."""
+    """SMFIC_BODY: one raw chunk of the body (P-CMD-10, P-BODY-1).
+
+    ``wire``: the whole packet as received, when the decoder had it as one object (the MTA's
+    block held just this packet); :meth:`encode` gives it back, so a relayed chunk is not copied
+    again on its way out. Not part of equality.
+    """
 
     LETTER: ClassVar[str] = "B"
     chunk: bytes
+    wire: bytes | None = field(default=None, compare=False, repr=False)
 
     def payload(self) -> bytes:
         return bytes(self.chunk)
 
     def encode(self) -> bytes:
+        wire = self.wire
+        if wire is not None:
+            return wire
         return _HEADER.pack(len(self.chunk) + 1, 0x42) + self.chunk
 
     @classmethod

@@ -17,6 +17,7 @@ from .errors import LocalProtocolError, MalformedPacket, ProtocolError, Unexpect
 from .macros import MacroStore
 from .messages import (
     Command,
+    CONTINUE as _CONTINUE,
     ConnectionFailure,
     Discard,
     Macro,
@@ -165,6 +166,11 @@ class _Grammar:
         return refused
 
 
+#: answers to the offers seen, by offer and wishes: one MTA sends the same offer on every connection, and
+#: the reply and options are immutable, so each connection need not compute them again
+_ANSWERS: dict[tuple, tuple[NegotiateReply, Options]] = {}
+
+
 class MilterState(_Grammar):
     """Milter-side session state: legal commands, replies owed, replies allowed (P-SM-8)."""
 
@@ -192,7 +198,7 @@ class MilterState(_Grammar):
             return True
         if letter == "D":
             assert isinstance(command, Macro)
-            if not self.macros.define(command.stage, command.macros):
+            if not self.macros.receive(command):
                 self.warnings.append(f"ignored macros for unknown stage {command.stage!r} (P-BAD-18)")
             if command.dropped:
                 self.warnings.append(f"ignored malformed macro data: {command.dropped} (P-BAD-18)")
@@ -231,7 +237,18 @@ class MilterState(_Grammar):
         """Answer the pending OPTNEG with :func:`answer_offer` and settle the options."""
         if self.awaiting != "O":
             raise LocalProtocolError("no negotiation is pending", "P-NEG-1")
-        reply, options = answer_offer(offer, **wanted)
+        try:
+            key: tuple | None = (offer, tuple(sorted(wanted.items())))
+            settled = _ANSWERS.get(key)  # type: ignore[arg-type]
+        except TypeError:  # an unhashable wish (a list of macro lists): computed each time
+            key = settled = None
+        if settled is None:
+            settled = answer_offer(offer, **wanted)
+            if key is not None:
+                if len(_ANSWERS) >= 256:
+                    _ANSWERS.clear()
+                _ANSWERS[key] = settled
+        reply, options = settled
         self.options = options
         self.awaiting = None
         self.phase = NEGOTIATED
@@ -240,6 +257,11 @@ class MilterState(_Grammar):
     def check_send(self, reply: Reply) -> None:
         """Refuse a reply our side may not send now (P-RPL-*, P-MOD-1, P-MOD-2); update state on a final one."""
         awaiting = self.awaiting
+        if reply is _CONTINUE and awaiting is not None and awaiting != "O":
+            self.awaiting = None  # the common answer: what _final does for it, without the checks (P-SM-6)
+            if awaiting == "E":
+                self.message_step = 0
+            return
         if awaiting is None:
             raise LocalProtocolError(f"reply {reply.LETTER!r} sent while no command awaits one", "P-RPL-1")
         if isinstance(reply, NegotiateReply) or awaiting == "O":

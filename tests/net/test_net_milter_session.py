@@ -156,3 +156,44 @@ def test_run_never_raises(data):
     assert received == b""
     assert session.closed
     assert theirs.fileno() == -1  # the session closed its socket
+
+
+def test_idle_limit_is_one_timer_per_session_and_counts_only_waits_for_the_mta():
+    """On a gevent socket the idle limit is one session timer (no Timeout per read): a handler busy longer than
+    the limit is not cut off; a wait for the next command longer than the limit ends the session with the log line."""
+    import gevent
+    from gevent import socket as gsocket
+
+    class SlowConnect(MilterHandler):
+        def connect(self, command):
+            gevent.sleep(0.5)  # longer than the limit, but the session is working, not waiting
+
+    ours, theirs = gsocket.socketpair()
+    stream = io.StringIO()
+    session = MilterSession(theirs, SlowConnect, logger=Logger(stream=stream), idle_timeout=0.3)
+    runner = gevent.spawn(session.run)
+    try:
+        ours.sendall(OFFER)
+        assert isinstance(NegotiateReply.from_payload(_read_packet(ours)[1:]), NegotiateReply)
+        ours.sendall(CONNECT)
+        assert _read_packet(ours) == b"c"  # answered after 0.5 s: no timeout while the handler worked
+        started = gevent.get_hub().loop.now()
+        assert runner.join(timeout=5) is None and runner.ready()
+        waited = gevent.get_hub().loop.now() - started
+        assert 0.25 <= waited < 2, waited
+        assert "[milter][error][timeout] no command for 0.3 s" in stream.getvalue()
+        assert ours.recv(16) == b""  # the session closed its socket
+    finally:
+        runner.kill()
+        ours.close()
+
+
+def _read_packet(sock) -> bytes:
+    header = b""
+    while len(header) < 4:
+        header += sock.recv(4 - len(header))
+    length = struct.unpack(">I", header)[0]
+    data = b""
+    while len(data) < length:
+        data += sock.recv(length - len(data))
+    return data
