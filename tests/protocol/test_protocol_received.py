@@ -114,7 +114,7 @@ def test_any_split_of_the_stream_decodes_the_same_P_FRM_1():
         cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(1, 10)))
         decoder = CommandDecoder()
         got = []
-        for start, end in zip([0, *cuts], [*cuts, len(stream)]):
+        for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
             decoder.feed(stream[start:end])
             if rng.random() < 0.6:
                 got += list(decoder)
