@@ -201,12 +201,13 @@ def python_child_part(directory: str, reference: str, options) -> list[dict]:
 
 
 def print_table(title: str, results: list[dict]) -> None:
+    width = max([52, *(len(result["label"]) for result in results)])
     print(title)
-    print(f"  {'measured':52} {'sessions/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'cpu ms/sess':>11} "
+    print(f"  {'measured':{width}} {'sessions/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'cpu ms/sess':>11} "
           f"{'peak RSS':>11} errors")
     for result in results:
         latency = result["latency"]
-        print(f"  {result['label']:52} {result['sessions_per_second']:10.1f} {1000 * latency['p50']:8.2f} "
+        print(f"  {result['label']:{width}} {result['sessions_per_second']:10.1f} {1000 * latency['p50']:8.2f} "
               f"{1000 * latency['p90']:8.2f} {1000 * latency['p99']:8.2f} {result['cpu_ms_per_session']:11.3f} "
               f"{result['peak_rss_kb'] / 1024:8.1f} MB {result['errors']}")
 
@@ -523,7 +524,7 @@ def print_summary(bench: Bench) -> None:
             verdict = "no target" if row["met"] is None else ("met" if row["met"] else "NOT met")
             value = "n/a" if row["value"] is None else f"{row['value']:.3f} {row['unit']}"
             line = f"    {row['figure']} {value}: {row['target_text']}: {verdict}"
-            print(line + (f" (issue, before: {row['before']})" if row["before"] else ""))
+            print(line + (f" (the starting point: {row['before']})" if row["before"] else ""))
 
 
 def main() -> int:
@@ -532,7 +533,7 @@ def main() -> int:
                         help="run this part (repeatable); all parts by default")
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds where a ratio is printed")
     parser.add_argument("--sessions", type=int, default=2000, help="sessions per run of a milter alone")
-    parser.add_argument("--manager-sessions", type=int, default=2000, help="sessions per manager run")
+    parser.add_argument("--manager-sessions", type=int, default=1500, help="sessions per manager run")
     parser.add_argument("--latency-sessions", type=int, default=500, help="sessions per run of the latency part")
     parser.add_argument("--body-sessions", type=int, default=1000, help="sessions per run of the body part")
     parser.add_argument("--body-kb", type=int, default=100, help="body size of the body part, KiB")
