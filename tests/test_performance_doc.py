@@ -11,32 +11,16 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "doc" / "performance.md"
+sys.path.insert(0, str(ROOT / "bench"))
+from harness import stop, wait_for_path  # noqa: E402  (the bench's bounded waits)
 
 
 def blocks(language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", PAGE.read_text(encoding="utf-8"), re.M | re.S)
-
-
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"{process.args} exited with {process.returncode}"
-        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
-        time.sleep(0.05)
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 def test_the_tracemalloc_hook_of_the_page_reports_at_each_maintenance(tmp_path):
@@ -52,10 +36,10 @@ def test_the_tracemalloc_hook_of_the_page_reports_at_each_maintenance(tmp_path):
                               "-s", f"unix:{tmp_path}/child.sock"], cwd="/")
     manager = None
     try:
-        wait_for(tmp_path / "child.sock", child)
+        wait_for_path(str(tmp_path / "child.sock"), child)
         manager = subprocess.Popen([sys.executable, "-m", "milterman.cli.manager", "-c", str(tmp_path), "--no-detect",
                                     "--no-daemon"], cwd="/", env=dict(os.environ, PYTHONPATH=str(tmp_path)))
-        wait_for(tmp_path / "manager.sock", manager)
+        wait_for_path(str(tmp_path / "manager.sock"), manager)
         driven = subprocess.run([sys.executable, "-m", "milterman.cli.test_server", "-s",
                                  f"unix:{tmp_path}/manager.sock", "--n-sessions", "25", "--concurrency", "5"],
                                 capture_output=True, text=True, timeout=120, cwd="/")
