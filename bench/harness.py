@@ -113,7 +113,7 @@ def start_milter(command: list[str], socket_path: str, environment: dict | None 
 
 
 def measure(label: str, command: list[str], target: str, sessions: int, concurrency: int,
-            ready: Callable[[subprocess.Popen], None], helpers: Sequence[subprocess.Popen] = (),
+            ready: Callable[[subprocess.Popen], None], helpers: Sequence[subprocess.Popen] | None = (),
             loaded: Callable[[], object] | None = None, driver_options: Sequence[str] = ()) -> dict:
     """Start a milter (or the manager), drive it with milter-test-server, return the figures.
 
@@ -129,7 +129,7 @@ def measure(label: str, command: list[str], target: str, sessions: int, concurre
         if warm.returncode != 0:
             raise RuntimeError(f"warm-up against {label} failed: {warm.stdout}{warm.stderr}")
         tree = process_tree(milter.pid)
-        helper_tree = [process for helper in helpers for process in process_tree(helper.pid)]
+        helper_tree = [process for helper in helpers or () for process in process_tree(helper.pid)]
         cpu_before, helper_before = cpu_seconds(tree), cpu_seconds(helper_tree)
         run = subprocess.run(driver_command(target, sessions, concurrency, driver_options), capture_output=True,
                              text=True, timeout=DRIVER_TIMEOUT)

@@ -31,8 +31,10 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 
-from harness import (HERE, ROOT, build_c_milter, measure, median_result, start_milter, stop,
-                     wait_for_path)
+from harness import HERE, ROOT, build_c_milter, measure, median_result, start_milter, stop, wait_for_path
+
+# the other measuring helpers, which this module defined before bench/harness.py: parts may use them from here
+from harness import cpu_seconds, driver_command, peak_rss_kb, process_tree  # noqa: F401
 
 
 class Scraper:
@@ -479,7 +481,8 @@ def python_children_part(bench: Bench) -> None:
         bench.measurements += python_child_part(bench.directory, reference, bench.options)
 
 
-#: ``--only`` choices, run in this order; a part measures and adds its rows to the bench (memory: its own part)
+#: ``--only`` choices, run in this order; a part measures and adds its rows with ``bench.add_row(group, …)``.
+#: The memory row (group "memory": sessions held open) comes from its own part, registered here after "body".
 PARTS: dict[str, Callable[[Bench], None]] = {
     "direct": direct_part,
     "manager": manager_part,
