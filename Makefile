@@ -44,6 +44,8 @@ test_path = $(if $(wildcard $(firstword $(subst ::, ,$(1)))),$(patsubst tests/%,
 test: install
 	cd tests && $(CURDIR)/$(VPY) -m pytest $(foreach word,$(PYTEST_ARGS),$(call test_path,$(word)))
 
+# The performance figures: every row of the performance table, each against the libmilter C milter
+# measured in the same run (doc/performance.md); e.g. BENCH_ARGS='--only latency --rounds 5 --json'.
 bench: install
 	$(VPY) bench/run.py $(BENCH_ARGS)
 

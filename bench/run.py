@@ -1,13 +1,21 @@
 #!/usr/bin/env python3
 """make bench: milter-test-server load against our milters, a libmilter C milter and milter-manager.
 
-Everything is measured in the same run with the same driver, over unix sockets in a
-temporary directory: sessions/s, latency percentiles, the measured process tree's CPU
-time per session and its peak RSS (VmHWM). The direct part compares
-milter-test-client with a libmilter C milter (ratio line); the manager part runs
-milter-manager with 1 and 3 milter-test-client children, n_workers 0 and 2; the metrics
-part runs the manager (3 children, n_workers 2) with its metrics endpoint off and on
-(scraped every second), alternated, and compares the medians. Every wait is bounded.
+Everything is measured in the same run with the same driver (milter-test-server), over unix sockets
+in a temporary directory: sessions/s, latency percentiles, the measured process tree's CPU time per
+session and its peak RSS (VmHWM). The parts (``--only``, repeatable; all by default):
+
+- direct: milter-test-client alone vs the libmilter C milter (bench/cmilter.c), 50 concurrent;
+- manager: 3 children, small mail, 50 concurrent: the manager with 3 libmilter C children and with
+  3 milter-test-client children (n_workers 0 and 2) vs the C milter alone; 1 child once;
+- latency: 1 C child, one session at a time: the manager's median latency minus the child's alone;
+- body: 3 C children, 100 KB bodies, 50 concurrent, vs the C milter alone with the same bodies;
+- metrics: the metrics endpoint off and on (scraped every second);
+- python-child: a Python child in the manager's process vs over a unix socket.
+
+Where a ratio is printed the two set-ups are measured in alternating rounds (``--rounds``) and the
+medians are compared. The summary at the end prints each row of the performance issue's table with
+its target and whether it is met; ``--json`` prints every figure as one JSON object.
 """
 
 from __future__ import annotations
@@ -16,113 +24,17 @@ import argparse
 import json
 import os
 import shutil
-import signal
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Sequence
 
-import psutil
+from harness import HERE, ROOT, build_c_milter, measure, median_result, start_milter, stop, wait_for_path
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
-
-def build_c_milter() -> str:
-    """Compile bench/cmilter.c (needs Debian's libmilter-dev)."""
-    binary = os.path.join(HERE, "cmilter")
-    if not os.path.exists("/usr/include/libmilter/mfapi.h"):
-        raise SystemExit("bench: libmilter-dev is not installed; run `.ci/install-system-packages` (as root) first")
-    result = subprocess.run(["make", "-s", "-C", HERE], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"bench: building the C milter failed:\n{result.stdout}{result.stderr}")
-    return binary
-
-
-def peak_rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def process_tree(pid: int) -> list[psutil.Process]:
-    """The process and its children (a manager's master, workers and launcher)."""
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def measure(label: str, command: list[str], target: str, sessions: int, concurrency: int,
-            ready: callable, helpers: list[subprocess.Popen] | None = None, loaded: callable = None) -> dict:
-    """Start a milter (or the manager), drive it with milter-test-server, return the figures.
-
-    CPU and peak RSS are those of the measured process tree only (not the children of the manager,
-    which run as separate milter-test-client processes); ``helpers`` are processes whose CPU time
-    is reported as well (``helper_cpu_ms_per_session``: a child milter served on its own socket).
-    """
-    milter = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        ready(milter)
-        warm = subprocess.run(driver_command(target, 50, 10), capture_output=True, text=True, timeout=120)
-        if warm.returncode != 0:
-            raise RuntimeError(f"warm-up against {label} failed: {warm.stdout}{warm.stderr}")
-        tree = process_tree(milter.pid)
-        helper_tree = [process for helper in helpers or () for process in process_tree(helper.pid)]
-        cpu_before, helper_before = cpu_seconds(tree), cpu_seconds(helper_tree)
-        run = subprocess.run(driver_command(target, sessions, concurrency), capture_output=True, text=True,
-                             timeout=900)
-        cpu_after, helper_after = cpu_seconds(tree), cpu_seconds(helper_tree)
-        if loaded is not None:
-            loaded()  # before the measured process is stopped
-        if run.returncode != 0:
-            raise RuntimeError(f"load against {label} failed: {run.stdout}{run.stderr}")
-        report = json.loads(run.stdout.strip().splitlines()[-1])
-        totals = report["totals"]
-        return {"label": label, "sessions": totals["sessions"], "statuses": totals["statuses"],
-                "errors": totals["errors"], "sessions_per_second": totals["sessions_per_second"],
-                "latency": totals["latency"], "cpu_ms_per_session": 1000 * (cpu_after - cpu_before) / sessions,
-                "helper_cpu_ms_per_session": 1000 * (helper_after - helper_before) / sessions,
-                "peak_rss_kb": sum(peak_rss_kb(process.pid) for process in tree)}
-    finally:
-        milter.send_signal(signal.SIGTERM)
-        try:
-            milter.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            milter.kill()
-            milter.wait(timeout=5)
-
-
-def driver_command(target: str, sessions: int, concurrency: int) -> list[str]:
-    return [sys.executable, "-m", "milterman.cli.test_server", "-s", target,
-            "--n-sessions", str(sessions), "--concurrency", str(concurrency), "--report=json"]
-
-
-def wait_for_path(path: str, process: subprocess.Popen, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited early with status {process.returncode}")
-        if os.path.exists(path):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{path} did not appear within {timeout} s")
+# the other measuring helpers, which this module defined before bench/harness.py: parts may use them from here
+from harness import cpu_seconds, driver_command, peak_rss_kb, process_tree  # noqa: F401
 
 
 class Scraper:
@@ -163,16 +75,27 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def child_command(kind: str, path: str) -> list[str]:
+    """A child milter serving ``unix:path``: milter-test-client (``client``) or the libmilter C milter (``c``)."""
+    if kind == "c":
+        return [os.path.join(HERE, "cmilter"), "-p", f"unix:{path}"]
+    return [sys.executable, "-m", "milterman.cli.test_client", "--no-report-request", "-q", "-s", f"unix:{path}"]
+
+
+CHILD_NAMES = {"client": "milter-test-client", "c": "libmilter C"}
+
+
 def measure_manager(directory: str, n_children: int, n_workers: int, sessions: int, concurrency: int,
-                    metrics: bool | None = None, run: int = 0) -> dict:
-    """milter-manager with n milter-test-client children, all on unix sockets in ``directory``.
+                    metrics: bool | None = None, children_kind: str = "client",
+                    driver_options: Sequence[str] = (), tag: str = "") -> dict:
+    """milter-manager with n children (milter-test-client or the C milter), all on unix sockets in ``directory``.
 
     ``metrics``: None leaves the endpoint out of the label; True switches it on and scrapes it
-    every second during the measured load; False measures the same set-up with it off.
+    every second during the measured load; False measures the same set-up with it off. The children's
+    CPU time is reported as ``helper_cpu_ms_per_session`` (all of them together).
     """
     children = []
-    config = os.path.join(directory, f"manager-{n_children}-{n_workers}-{metrics}-{run}")
-    os.makedirs(config, exist_ok=True)
+    config = tempfile.mkdtemp(prefix=f"manager-{children_kind}{n_children}-{n_workers}-", dir=directory)
     lines = ["version = 1", "[manager]", f'connection_spec = "unix:{config}/manager.sock"',
              f"n_workers = {n_workers}", "[log]", "use_syslog = false", 'level = "error"']
     port = free_port()
@@ -181,16 +104,16 @@ def measure_manager(directory: str, n_children: int, n_workers: int, sessions: i
     try:
         for number in range(n_children):
             path = f"{config}/child{number}.sock"
-            child = subprocess.Popen([sys.executable, "-m", "milterman.cli.test_client", "--no-report-request", "-q",
-                                      "-s", f"unix:{path}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            children.append(child)
-            wait_for_path(path, child)
+            children.append(start_milter(child_command(children_kind, path), path))
             lines += ["[[milter]]", f'name = "child{number}"', f'connection_spec = "unix:{path}"']
         with open(f"{config}/milter-manager.toml", "w") as handle:
             handle.write("\n".join(lines) + "\n")
-        label = f"milter-manager, {n_children} child{'ren' if n_children > 1 else ''}, n_workers {n_workers}"
+        label = (f"manager, {n_children} {CHILD_NAMES[children_kind]} child{'ren' if n_children > 1 else ''}, "
+                 f"n_workers {n_workers}")
         if metrics is not None:
             label += f", metrics {'on' if metrics else 'off'}"
+        if tag:
+            label += f", {tag}"
         scrapers: list[Scraper] = []
 
         def ready(process: subprocess.Popen) -> None:
@@ -200,8 +123,8 @@ def measure_manager(directory: str, n_children: int, n_workers: int, sessions: i
 
         try:
             result = measure(label, [sys.executable, "-m", "milterman.cli.manager", "-c", config, "--no-detect"],
-                             f"unix:{config}/manager.sock", sessions, concurrency, ready,
-                             loaded=lambda: [scraper.stop() for scraper in scrapers])
+                             f"unix:{config}/manager.sock", sessions, concurrency, ready, helpers=children,
+                             loaded=lambda: [scraper.stop() for scraper in scrapers], driver_options=driver_options)
         finally:
             for scraper in scrapers:
                 scraper.stop()
@@ -211,15 +134,11 @@ def measure_manager(directory: str, n_children: int, n_workers: int, sessions: i
                 result["errors"] += 1
                 print(f"bench: {scraper.failures} of {scraper.scrapes + scraper.failures} scrapes failed",
                       file=sys.stderr)
+        result["children"] = n_children
         return result
     finally:
         for child in children:
-            child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
+            stop(child, timeout=10)
 
 
 #: the examples/ milters the Python-child part runs: RCPT and end of message; header, body and end of message
@@ -229,8 +148,7 @@ PYTHON_CHILDREN = ("recipient_policy:RecipientPolicy", "footer:Footer")
 def measure_python_child(directory: str, reference: str, in_process: bool, sessions: int, concurrency: int) -> dict:
     """milter-manager (n_workers 0) with one Python child from examples/: run in the manager (``python =``) or
     served by milter-run on a unix socket (``connection_spec =``)."""
-    config = os.path.join(directory, f"python-child-{reference.partition(':')[0]}-{'in' if in_process else 'socket'}")
-    os.makedirs(config, exist_ok=True)
+    config = tempfile.mkdtemp(prefix=f"python-child-{'in' if in_process else 'socket'}-", dir=directory)
     lines = ["version = 1", "[manager]", f'connection_spec = "unix:{config}/manager.sock"', "n_workers = 0",
              "[log]", "use_syslog = false", 'level = "error"', "[[milter]]", 'name = "policy"']
     environment = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "examples"))
@@ -240,10 +158,8 @@ def measure_python_child(directory: str, reference: str, in_process: bool, sessi
             lines.append(f'python = "{reference}"')
         else:
             path = f"{config}/child.sock"
-            helpers.append(subprocess.Popen([sys.executable, "-m", "milterman.cli.milter_run", reference, "-q",
-                                             "-s", f"unix:{path}"], stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.DEVNULL, env=environment))
-            wait_for_path(path, helpers[0])
+            helpers.append(start_milter([sys.executable, "-m", "milterman.cli.milter_run", reference, "-q",
+                                         "-s", f"unix:{path}"], path, environment))
             lines.append(f'connection_spec = "unix:{path}"')
         with open(f"{config}/milter-manager.toml", "w") as handle:
             handle.write("\n".join(lines) + "\n")
@@ -261,11 +177,7 @@ def measure_python_child(directory: str, reference: str, in_process: bool, sessi
                 os.environ["PYTHONPATH"] = previous
     finally:
         for helper in helpers:
-            helper.send_signal(signal.SIGTERM)
-            try:
-                helper.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                helper.kill()
+            stop(helper, timeout=10)
 
 
 def python_child_part(directory: str, reference: str, options) -> list[dict]:
@@ -291,12 +203,13 @@ def python_child_part(directory: str, reference: str, options) -> list[dict]:
 
 
 def print_table(title: str, results: list[dict]) -> None:
+    width = max([52, *(len(result["label"]) for result in results)])
     print(title)
-    print(f"  {'measured':52} {'sessions/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'cpu ms/sess':>11} "
+    print(f"  {'measured':{width}} {'sessions/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'cpu ms/sess':>11} "
           f"{'peak RSS':>11} errors")
     for result in results:
         latency = result["latency"]
-        print(f"  {result['label']:52} {result['sessions_per_second']:10.1f} {1000 * latency['p50']:8.2f} "
+        print(f"  {result['label']:{width}} {result['sessions_per_second']:10.1f} {1000 * latency['p50']:8.2f} "
               f"{1000 * latency['p90']:8.2f} {1000 * latency['p99']:8.2f} {result['cpu_ms_per_session']:11.3f} "
               f"{result['peak_rss_kb'] / 1024:8.1f} MB {result['errors']}")
 
@@ -304,13 +217,11 @@ def print_table(title: str, results: list[dict]) -> None:
 def measure_metrics(directory: str, options) -> list[dict]:
     """The metrics endpoint's cost: 3 children, 2 workers, with it off and on (scraped every second),
     in alternating rounds of the same run; the medians are compared (target: under 2 % of sessions/s)."""
-    import statistics
-
     rounds = []
-    for number in range(options.metrics_rounds):
+    for _ in range(options.metrics_rounds):
         for metrics in (False, True):
             rounds.append(measure_manager(directory, 3, 2, options.manager_sessions, options.concurrency,
-                                          metrics=metrics, run=number))
+                                          metrics=metrics))
     print_table(f"\nMetrics endpoint off and on (scraped every second), alternated {options.metrics_rounds} times: "
                 f"--n-sessions {options.manager_sessions} --concurrency {options.concurrency}", rounds)
     off = statistics.median(result["sessions_per_second"] for result in rounds if "metrics off" in result["label"])
@@ -376,64 +287,280 @@ def metrics_cpu_costs() -> tuple[float, float]:
     return recording, scrape
 
 
+# ------------------------------------------------------------------------------------- the issue's rows
+
+
+class Bench:
+    """One run: its options, its temporary directory, the measurements and the rows of the issue's table."""
+
+    def __init__(self, options: argparse.Namespace, directory: str) -> None:
+        self.options = options
+        self.directory = directory
+        self.measurements: list[dict] = []
+        self.rows: list[dict] = []
+        self._cmilter: str | None = None
+
+    def need_c_milter(self) -> str:
+        """bench/cmilter, built once per run."""
+        if self._cmilter is None:
+            self._cmilter = build_c_milter()
+        return self._cmilter
+
+    def add_row(self, group: str, variant: str, *, ours: dict | None, peer: dict | None = None,
+                ratios: dict[str, float | None] | None = None, figure: str, value: float | None,
+                unit: str = "ms", target: float | None = None, target_text: str = "", before: str = "",
+                notes: Sequence[str] = ()) -> dict:
+        """One line of the summary: ``group`` is a key of ISSUE_ROWS; ``value`` is compared with ``target``
+        (at most); ``before`` quotes the issue's figures."""
+        row = {"group": group, "variant": variant, "ours": ours, "peer": peer, "ratios": ratios or {},
+               "figure": figure, "value": value, "unit": unit, "target": target, "target_text": target_text,
+               "met": None if target is None or value is None else value <= target, "before": before,
+               "notes": list(notes)}
+        self.rows.append(row)
+        return row
+
+    def alternate(self, setups: dict[str, Callable[[], dict]]) -> dict[str, list[dict]]:
+        """Each set-up once per round for ``--rounds`` rounds, the order reversed every other round (A B, B A, …)
+        so that a drift of the machine's load weighs on both alike: ``{name: [result of each round]}``."""
+        results: dict[str, list[dict]] = {name: [] for name in setups}
+        names = list(setups)
+        for number in range(self.options.rounds):
+            for name in (names if number % 2 == 0 else names[::-1]):
+                result = setups[name]()
+                result["round"] = number
+                results[name].append(result)
+                self.measurements.append(result)
+        return results
+
+
+#: the rows of the performance issue's table, in its order: group key → title (the part that measures it)
+ISSUE_ROWS = {
+    "small": "3 children, small mail, 50 concurrent (manager)",
+    "latency": "1 child, one session at a time: latency added over the child alone (latency)",
+    "body": "3 children, 100 KB bodies, 50 concurrent (body)",
+    "memory": "memory per concurrent session, 1000 held open, 3 children (memory)",
+    "client": "milter-test-client alone, 50 concurrent (direct)",
+}
+C_MILTER = "libmilter C milter (bench/cmilter)"
+RATIO_NAMES = {"sessions_per_second": "sessions/s", "cpu_ms_per_session": "CPU per session", "p50": "p50 latency"}
+
+
+def measure_alone(bench: Bench, kind: str, sessions: int, concurrency: int,
+                  driver_options: Sequence[str] = ()) -> dict:
+    """One milter served on its own (``c``: the libmilter C milter; ``client``: milter-test-client)."""
+    if kind == "c":
+        bench.need_c_milter()
+    path = os.path.join(tempfile.mkdtemp(prefix=f"alone-{kind}-", dir=bench.directory), "milter.sock")
+    label = C_MILTER if kind == "c" else "milter-test-client --no-report-request"
+    return measure(label, child_command(kind, path), f"unix:{path}", sessions, concurrency,
+                   lambda process: wait_for_path(path, process), driver_options=driver_options)
+
+
+def ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float | None:
+    """Median of the rounds' ratios (pairs of the same round); None when the peer's figure was 0 in every round
+    (a CPU time below the clock tick: too few sessions)."""
+    ratios = [mine / theirs for mine, theirs in zip(numerators, denominators, strict=True) if theirs > 0]
+    return statistics.median(ratios) if ratios else None
+
+
+def round_ratios(ours: list[dict], peer: list[dict]) -> dict[str, float | None]:
+    """ours/peer for sessions/s and CPU per session, medians over the rounds."""
+    return {figure: ratio([result[figure] for result in ours], [result[figure] for result in peer])
+            for figure in ("sessions_per_second", "cpu_ms_per_session")}
+
+
+def children_note(result: dict, alone: dict) -> str:
+    """What each child costs behind the manager, against the same milter alone."""
+    each = result["helper_cpu_ms_per_session"] / result["children"]
+    compared = (f"{each / alone['cpu_ms_per_session']:.2f}x the C milter alone" if alone["cpu_ms_per_session"]
+                else "the C milter alone: below the clock tick")
+    return f"children behind the manager: {each:.3f} ms CPU per session each ({compared})"
+
+
+def body_options(kilobytes: int) -> list[str]:
+    """``--body`` options for a body of ``kilobytes`` KiB in chunks of at most 65535 bytes (the protocol's)."""
+    size = kilobytes * 1024
+    line = "x" * 74 + "\r\n"
+    text = (line * (size // len(line) + 1))[:size]
+    count = -(-size // 65535)
+    step = -(-size // count)
+    return [f"--body={text[start:start + step]}" for start in range(0, size, step)]
+
+
+def direct_part(bench: Bench) -> None:
+    options = bench.options
+    rounds = bench.alternate({
+        "client": lambda: measure_alone(bench, "client", options.sessions, options.concurrency),
+        "c": lambda: measure_alone(bench, "c", options.sessions, options.concurrency)})
+    print_table(f"\nDirect, alternated {options.rounds} times: --n-sessions {options.sessions} "
+                f"--concurrency {options.concurrency}", rounds["client"] + rounds["c"])
+    ratios = round_ratios(rounds["client"], rounds["c"])
+    print(f"  ratio ours/C (median of {options.rounds} rounds): sessions/s {number(ratios['sessions_per_second'])}, "
+          f"cpu per session {number(ratios['cpu_ms_per_session'])}")
+    bench.add_row("client", "milter-test-client vs the C milter", ours=median_result(rounds["client"]),
+                  peer=median_result(rounds["c"]), ratios=ratios, figure="CPU per session, ours/C",
+                  value=ratios["cpu_ms_per_session"], unit="x", target=1.0,
+                  target_text="milter-test-client CPU per session <= the C milter's",
+                  before="1837/s, 0.46 ms vs the C milter's 2104/s, 0.38 ms")
+
+
+def manager_part(bench: Bench) -> None:
+    options = bench.options
+    sessions, concurrency = options.manager_sessions, options.concurrency
+    bench.need_c_milter()
+    setups = {"alone": lambda: measure_alone(bench, "c", options.sessions, concurrency)}
+    for kind in ("c", "client"):
+        for n_workers in (0, 2):
+            setups[f"{kind}{n_workers}"] = (lambda kind=kind, n_workers=n_workers: measure_manager(
+                bench.directory, 3, n_workers, sessions, concurrency, children_kind=kind))
+    rounds = bench.alternate(setups)
+    once = [measure_manager(bench.directory, 1, n_workers, sessions, concurrency) for n_workers in (0, 2)]
+    bench.measurements += once
+    print_table(f"\n3 children, small mail, alternated {options.rounds} times: --n-sessions {sessions} "
+                f"--concurrency {concurrency} (the C milter alone: --n-sessions {options.sessions}); "
+                f"1 child once", [result for results in rounds.values() for result in results] + once)
+    alone = median_result(rounds["alone"])
+    for name in setups:
+        if name == "alone":
+            continue
+        ours = median_result(rounds[name])
+        ratios = round_ratios(rounds[name], rounds["alone"])
+        notes = [children_note(ours, alone)] if name.startswith("c") and name[1:].isdigit() else [
+            f"children: {ours['helper_cpu_ms_per_session'] / 3:.3f} ms CPU per session each"]
+        bench.add_row("small", ours["label"], ours=ours, peer=alone, ratios=ratios,
+                      figure="manager CPU per session", value=ours["cpu_ms_per_session"], target=0.8,
+                      target_text="manager CPU per session <= 0.8 ms", notes=notes,
+                      before="329-353/s, 2.15 ms (C milter manager 2.3.2: 230-286/s, 4.07 ms)"
+                      if name == "c0" else "")
+
+
+def latency_part(bench: Bench) -> None:
+    options = bench.options
+    sessions = options.latency_sessions
+    rounds = bench.alternate({
+        "alone": lambda: measure_alone(bench, "c", sessions, 1),
+        "manager": lambda: measure_manager(bench.directory, 1, 0, sessions, 1, children_kind="c")})
+    print_table(f"\n1 child, one session at a time, alternated {options.rounds} times: --n-sessions {sessions} "
+                "--concurrency 1", rounds["alone"] + rounds["manager"])
+    added = [1000 * (mine["latency"]["p50"] - theirs["latency"]["p50"])
+             for mine, theirs in zip(rounds["manager"], rounds["alone"], strict=True)]
+    print("  added median latency per round: " + ", ".join(f"{value:.3f} ms" for value in added))
+    ours, alone = median_result(rounds["manager"]), median_result(rounds["alone"])
+    ratios = round_ratios(rounds["manager"], rounds["alone"])
+    ratios["p50"] = ratio([result["latency"]["p50"] for result in rounds["manager"]],
+                          [result["latency"]["p50"] for result in rounds["alone"]])
+    bench.add_row("latency", ours["label"], ours=ours, peer=alone, ratios=ratios,
+                  figure="added median latency", value=statistics.median(added), target=1.0,
+                  target_text="added median latency <= 1.0 ms", notes=[children_note(ours, alone)],
+                  before="+2.7 ms (C milter manager 2.3.2: +10.9 ms)")
+
+
+def body_part(bench: Bench) -> None:
+    options = bench.options
+    sessions, driver = options.body_sessions, body_options(options.body_kb)
+    rounds = bench.alternate({
+        "alone": lambda: measure_alone(bench, "c", sessions, options.concurrency, driver),
+        "manager": lambda: measure_manager(bench.directory, 3, 0, sessions, options.concurrency, children_kind="c",
+                                           driver_options=driver, tag=f"{options.body_kb} KiB bodies")})
+    print_table(f"\n3 children, {options.body_kb} KiB bodies ({len(driver)} body chunks), alternated {options.rounds} "
+                f"times: --n-sessions {sessions} --concurrency {options.concurrency}",
+                rounds["alone"] + rounds["manager"])
+    ours, alone = median_result(rounds["manager"]), median_result(rounds["alone"])
+    bench.add_row("body", ours["label"], ours=ours, peer=alone, ratios=round_ratios(rounds["manager"], rounds["alone"]),
+                  figure="manager CPU per session", value=ours["cpu_ms_per_session"],
+                  target_text="no target in the issue", notes=[children_note(ours, alone)],
+                  before="305/s, 2.14 ms (C milter manager 2.3.2: 124/s, 5.22 ms)")
+
+
+def metrics_part(bench: Bench) -> None:
+    bench.measurements += measure_metrics(bench.directory, bench.options)
+
+
+def python_children_part(bench: Bench) -> None:
+    for reference in PYTHON_CHILDREN:
+        bench.measurements += python_child_part(bench.directory, reference, bench.options)
+
+
+#: ``--only`` choices, run in this order; a part measures and adds its rows with ``bench.add_row(group, …)``.
+#: The memory row (group "memory": sessions held open) comes from its own part, registered here after "body".
+PARTS: dict[str, Callable[[Bench], None]] = {
+    "direct": direct_part,
+    "manager": manager_part,
+    "latency": latency_part,
+    "body": body_part,
+    "metrics": metrics_part,
+    "python-child": python_children_part,
+}
+
+
+def number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def describe(result: dict) -> str:
+    latency = result["latency"]
+    return (f"{result['sessions_per_second']:8.1f} sessions/s, p50/p90/p99 {1000 * latency['p50']:.2f}/"
+            f"{1000 * latency['p90']:.2f}/{1000 * latency['p99']:.2f} ms, CPU {result['cpu_ms_per_session']:.3f} "
+            f"ms/session, peak RSS {result['peak_rss_kb'] / 1024:.1f} MB")
+
+
+def print_summary(bench: Bench) -> None:
+    """Each row of the issue's table: the figures of ours and of the peer, the ratios, the target and the verdict."""
+    print(f"\nThe performance issue's table (medians of {bench.options.rounds} alternated rounds; "
+          "peer: the same load against the libmilter C milter alone)")
+    for group, title in ISSUE_ROWS.items():
+        print(f"\n{title}")
+        rows = [row for row in bench.rows if row["group"] == group]
+        if not rows:
+            print("  not measured in this run")
+        for row in rows:
+            print(f"  {row['variant']}")
+            if row["ours"] is not None:
+                print(f"    ours: {describe(row['ours'])}")
+            if row["peer"] is not None:
+                print(f"    peer: {describe(row['peer'])} ({row['peer']['label']})")
+            if row["ratios"]:
+                print("    ours/peer: " + ", ".join(f"{RATIO_NAMES[name]} {number(value)}"
+                                                    for name, value in row["ratios"].items()))
+            for note in row["notes"]:
+                print(f"    {note}")
+            verdict = "no target" if row["met"] is None else ("met" if row["met"] else "NOT met")
+            value = "n/a" if row["value"] is None else f"{row['value']:.3f} {row['unit']}"
+            line = f"    {row['figure']} {value}: {row['target_text']}: {verdict}"
+            print(line + (f" (the starting point: {row['before']})" if row["before"] else ""))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sessions", type=int, default=2000, help="sessions per direct run")
-    parser.add_argument("--manager-sessions", type=int, default=3000, help="sessions per manager run")
+    parser.add_argument("--only", action="append", choices=list(PARTS),
+                        help="run this part (repeatable); all parts by default")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds where a ratio is printed")
+    parser.add_argument("--sessions", type=int, default=2000, help="sessions per run of a milter alone")
+    parser.add_argument("--manager-sessions", type=int, default=1500, help="sessions per manager run")
+    parser.add_argument("--latency-sessions", type=int, default=500, help="sessions per run of the latency part")
+    parser.add_argument("--body-sessions", type=int, default=1000, help="sessions per run of the body part")
+    parser.add_argument("--body-kb", type=int, default=100, help="body size of the body part, KiB")
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--only", choices=("direct", "manager", "metrics", "python-child"), help="run one part only")
     parser.add_argument("--metrics-rounds", type=int, default=3,
                         help="metrics endpoint off/on pairs, alternated (the median of each is compared)")
-    parser.add_argument("--rounds", type=int, default=3, help="in-process/socket pairs of the Python-child part")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON as well")
+    parser.add_argument("--json", action="store_true", help="print every figure as one JSON object at the end")
     options = parser.parse_args()
     os.chdir(ROOT)
-    import tempfile
-
+    started = time.monotonic()
     print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; driver: milter-test-server in one process")
-    results = []
-    failed = []
     with tempfile.TemporaryDirectory(prefix="milterman-bench-") as directory:
-        if options.only in (None, "direct"):
-            cmilter = build_c_milter()
-            direct = []
-            path = f"{directory}/client.sock"
-            direct.append(measure("milter-test-client --no-report-request",
-                                  [sys.executable, "-m", "milterman.cli.test_client", "--no-report-request", "-q",
-                                   "-s", f"unix:{path}"], f"unix:{path}", options.sessions, options.concurrency,
-                                  lambda process: wait_for_path(path, process)))
-            path = f"{directory}/cmilter.sock"
-            direct.append(measure("libmilter C milter (bench/cmilter)", [cmilter, "-p", f"unix:{path}"],
-                                  f"unix:{path}", options.sessions, options.concurrency,
-                                  lambda process: wait_for_path(path, process)))
-            print_table(f"\nDirect: --n-sessions {options.sessions} --concurrency {options.concurrency}", direct)
-            ours, peer = direct
-            if peer["sessions_per_second"]:
-                print(f"  ratio ours/C: sessions/s {ours['sessions_per_second'] / peer['sessions_per_second']:.2f}, "
-                      f"cpu per session {ours['cpu_ms_per_session'] / max(peer['cpu_ms_per_session'], 1e-9):.2f}")
-            results += direct
-        if options.only in (None, "metrics"):
-            results += measure_metrics(directory, options)
-        if options.only in (None, "python-child"):
-            for reference in PYTHON_CHILDREN:
-                results += python_child_part(directory, reference, options)
-        if options.only in (None, "manager"):
-            managed = []
-            for n_children in (1, 3):
-                for n_workers in (0, 2):
-                    managed.append(measure_manager(directory, n_children, n_workers, options.manager_sessions,
-                                                   options.concurrency))
-            print_table(f"\nThrough milter-manager (milter-test-client children): --n-sessions "
-                        f"{options.manager_sessions} --concurrency {options.concurrency}", managed)
-            best = max((result for result in managed if "3 children" in result["label"]),
-                       key=lambda result: result["sessions_per_second"])
-            print(f"  3 children: best {best['sessions_per_second']:.1f} sessions/s ({best['label']}); "
-                  f"target 270 (1.5x the C milter manager's 175-185 on this machine); manager CPU "
-                  f"{best['cpu_ms_per_session']:.2f} ms/session (target <= 3.5)")
-            results += managed
+        bench = Bench(options, directory)
+        for name, part in PARTS.items():
+            if options.only is None or name in options.only:
+                part(bench)
+    print_summary(bench)
+    elapsed = time.monotonic() - started
+    print(f"\nbench: {len(bench.measurements)} measurements in {elapsed:.0f} s")
     if options.json:
-        print(json.dumps(results))
-    failed = [result["label"] for result in results if result["errors"] or set(result["statuses"]) != {"pass"}]
+        print(json.dumps({"cores": os.cpu_count(), "python": sys.version.split()[0], "options": vars(options),
+                          "elapsed_s": round(elapsed, 1), "rows": bench.rows, "measurements": bench.measurements}))
+    failed = sorted({result["label"] for result in bench.measurements
+                     if result["errors"] or set(result["statuses"]) != {"pass"}})
     if failed:
         print(f"bench: sessions failed against: {', '.join(failed)}", file=sys.stderr)
         return 1
