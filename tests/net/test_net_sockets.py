@@ -8,6 +8,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,86 @@ def test_D13_unix_connect_has_no_tcp_options(sock_dir):
     listener.close()
     assert "error" not in result, result
     assert result["family"] == socket.AF_UNIX
+
+
+def in_own_hub(function) -> dict[str, object]:
+    """Run ``function`` in a thread with its own gevent hub; its result or error."""
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        import gevent
+
+        try:
+            result["value"] = function()
+        except BaseException as error:
+            result["error"] = error
+        finally:
+            gevent.get_hub().destroy(destroy_loop=True)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive()
+    return result
+
+
+@pytest.mark.parametrize("family", ["unix", "inet"])
+def test_connected_socket_is_born_non_blocking_and_close_on_exec(sock_dir, family):
+    """connect: one socket() call makes the socket non-blocking and close-on-exec; a child's connection
+    never leaks into a launched command (M-LAU-1); the connection works both ways."""
+    import fcntl
+
+    if family == "unix":
+        listener = listen_unix(sock_dir / "flags.sock")
+        spec = parse_spec(f"unix:{sock_dir / 'flags.sock'}")
+    else:
+        listener = bind_listener(parse_spec("inet:0@[127.0.0.1]"))
+        spec = parse_spec(f"inet:{listener.getsockname()[1]}@[127.0.0.1]")
+
+    def check():
+        sock = connect(spec, timeout=5)
+        try:
+            peer, _ = listener.accept()
+            with peer:
+                sock.sendall(b"ping")
+                data = peer.recv(4)
+            return (data, bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
+                    bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK), sock.gettimeout())
+        finally:
+            sock.close()
+
+    try:
+        result = in_own_hub(check)
+    finally:
+        listener.close()
+    assert "error" not in result, result
+    assert result["value"] == (b"ping", True, True, 5)
+
+
+def test_connect_to_a_unix_listener_with_a_full_backlog_times_out(sock_dir):
+    """M-ERR-2: a unix listener whose backlog is full answers EAGAIN; connect tries again until its timeout."""
+    path = sock_dir / "full.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(0)
+    queued = []
+    try:
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(str(path))
+            except BlockingIOError:
+                sock.close()
+                break
+            queued.append(sock)
+            assert len(queued) < 100
+        started = time.monotonic()
+        result = in_own_hub(lambda: connect(parse_spec(f"unix:{path}"), timeout=0.3))
+        elapsed = time.monotonic() - started
+    finally:
+        for sock in queued:
+            sock.close()
+        listener.close()
+    assert isinstance(result.get("error"), TimeoutError), result
+    assert 0.2 < elapsed < 3
