@@ -276,11 +276,11 @@ MILTER = _settings(
     ("end_of_message_timeout", _TIMEOUT, 297.0, "Seconds to wait for the end-of-message reply (M-ERR-2)."),
     ("retry_delay", Number(0.0), 5.0, "Once the child is down: seconds before the first attempt to bring it "
      "back (its command is started first); each failed attempt doubles the wait, up to 60 s."),
+    ("python", ClassReference(), None, "A `milterman.milter.Milter` subclass `\"module:Class\"` run inside each "
+     "worker with no socket, instead of `connection_spec`."),
     ("reuse_connection", _BOOL, False, "Keep the connection to this child across SMTP sessions: it gets `K` "
      "(quit, a new connection follows) instead of `Q`, and a later session takes it instead of connecting and "
      "negotiating again; any failure of a kept connection falls back to a fresh one (P-CMD-14)."),
-    ("python", ClassReference(), None, "A `milterman.milter.Milter` subclass `\"module:Class\"` run inside each "
-     "worker with no socket, instead of `connection_spec`."),
 )
 
 #: B3 ``[[milter_patch]]`` keys besides the ``[[milter]]`` keys (all but ``name``)

@@ -15,6 +15,7 @@ from ..net import ConnectionSpec, MilterIOError, MtaClient, Response, Timeouts
 from ..net.milter import next_id
 from ..protocol import ABORT, QUIT, Command, Negotiate, Options, ProtocolError
 from ..protocol.stages import STAGE_NAMES, stage_name
+from .pool import FIRST_REPLY_SECONDS
 from .status import Status
 
 __all__ = ["STAGE_NAMES", "Child", "ChildDefinition", "ChildFailure"]  # STAGE_NAMES: the leader reads it here
@@ -115,6 +116,10 @@ class Child:
         self.client = client
         client.waited = 0.0
         self._unproven = []
+        # a child that does not take K may stay silent: its first reply is awaited briefly (pool.py)
+        timeouts = self.definition.timeouts
+        client.timeouts = Timeouts(timeouts.connection, timeouts.writing, min(timeouts.reading, FIRST_REPLY_SECONDS),
+                                   min(timeouts.end_of_message, FIRST_REPLY_SECONDS))
         if self.definition.record is not None:
             self.definition.record.observe("O", time.monotonic() - started)
         self.negotiated = True
@@ -202,7 +207,9 @@ class Child:
             if not self._afresh(error):
                 raise ChildFailure(f"{stage_name(letter)}: no reply owed on a fresh connection") from None
             return self.collect(letter)
-        self._unproven = None
+        if self._unproven is not None:
+            self._unproven = None
+            self.client.timeouts = self.definition.timeouts
         if response.final.LETTER in ("4", "f"):
             # M-ERR-5 Py: shutdown / connection-failure from a child is a child failure (M-ERR-1, fallback)
             raise ChildFailure(f"{stage_name(letter)}: the milter answered "
@@ -220,7 +227,11 @@ class Child:
         child's own (ChildFailure)."""
         sent, self._unproven = self._unproven, None
         old = self.client
-        self.pool.failed(f"a kept connection failed on its first command ({error})")
+        if isinstance(error, MilterIOError) and error.kind.endswith("timeout"):
+            self.pool.failed(f"a kept connection did not answer its first command within "
+                             f"{FIRST_REPLY_SECONDS:g} s", for_good=True)
+        else:
+            self.pool.failed(f"a kept connection failed on its first command ({error})")
         old.close(send_quit=False)
         stage = self.stage
         self.connect(old.state.offer, observe=False)

@@ -12,11 +12,14 @@ used (one non-blocking peek: the child must be connected and silent); one that f
 check, or fails its first command in the new session (the session retries that stage on a
 fresh connection, see :meth:`milterman.manager.child.Child.collect`), stops the child's
 reuse for :data:`SUSPEND_SECONDS` and empties its pool (said once at info level per child and
-process). Only a child that negotiated version 6 gets ``K`` (P-NEG-11). The pool holds at
-most as many idle connections as the process has had sessions at once (the peak), closes
-those idle for :data:`IDLE_SECONDS`, and is emptied (idle ones get ``Q``) when the child goes
-down and when the configuration is reloaded; when the process stops, the child reads the end of
-the connection, a normal end between two sessions (P-SM-4). Switched on per child by
+process). A child that does not take ``K`` may also just stay silent: the first reply on a kept
+connection is awaited for at most :data:`FIRST_REPLY_SECONDS`, and a child that lets it pass
+is not reused again in the process (the stage goes on on a fresh connection). Only a child
+that negotiated version 6 gets ``K`` (P-NEG-11). The pool holds at most as many idle
+connections as the process has had sessions at once (the peak), closes those idle for
+:data:`IDLE_SECONDS`, and is emptied (idle ones get ``Q``) when the child goes down and when the
+configuration is reloaded; when the process stops, the child reads the end of the connection, a
+normal end between two sessions (P-SM-4). Switched on per child by
 ``reuse_connection`` (off by default: a child then gets one connection per SMTP session and
 ``Q`` at its end, M-SES-3).
 """
@@ -35,6 +38,9 @@ from ..protocol import QUIT_NEW_CONNECTION, Negotiate
 IDLE_SECONDS = 60.0
 #: seconds a child is not reused after a kept connection of it failed
 SUSPEND_SECONDS = 300.0
+#: seconds the first reply on a kept connection may take: a child that does not take ``K`` may simply
+#: never answer (some libmilter milters do so); it is then not reused again in this process
+FIRST_REPLY_SECONDS = 5.0
 
 
 class ChildPool:
@@ -102,13 +108,15 @@ class ChildPool:
     def suspended(self) -> bool:
         return time.monotonic() < self.suspended_until
 
-    def failed(self, reason: str) -> None:
+    def failed(self, reason: str, for_good: bool = False) -> None:
         """A kept connection failed (found closed or talking, or on its first command): the child is
-        not reused for :data:`SUSPEND_SECONDS`; the line is written once per child and process."""
-        self.suspended_until = time.monotonic() + SUSPEND_SECONDS
+        not reused for :data:`SUSPEND_SECONDS`, or ``for_good`` in this process (it left its first command
+        unanswered: it does not take ``K``); the line is written once per child and process."""
+        self.suspended_until = float("inf") if for_good else time.monotonic() + SUSPEND_SECONDS
         self.clear()
-        line = (f"[manager][child][reuse] [{self.name}] {reason}; its connections are not kept for "
-                f"{SUSPEND_SECONDS:g} s (sessions connect afresh)")
+        line = (f"[manager][child][reuse] [{self.name}] {reason}; its connections are "
+                + ("no longer kept in this process" if for_good else f"not kept for {SUSPEND_SECONDS:g} s")
+                + " (sessions connect afresh)")
         if not self._reported:
             self._reported = True
             self.logger.info(line)
@@ -155,6 +163,7 @@ class ChildPool:
 
     def statistics(self) -> dict:
         entry = {"idle": self.idle, "kept": self.kept, "reused": self.reused}
-        if self.suspended:
-            entry["suspended_for"] = round(self.suspended_until - time.monotonic(), 1)
+        if self.suspended:  # null: for good (JSON has no infinity)
+            left = self.suspended_until - time.monotonic()
+            entry["suspended_for"] = round(left, 1) if left != float("inf") else None
         return entry

@@ -53,8 +53,11 @@ class LeavesAfterK(ScriptedHandler):
 
     def close(self) -> None:
         super().close()
-        if self.delay:
-            gevent.sleep(self.delay)
+        if self.session.closed:
+            return  # Q or the end of the connection: nothing to leave
+        deadline = time.monotonic() + self.delay
+        while time.monotonic() < deadline and not self.milter.stopping.is_set():
+            gevent.sleep(0.02)
         self._close()
 
 
@@ -131,6 +134,28 @@ def test_a_kept_connection_that_fails_its_first_command_is_retried_on_a_fresh_on
     assert output.count("[manager][child][reuse] [leaver] a kept connection failed on its first command") == 1
     assert "[manager][child][error]" not in output
     assert len(end_lines(output, "leaver")) == 3
+
+
+def test_a_child_silent_after_K_is_answered_on_a_fresh_connection_and_not_kept_again(env):
+    """A child that does not take ``K`` and stays silent: the first reply on the kept connection is awaited
+    5 s (not the reading timeout, 60 s here), then the stage goes on on a fresh connection and the child
+    is never kept again in the process: the third session gets ``Q``. No mail gets the fallback."""
+    silent = leaving_milter(env, "silent", delay=60.0)
+    env.start([{"name": "silent", "reuse_connection": True, "fallback_status": "reject", "reading_timeout": 60.0}],
+              log={"level": "all"})
+    mail_session(env)
+    started = time.monotonic()
+    mail_session(env)
+    assert 4.5 < time.monotonic() - started < 30
+    mail_session(env)
+    wait_until(lambda: len(silent.sessions) == 3 and all(r.done.is_set() for r in silent.sessions[1:]), 20,
+               "the two fresh connections closed")
+    for record in silent.sessions[1:]:
+        assert record.letters == ["O", *SESSION, "Q"]
+    output = env.manager.output
+    assert output.count("[manager][child][reuse] [silent] a kept connection did not answer its first command "
+                        "within 5 s; its connections are no longer kept in this process") == 1
+    assert "[manager][child][error]" not in output
 
 
 def test_a_kept_connection_found_closed_is_replaced_before_the_session_uses_it(env):
