@@ -127,7 +127,8 @@ def test_a_kept_connection_that_fails_its_first_command_is_retried_on_a_fresh_on
     for _ in range(3):
         mail_session(env)  # asserts that every reply is continue: no fallback
     records = leaver.wait_sessions(3)
-    assert records[0].letters == ["O", *SESSION, "K"]
+    # the next connect may reach the child before it goes (it is never answered): timing decides
+    assert records[0].letters[:len(SESSION) + 2] == ["O", *SESSION, "K"]
     for record in records[1:]:
         assert record.letters == ["O", *SESSION, "Q"]
     output = env.manager.wait_output("[milter][end]", count=3)
