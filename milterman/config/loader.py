@@ -92,7 +92,7 @@ def load_string(text: str, *, filename: str = "<string>", overrides: Mapping[str
 
 #: [[milter]] keys that only mean something for a child behind a socket (refused beside ``python``, D-17)
 SOCKET_ONLY_KEYS = frozenset({"command", "command_options", "user_name", "connection_timeout", "writing_timeout",
-                              "retry_delay"})
+                              "retry_delay", "reuse_connection"})
 
 class _Loader:
     def __init__(self) -> None:

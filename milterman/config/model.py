@@ -191,6 +191,8 @@ class MilterSettings:
     retry_delay: float
     #: ``"module:Class"`` of an in-process child (instead of connection_spec)
     python: str | None = None
+    #: keep the connection across SMTP sessions with ``K`` (manager/pool.py)
+    reuse_connection: bool = False
     #: where it came from ("defined in FILE", "detected from /etc/opendkim.conf", D-9); a comment in render
     source: str | None = field(default=None, compare=False)
 

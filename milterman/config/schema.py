@@ -278,6 +278,9 @@ MILTER = _settings(
      "back (its command is started first); each failed attempt doubles the wait, up to 60 s."),
     ("python", ClassReference(), None, "A `milterman.milter.Milter` subclass `\"module:Class\"` run inside each "
      "worker with no socket, instead of `connection_spec`."),
+    ("reuse_connection", _BOOL, False, "Keep the connection to this child across SMTP sessions: it gets `K` "
+     "(quit, a new connection follows) instead of `Q`, and a later session takes it instead of connecting and "
+     "negotiating again; any failure of a kept connection falls back to a fresh one (P-CMD-14)."),
 )
 
 #: B3 ``[[milter_patch]]`` keys besides the ``[[milter]]`` keys (all but ``name``)

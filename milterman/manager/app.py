@@ -349,6 +349,7 @@ def child_definitions(configuration, conditions_per_milter: dict | None = None, 
                               milter.end_of_message_timeout),
             conditions=(conditions_per_milter or {}).get(milter.name, ()),
             retry_delay=milter.retry_delay, launch=_launch_function(launcher, milter, logger),
+            reuse_connection=milter.reuse_connection,
             record=recorder.child(milter.name) if recorder is not None else None))
     return tuple(definitions)
 

@@ -15,6 +15,7 @@ from ..net import ConnectionSpec, MilterIOError, MtaClient, Response, Timeouts
 from ..net.milter import next_id
 from ..protocol import ABORT, QUIT, Command, Negotiate, Options, ProtocolError
 from ..protocol.stages import STAGE_NAMES, stage_name
+from .pool import FIRST_REPLY_SECONDS
 from .status import Status
 
 __all__ = ["STAGE_NAMES", "Child", "ChildDefinition", "ChildFailure"]  # STAGE_NAMES: the leader reads it here
@@ -40,6 +41,8 @@ class ChildDefinition:
     record: object = field(default=None, compare=False, repr=False)
     #: an in-process child: its milterman.milter.Milter subclass (``spec`` is then None; see manager/inprocess.py)
     milter_class: object = None
+    #: keep its connection across SMTP sessions with ``K`` (manager/pool.py; ``reuse_connection``)
+    reuse_connection: bool = False
 
 
 class ChildFailure(Exception):
@@ -51,7 +54,8 @@ class Child:
 
     __slots__ = ("definition", "id", "logger", "client", "quitted", "in_message", "recipients_accepted",
                  "last_status", "stage", "end_status", "skip_body", "macros_extra", "started", "failure",
-                 "negotiated", "sent_headers", "sent_end_of_header", "sent_body", "ended", "recipients", "begun")
+                 "negotiated", "sent_headers", "sent_end_of_header", "sent_body", "ended", "recipients", "begun",
+                 "pool", "_unproven")
 
     def __init__(self, definition: ChildDefinition, logger: Logger) -> None:
         self.definition = definition
@@ -82,6 +86,10 @@ class Child:
         self.recipients: list[str] = []
         #: when the command awaiting a reply was sent (the stage latency of the metrics)
         self.begun = 0.0
+        #: where the connection goes back at the end of the session (manager/pool.py), or None
+        self.pool = None
+        #: a kept connection's commands until its first reply, to send again on a fresh one; None: proven
+        self._unproven: list | None = None
 
     @property
     def name(self) -> str:
@@ -93,8 +101,35 @@ class Child:
 
     # ------------------------------------------------------------------ connection
 
-    def connect(self, offer: Negotiate) -> None:
-        """Connect and negotiate with the MTA's original offer (M-NEG-1, D-2), once.
+    def reuse(self, pool, offer: Negotiate) -> bool:
+        """Take a connection kept from an earlier session and negotiated with ``offer`` (manager/pool.py);
+        ``False``: none is there and :meth:`connect` must be called. At the end of the session the
+        connection goes back to ``pool`` (:meth:`quit`)."""
+        self.pool = pool
+        if pool is None:
+            return False
+        started = time.monotonic()
+        client = pool.take(offer)
+        if client is None:
+            return False
+        self.stage = "negotiate"
+        self.client = client
+        client.waited = 0.0
+        self._unproven = []
+        # a child that does not take K may stay silent: its first reply is awaited briefly (pool.py)
+        timeouts = self.definition.timeouts
+        client.timeouts = Timeouts(timeouts.connection, timeouts.writing, min(timeouts.reading, FIRST_REPLY_SECONDS),
+                                   min(timeouts.end_of_message, FIRST_REPLY_SECONDS))
+        if self.definition.record is not None:
+            self.definition.record.observe("O", time.monotonic() - started)
+        self.negotiated = True
+        if self.logger.enabled(DEBUG):
+            self.logger.debug(f"[{self.id}] [manager][child][reuse] [{self.name}] a kept connection")
+        return True
+
+    def connect(self, offer: Negotiate, observe: bool = True) -> None:
+        """Connect and negotiate with the MTA's original offer (M-NEG-1, D-2), once (``observe``: the
+        negotiation's latency counts in the metrics; not for a second connection in one session).
 
         No retry here: a failure marks the child down, and bringing it back (launching its
         command, waiting, trying again) is the health keeper's job, off every session's path.
@@ -112,7 +147,7 @@ class Child:
         except (MilterIOError, ProtocolError) as error:
             self.client.close(send_quit=False)
             raise self._failure(error, "negotiation failed: ") from None
-        if definition.record is not None:
+        if definition.record is not None and observe:
             definition.record.observe("O", time.monotonic() - started)
         for warning in self.client.state.warnings:
             self.logger.warning(f"[{self.id}] [manager][child][negotiate] [{self.name}] {warning}")
@@ -151,19 +186,30 @@ class Child:
         if extra:
             macros = {**(macros or {}), **extra}
             encoded = None
+        if self._unproven is not None:
+            self._unproven.append((command, macros, encoded))
         try:
             if macros and (encoded is None or not self.client.queue_encoded_macros(letter, encoded)):
                 self.client.queue_macros(letter, macros)
             self.begun = time.monotonic()
             return self.client.begin(command)
         except (MilterIOError, ProtocolError) as error:
+            if self._unproven is not None:
+                return self._afresh(error)
             raise self._failure(error, f"{stage_name(letter)}: ") from None
 
     def collect(self, letter: str) -> Response:
         try:
             response = self.client.collect(letter)
         except (MilterIOError, ProtocolError) as error:
-            raise self._failure(error, f"{stage_name(letter)}: ") from None
+            if self._unproven is None:
+                raise self._failure(error, f"{stage_name(letter)}: ") from None
+            if not self._afresh(error):
+                raise ChildFailure(f"{stage_name(letter)}: no reply owed on a fresh connection") from None
+            return self.collect(letter)
+        if self._unproven is not None:
+            self._unproven = None
+            self.client.timeouts = self.definition.timeouts
         if response.final.LETTER in ("4", "f"):
             # M-ERR-5 Py: shutdown / connection-failure from a child is a child failure (M-ERR-1, fallback)
             raise ChildFailure(f"{stage_name(letter)}: the milter answered "
@@ -172,6 +218,49 @@ class Child:
         if record is not None:
             record.replied(letter, response.final, time.monotonic() - self.begun)
         return response
+
+    def _afresh(self, error: Exception) -> bool:
+        """A kept connection failed before its first reply: the child is not reused for a while
+        (pool.py), and a fresh connection, negotiated with the same offer, gets the commands sent
+        since the connection was taken, so the mail never gets the child's fallback because of
+        reuse. Returns what the last of them returned (a reply is owed); a failure here is the
+        child's own (ChildFailure)."""
+        sent, self._unproven = self._unproven, None
+        old = self.client
+        if isinstance(error, MilterIOError) and error.kind.endswith("timeout"):
+            self.pool.failed(f"a kept connection did not answer its first command within "
+                             f"{FIRST_REPLY_SECONDS:g} s", for_good=True)
+        else:
+            self.pool.failed(f"a kept connection failed on its first command ({error})")
+        old.close(send_quit=False)
+        stage = self.stage
+        self.connect(old.state.offer, observe=False)
+        self.stage = stage
+        client = self.client
+        client.waited = old.waited
+        client.on_progress, client.on_modification = old.on_progress, old.on_modification
+        owed = False
+        for command, macros, encoded in sent:
+            if command.LETTER == "A":
+                if client.state.can_quit:
+                    owed = self._send_again(command)
+                continue
+            if not client.will_send(command.LETTER):
+                raise ChildFailure(f"{stage_name(command.LETTER)}: not negotiated on a fresh connection")
+            try:
+                if macros and (encoded is None or not client.queue_encoded_macros(command.LETTER, encoded)):
+                    client.queue_macros(command.LETTER, macros)
+            except ProtocolError as failure:
+                raise self._failure(failure, f"{stage_name(command.LETTER)}: ") from None
+            owed = self._send_again(command)
+        return owed
+
+    def _send_again(self, command: Command) -> bool:
+        self.begun = time.monotonic()
+        try:
+            return self.client.begin(command)
+        except (MilterIOError, ProtocolError) as failure:
+            raise self._failure(failure, f"{stage_name(command.LETTER)}: ") from None
 
     def _failure(self, error: Exception, where: str) -> ChildFailure:
         """The ChildFailure for ``error``; a timeout is counted by its kind for the metrics."""
@@ -192,25 +281,44 @@ class Child:
         self.skip_body = False
         if self.client is None or self.quitted:
             return
+        if self._unproven is not None:
+            self._unproven.append((ABORT, None, None))
         try:
             self.client.begin(ABORT)
         except (MilterIOError, ProtocolError) as error:
-            self.expire(f"abort: {error}")
+            if self._unproven is None:
+                self.expire(f"abort: {error}")
+                return
+            try:
+                self._afresh(error)
+            except ChildFailure as failure:
+                self.expire(f"abort: {failure}")
 
     def quit(self) -> None:
-        """Send ``Q`` and close (M-SES-6); idempotent."""
+        """The child's part of the SMTP session is over (M-SES-6); idempotent.
+
+        A child that ended cleanly keeps its connection for a later session: ``K`` and back to its
+        pool (manager/pool.py); otherwise, or when the pool does not keep it, ``Q`` and close.
+        """
         if self.quitted:
             return
         self.quitted = True
         self.in_message = False
-        if self.client is None:
+        client = self.client
+        if client is None:
             return
+        state = client.state
         try:
-            if self.client.state.can_quit:
-                self.client.begin(QUIT)
+            if self.pool is not None and self.failure is None and state.can_quit:
+                if state.message_step:
+                    client.begin(ABORT)  # the child leaves the message before the next session
+                if self.pool.give(client):
+                    return
+            if state.can_quit:
+                client.begin(QUIT)
         except (MilterIOError, ProtocolError):
             pass
-        self.client.close(send_quit=False)
+        client.close(send_quit=False)
 
     def expire(self, reason: str, log: bool = True) -> None:
         """M-ERR-1: quitted for the rest of the MTA session (the caller counts the fallback).

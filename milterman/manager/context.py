@@ -130,13 +130,17 @@ class ManagerContext:
                 "child_health": self.health.statistics(), "counters": counters}
 
     def close(self) -> None:
-        """Stop bringing children back (the process serves a new configuration now)."""
+        """Stop bringing children back and close the kept connections (the process serves a new
+        configuration now, or stops)."""
         self.health.close()
 
     def session_started(self) -> None:
-        """A leader started its children (the recorder counts its end with its last status)."""
+        """A leader started its children (the recorder counts its end with its last status); the peak of
+        concurrent sessions bounds the connections each child's pool keeps."""
         self.sessions_processing += 1
         self.recorder.started += 1
+        if self.sessions_processing > self.health.peak:
+            self.health.peak = self.sessions_processing
 
     def session_finished(self) -> None:
         """ST-FINISHED, batched by max_pending_finished_sessions (M-FIN-1)."""

@@ -7,7 +7,9 @@ down child brings it back: it starts the child's ``command`` (at most once per a
 M-LAU-1), waits, then probes (connect, negotiate, quit); the wait starts at the child's
 ``retry_delay`` and doubles up to :data:`MAX_RETRY_DELAY`. The log gets one line when
 the child goes down and one when it is back, never one per session; the controller's
-``status`` shows each child's state per worker (:meth:`HealthBoard.statistics`).
+``status`` shows each child's state per worker (:meth:`HealthBoard.statistics`). Each child
+behind a socket also has its pool of kept connections here (:mod:`.pool`): emptied when the
+child goes down and when the board is closed (a reload, a stop).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..net import MilterIOError, MtaClient
 from ..protocol import Negotiate, ProtocolError
 from ..protocol.flags import Action
 from .child import ChildDefinition
+from .pool import ChildPool
 
 #: the longest wait between two attempts to bring a child back (never shorter than its retry_delay)
 MAX_RETRY_DELAY = 60.0
@@ -48,8 +51,12 @@ class ChildHealth:
     """One child's standing in one serving process, and the greenlet that brings it back."""
 
     def __init__(self, definition: ChildDefinition, logger: Logger,
-                 offer: Callable[[], Negotiate] = lambda: DEFAULT_OFFER) -> None:
+                 offer: Callable[[], Negotiate] = lambda: DEFAULT_OFFER,
+                 peak: Callable[[], int] = lambda: 1) -> None:
         self.definition = definition
+        #: the child's kept connections in this process (None: in process, or reuse switched off)
+        self.pool = ChildPool(definition.name, logger, peak) \
+            if definition.spec is not None and definition.reuse_connection else None
         self.logger = logger
         self._offer = offer
         self.state = UNKNOWN
@@ -87,6 +94,8 @@ class ChildHealth:
         """A session could not connect or negotiate: down (once), and the recovery greenlet starts."""
         self.last_error = reason
         self.last_error_at = time.time()
+        if self.pool is not None:
+            self.pool.clear()
         if self.state == DOWN or self.closed:
             return
         self.state = DOWN
@@ -152,6 +161,8 @@ class ChildHealth:
 
     def close(self) -> None:
         self.closed = True
+        if self.pool is not None:
+            self.pool.close()
         if self._recovery is not None:
             self._recovery.kill(block=False)
             self._recovery = None
@@ -162,6 +173,8 @@ class ChildHealth:
         if self.state == DOWN:
             entry["attempts"] = self.attempts
             entry["next_attempt"] = round(self.next_attempt, 3) if self.next_attempt is not None else None
+        if self.pool is not None:
+            entry["connections"] = self.pool.statistics()
         return entry
 
 
@@ -172,16 +185,21 @@ class HealthBoard:
         #: the last offer an MTA made in this process: what probes offer
         self.last_offer: Negotiate | None = None
         self.logger = logger
-        self.children = {definition.name: ChildHealth(definition, logger, self._offer)
+        #: the most sessions this process has served at once: how many connections a child's pool keeps
+        self.peak = 1
+        self.children = {definition.name: ChildHealth(definition, logger, self._offer, self._peak)
                          for definition in definitions}
 
     def _offer(self) -> Negotiate:
         return self.last_offer or DEFAULT_OFFER
 
+    def _peak(self) -> int:
+        return self.peak
+
     def of(self, definition: ChildDefinition) -> ChildHealth:
         health = self.children.get(definition.name)
         if health is None:
-            health = self.children[definition.name] = ChildHealth(definition, self.logger, self._offer)
+            health = self.children[definition.name] = ChildHealth(definition, self.logger, self._offer, self._peak)
         return health
 
     def statistics(self) -> dict:

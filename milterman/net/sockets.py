@@ -13,6 +13,7 @@ import grp
 import os
 import socket
 import stat
+import time
 
 from .spec import ConnectionSpec, SpecError, resolve
 
@@ -134,6 +135,13 @@ def connect(spec: ConnectionSpec, timeout: float | None = None):
 
     A host name is looked up now, through gevent's resolver (the serving process goes on
     meanwhile); a name that does not resolve is an ``OSError`` naming it, like a refused connect.
+
+    Few system calls (a connection per child per session when it cannot be kept): the socket is
+    made non-blocking and close-on-exec by ``socket()`` itself, TCP_NODELAY is set before the
+    connect, and a connect that completes at once (a unix socket, nearly always) is neither
+    waited for nor checked again; one in progress is waited for once, then its result read
+    once (``SO_ERROR``), instead of gevent's check, connect, wait, check, connect. A unix
+    connection costs socket, connect and gevent's own ioctl and two fcntl (its watchers).
     """
     import gevent
     from gevent import socket as gsocket
@@ -144,12 +152,63 @@ def connect(spec: ConnectionSpec, timeout: float | None = None):
                 spec = resolve(spec, gsocket.getaddrinfo)
         except SpecError as error:
             raise OSError(errno.EHOSTUNREACH, str(error)) from None
-    sock = gsocket.socket(spec.socket_family, gsocket.SOCK_STREAM)
-    sock.settimeout(timeout)
+    family = spec.socket_family
+    sock = gsocket.socket(family, _NONBLOCKING_STREAM)
     try:
-        sock.connect(spec.sockaddr)
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(0.0)  # gevent's connect is then the plain system call
+        try:
+            sock.connect(spec.sockaddr)
+        except BlockingIOError as error:
+            if error.errno != errno.EINPROGRESS:
+                _connect_when_room(sock, spec.sockaddr, timeout)
+            else:
+                gsocket.wait_write(sock.fileno(), timeout, TimeoutError("timed out"))
+                result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if result:
+                    raise OSError(result, os.strerror(result)) from None
     except BaseException:
         sock.close()
         raise
-    set_nodelay(sock)
+    sock.settimeout(timeout)
     return sock
+
+
+def _connect_when_room(sock, address, timeout: float | None) -> None:
+    """A unix listener's backlog is full (EAGAIN): nothing signals when it has room again, so the
+    connect is tried again after short, growing pauses until ``timeout`` (``TimeoutError``)."""
+    import gevent
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        if deadline is not None and time.monotonic() + pause > deadline:
+            raise TimeoutError("timed out")
+        gevent.sleep(pause)
+        pause = min(pause * 2, 0.05)
+        try:
+            sock.connect(address)
+            return
+        except BlockingIOError:
+            continue
+
+
+#: a socket born non-blocking and close-on-exec (``socket()`` sets both; Python then makes no call of its own)
+_NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+
+
+def peer_state(sock) -> str | None:
+    """None when the peer of an idle connection is connected and silent (one non-blocking peek);
+    else what is wrong: ``closed``, ``sending unexpected data`` or the socket error."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        data = sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return None
+    except OSError as error:
+        return f"broken ({error.strerror or error})"
+    finally:
+        sock.settimeout(timeout)
+    return "sending unexpected data" if data else "closed"

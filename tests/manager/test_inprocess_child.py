@@ -128,7 +128,8 @@ def test_python_and_connection_spec_together_are_refused(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("setting", ['command = "/usr/sbin/tag-milter"', 'connection_timeout = 5',
-                                     'writing_timeout = 5', 'retry_delay = 1', 'user_name = "nobody"'])
+                                     'writing_timeout = 5', 'retry_delay = 1', 'user_name = "nobody"',
+                                     'reuse_connection = true'])
 def test_socket_only_settings_beside_python_are_refused_D_17(tmp_path, monkeypatch, setting):
     (tmp_path / "socket_only_site.py").write_text(textwrap.dedent(TAG))
     monkeypatch.syspath_prepend(str(tmp_path))

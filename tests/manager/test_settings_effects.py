@@ -184,6 +184,11 @@ EFFECTS: dict[str, tuple[str, ...]] = {
     "milter.retry_delay": (
         M + "test_health.py::test_back_off_doubles_from_retry_delay_up_to_the_cap_one_launch_per_attempt",
         M + "test_child_health.py::test_a_down_child_with_fallback_accept_never_stalls_a_session_D_14"),
+    "milter.reuse_connection": (
+        M + "test_connection_reuse.py::test_P_CMD_14_a_kept_connection_serves_the_next_sessions_without_"
+            "negotiating_again",
+        M + "test_connection_reuse.py::test_a_kept_connection_that_fails_its_first_command_is_retried_on_a_fresh_"
+            "one_in_the_same_stage"),
     # [[milter_patch]]
     "milter_patch.names": (C + "test_config_merge.py::test_B3_milter_patch_order_and_condition_edits",),
     "milter_patch.add_applicable_conditions": (

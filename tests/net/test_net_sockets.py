@@ -128,56 +128,94 @@ def test_D13_tcp_nodelay_on_listener_and_accepted_sockets():
         listener.close()
 
 
+def in_own_hub(function) -> dict[str, object]:
+    """Run ``function`` in a thread with its own gevent hub; its result or error."""
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        import gevent
+
+        try:
+            result["value"] = function()
+        except BaseException as error:
+            result["error"] = error
+        finally:
+            gevent.get_hub().destroy(destroy_loop=True)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive()
+    return result
+
+
 def test_D13_tcp_nodelay_on_connected_sockets():
     """milterman.net.connect (test server, manager children) sets TCP_NODELAY; run in a thread with its own hub."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     port = listener.getsockname()[1]
-    result: dict[str, object] = {}
 
-    def run() -> None:
-        import gevent
-
+    def run() -> bool:
+        sock = connect(parse_spec(f"inet:{port}@[127.0.0.1]"), timeout=5)
         try:
-            sock = connect(parse_spec(f"inet:{port}@[127.0.0.1]"), timeout=5)
-            result["nodelay"] = nodelay(sock)
-            sock.close()
-        except BaseException as error:
-            result["error"] = error
+            return nodelay(sock)
         finally:
-            gevent.get_hub().destroy(destroy_loop=True)
+            sock.close()
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(10)
+    result = in_own_hub(run)
     listener.close()
-    assert not thread.is_alive()
     assert "error" not in result, result
-    assert result["nodelay"]
+    assert result["value"]
 
 
 def test_D13_unix_connect_has_no_tcp_options(sock_dir):
     """set_nodelay is a no-op on unix sockets (connect to a unix listener must not fail)."""
     path = sock_dir / "plain.sock"
     listener = listen_unix(path)
-    result: dict[str, object] = {}
 
-    def run() -> None:
-        import gevent
-
+    def run() -> int:
+        sock = connect(parse_spec(f"unix:{path}"), timeout=5)
         try:
-            sock = connect(parse_spec(f"unix:{path}"), timeout=5)
-            result["family"] = sock.family
-            sock.close()
-        except BaseException as error:
-            result["error"] = error
+            return sock.family
         finally:
-            gevent.get_hub().destroy(destroy_loop=True)
+            sock.close()
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(10)
+    result = in_own_hub(run)
     listener.close()
     assert "error" not in result, result
-    assert result["family"] == socket.AF_UNIX
+    assert result["value"] == socket.AF_UNIX
+
+
+@pytest.mark.parametrize("family", ["unix", "inet"])
+def test_connected_socket_is_born_non_blocking_and_close_on_exec(sock_dir, family):
+    """connect: one socket() call makes the socket non-blocking and close-on-exec; a child's connection
+    never leaks into a launched command (M-LAU-1); the connection works both ways."""
+    import fcntl
+
+    if family == "unix":
+        listener = listen_unix(sock_dir / "flags.sock")
+        spec = parse_spec(f"unix:{sock_dir / 'flags.sock'}")
+    else:
+        listener = bind_listener(parse_spec("inet:0@[127.0.0.1]"))
+        spec = parse_spec(f"inet:{listener.getsockname()[1]}@[127.0.0.1]")
+
+    def check():
+        sock = connect(spec, timeout=5)
+        try:
+            peer, _ = listener.accept()
+            with peer:
+                sock.sendall(b"ping")
+                data = peer.recv(4)
+            return (data, bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
+                    bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK), sock.gettimeout())
+        finally:
+            sock.close()
+
+    try:
+        result = in_own_hub(check)
+    finally:
+        listener.close()
+    assert "error" not in result, result
+    assert result["value"] == (b"ping", True, True, 5)
+

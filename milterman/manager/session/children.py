@@ -57,7 +57,7 @@ def start_children(manager: ManagerContext, offer: Negotiate, logger: Logger,
         if state.down:
             child.skip(f"down: {state.last_error}")
             count_fallback(child)
-        else:
+        elif not child.reuse(state.pool, offered):  # a connection kept from an earlier session, or a new one
             jobs[child] = gevent.spawn(connect, child)
     gevent.joinall(list(jobs.values()))
     for child, job in jobs.items():

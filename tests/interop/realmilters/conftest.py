@@ -58,6 +58,8 @@ class RealMilters:
         self.sink: SmtpSink | None = None
         self.manager: ManagerProcess | None = None
         self.postfixes: list[PostfixInstance] = []
+        #: a manager whose children keep their connections, behind its own Postfix (started on first use)
+        self._kept: tuple[ManagerProcess, PostfixInstance] | None = None
 
     def start(self) -> None:
         self.sandbox.start()
@@ -76,6 +78,18 @@ class RealMilters:
         return [{"name": m.name, "connection_spec": m.spec, "fallback_status": "temporary-failure",
                  "reading_timeout": float(MILTER_TIMEOUTS[1]), "end_of_message_timeout": float(MILTER_TIMEOUTS[2])}
                 for m in self.milters]
+
+    def kept(self) -> tuple[ManagerProcess, PostfixInstance]:
+        """The same children with ``reuse_connection = true`` behind a third Postfix (P-CMD-14)."""
+        if self._kept is None:
+            manager = ManagerProcess(self.directory, [{**child, "reuse_connection": True}
+                                                      for child in self.children()], detect=True)
+            try:
+                self._kept = (manager, self._postfix("kept", [manager.postfix_spec]))
+            except BaseException:
+                manager.stop()
+                raise
+        return self._kept
 
     def _postfix(self, name: str, milters: list[str]) -> PostfixInstance:
         assert self.sink is not None
@@ -114,6 +128,8 @@ class RealMilters:
                 errors.append(repr(exc))
         if self.manager:
             self.manager.stop()
+        if self._kept is not None:
+            self._kept[0].stop()
         if self.sink:
             self.sink.close()
         daemons.stop_all(self.milters)
