@@ -8,6 +8,7 @@ side derives which events are sent and which are answered (P-NEG-10, P-NEG-11).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -41,6 +42,25 @@ _MDS_256K = int(Step.MDS_256K)
 _ANSWERABLE = int(SKIP_STEPS | NO_REPLY_STEPS | CAPABILITY_STEPS)
 
 
+@functools.lru_cache(maxsize=256)
+def _event_letters(version: int, protocol: int) -> tuple[frozenset[str], frozenset[str]]:
+    """The letters sent and answered under ``version`` and ``protocol`` (P-NEG-10, P-NEG-11).
+
+    Shared by every :class:`Options` with the same words: a manager holds one per child per
+    session, and two frozensets each would be the largest part of a held session.
+    """
+    sent = {"O", "D", "E", "A", "Q"}
+    if version >= 6:
+        sent.add("K")
+    answered = {"O", "E"}
+    for letter, (skip_bit, no_reply_bit, since) in EVENT_FLAGS.items():
+        if version >= since and not protocol & skip_bit:
+            sent.add(letter)
+            if not protocol & no_reply_bit:
+                answered.add(letter)
+    return frozenset(sent), frozenset(answered)
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     """The settled result of a negotiation, fixed for the life of the socket (P-NEG-9)."""
@@ -63,17 +83,9 @@ class Options:
         object.__setattr__(self, "action_bits", int(self.actions))
         object.__setattr__(self, "protocol_bits", protocol)
         object.__setattr__(self, "mail_skipped", bool(protocol & _NO_MAIL))
-        sent = {"O", "D", "E", "A", "Q"}
-        if self.version >= 6:
-            sent.add("K")
-        answered = {"O", "E"}
-        for letter, (skip_bit, no_reply_bit, since) in EVENT_FLAGS.items():
-            if self.version >= since and not protocol & skip_bit:
-                sent.add(letter)
-                if not protocol & no_reply_bit:
-                    answered.add(letter)
-        object.__setattr__(self, "sent", frozenset(sent))
-        object.__setattr__(self, "answered", frozenset(answered))
+        sent, answered = _event_letters(self.version, protocol)
+        object.__setattr__(self, "sent", sent)
+        object.__setattr__(self, "answered", answered)
 
     @property
     def max_data_size(self) -> int:
