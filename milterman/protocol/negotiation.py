@@ -121,6 +121,13 @@ class Options:
         return None
 
 
+@functools.lru_cache(maxsize=256)
+def shared_options(version: int, actions: int, protocol: int, macro_lists: tuple[tuple[int, str], ...]) -> Options:
+    """The :class:`Options` for these words, one object for all the connections that settle on them
+    (they are immutable; a manager holds one per child per session)."""
+    return Options(version, Action(actions), Step(protocol), macro_lists)
+
+
 def answer_offer(offer: Negotiate, *, actions: int = Action.NONE, protocol: int = Step.NONE,
                  macro_lists: tuple[tuple[int, str], ...] = (), required_actions: int = Action.NONE,
                  max_version: int = MAX_VERSION) -> tuple[NegotiateReply, Options]:
@@ -151,7 +158,7 @@ def answer_offer(offer: Negotiate, *, actions: int = Action.NONE, protocol: int 
             reply_protocol |= bit
             break
     reply = NegotiateReply(version, int(reply_actions), int(reply_protocol), lists)
-    return reply, Options(version, Action(reply_actions), Step(reply_protocol), lists)
+    return reply, shared_options(version, int(reply_actions), int(reply_protocol), lists)
 
 
 def check_reply(offer: Negotiate, reply: NegotiateReply, *, strict: bool = True) -> tuple[Options, list[str]]:
@@ -182,4 +189,4 @@ def check_reply(offer: Negotiate, reply: NegotiateReply, *, strict: bool = True)
             warnings.append(f"skipped macro list for unknown stage {stage} (P-BAD-34)")
             continue
         lists.append((stage, names))
-    return Options(reply.version, Action(reply.actions), Step(protocol), tuple(lists)), warnings
+    return shared_options(reply.version, reply.actions, protocol, tuple(lists)), warnings
