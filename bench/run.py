@@ -381,7 +381,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=2000, help="sessions per direct run")
     parser.add_argument("--manager-sessions", type=int, default=3000, help="sessions per manager run")
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--only", choices=("direct", "manager", "metrics", "python-child"), help="run one part only")
+    parser.add_argument("--only", choices=("direct", "manager", "metrics", "python-child", "memory"),
+                        help="run one part only")
     parser.add_argument("--metrics-rounds", type=int, default=3,
                         help="metrics endpoint off/on pairs, alternated (the median of each is compared)")
     parser.add_argument("--rounds", type=int, default=3, help="in-process/socket pairs of the Python-child part")
@@ -392,6 +393,7 @@ def main() -> int:
 
     print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; driver: milter-test-server in one process")
     results = []
+    memory_rows: list[dict] = []
     failed = []
     with tempfile.TemporaryDirectory(prefix="milterman-bench-") as directory:
         if options.only in (None, "direct"):
@@ -431,8 +433,12 @@ def main() -> int:
                   f"target 270 (1.5x the C milter manager's 175-185 on this machine); manager CPU "
                   f"{best['cpu_ms_per_session']:.2f} ms/session (target <= 3.5)")
             results += managed
+        if options.only in (None, "memory"):
+            from memory import memory_part  # bench/memory.py: sessions held open at once, RSS per session
+
+            memory_rows = memory_part(directory)
     if options.json:
-        print(json.dumps(results))
+        print(json.dumps(results + memory_rows))
     failed = [result["label"] for result in results if result["errors"] or set(result["statuses"]) != {"pass"}]
     if failed:
         print(f"bench: sessions failed against: {', '.join(failed)}", file=sys.stderr)
