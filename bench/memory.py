@@ -28,7 +28,6 @@ import time
 import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 #: sessions being negotiated at once while the held set is built (the rest wait their turn)
 OPENING_WINDOW = 100
@@ -196,13 +195,14 @@ def measure_memory(directory: str, n_workers: int, held_count: int, *, n_childre
         for number in range(n_children):
             path = f"{config}/child{number}.sock"
             children.append(subprocess.Popen(child_command(kind, path), stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL))
+                                              stderr=subprocess.DEVNULL, cwd=config))
             wait_for_path(path, children[-1])
             lines += ["[[milter]]", f'name = "child{number}"', f'connection_spec = "unix:{path}"']
         with open(f"{config}/milter-manager.toml", "w") as handle:
             handle.write("\n".join(lines) + "\n")
+        # cwd: the installed package is measured, not a checkout that ``-m`` would find in the current directory
         manager = subprocess.Popen([sys.executable, "-m", "milterman.cli.manager", "-c", config, "--no-detect"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=config)
         try:
             wait_for_path(socket_path, manager)
             if n_workers:
@@ -270,7 +270,6 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=7.0, help="seconds to wait before reading idle and after")
     parser.add_argument("--workers", type=int, action="append", help="n_workers to measure (default: 0 and 2)")
     options = parser.parse_args()
-    os.chdir(ROOT)
     with tempfile.TemporaryDirectory(prefix="milterman-memory-") as directory:
         if options.workers:
             if options.children == "cmilter":
