@@ -87,11 +87,13 @@ class GiveBack:
         self._scheduled = False
         if self.in_progress or self._trim is None:
             return
-        self._last = self._clock()
+        started = self._last = self._clock()
         self.high_water = 0
         gc.collect()
+        collected = self._clock()
         self._trim(0)
         self.runs += 1
         if self.logger.enabled(DEBUG):
-            self.logger.debug(f"[server][memory][give-back] heap memory given back after a burst "
-                              f"({self.runs} so far, {(self._clock() - self._last) * 1000:.1f} ms)")
+            self.logger.debug(f"[server][memory][give-back] heap memory given back after a burst ({self.runs} so "
+                              f"far; collection {(collected - started) * 1000:.1f} ms, trim "
+                              f"{(self._clock() - collected) * 1000:.1f} ms)")

@@ -269,6 +269,10 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
     helpers = [gevent.spawn(heartbeat)]
     if master_fd is not None:
         helpers.append(gevent.spawn(watch_master))
+    # What exists now (modules, the configuration, gevent's hub) lives as long as the process: kept out
+    # of the collector's full passes, the give-back's collection after a burst walks the sessions' objects
+    # only, not the whole process (tens of milliseconds less with the loop blocked).
+    gc.freeze()
     try:
         if not told_to_stop:
             server.start()
