@@ -26,6 +26,7 @@ import tempfile
 import time
 
 import psutil
+from run import wait_for_path  # bench/run.py, beside this file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -154,17 +155,6 @@ def _title(process: psutil.Process) -> list[str]:
         return process.cmdline()
     except psutil.Error:
         return []
-
-
-def wait_for_path(path: str, process: subprocess.Popen, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited early with status {process.returncode}")
-        if os.path.exists(path):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{path} did not appear within {timeout} s")
 
 
 def stop(process: subprocess.Popen) -> None:
