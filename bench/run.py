@@ -476,18 +476,30 @@ def metrics_part(bench: Bench) -> None:
     bench.measurements += measure_metrics(bench.directory, bench.options)
 
 
+def memory_bench_part(bench: Bench) -> None:
+    """Sessions held open at once through the manager (bench/memory.py): KiB per session, RSS after the burst."""
+    from memory import memory_part
+
+    for result in memory_part(bench.directory):
+        bench.add_row("memory", result["label"], ours=None, figure="KiB per concurrent session",
+                      value=result["kib_per_session"], unit="KiB", target=16.0, target_text="target <= 16 KiB",
+                      before="24 KiB (C milter manager 2.3.2: 67-70 KiB)",
+                      notes=[f"RSS after the burst / idle: {result['after_over_idle']:.2f} (serving processes "
+                             f"{result['serving_after_over_idle']:.2f}; target <= 1.20)"])
+
+
 def python_children_part(bench: Bench) -> None:
     for reference in PYTHON_CHILDREN:
         bench.measurements += python_child_part(bench.directory, reference, bench.options)
 
 
 #: ``--only`` choices, run in this order; a part measures and adds its rows with ``bench.add_row(group, …)``.
-#: The memory row (group "memory": sessions held open) comes from its own part, registered here after "body".
 PARTS: dict[str, Callable[[Bench], None]] = {
     "direct": direct_part,
     "manager": manager_part,
     "latency": latency_part,
     "body": body_part,
+    "memory": memory_bench_part,
     "metrics": metrics_part,
     "python-child": python_children_part,
 }

@@ -184,7 +184,7 @@ def _stopper(name: str, reference: str, method, logger: Logger):
         except Exception:  # the site's code: "do not stop", logged once per session and condition
             logged = scope.facts.condition_errors
             if name not in logged:
-                logged.add(name)
+                scope.facts.condition_errors = logged | {name}
                 text = traceback.format_exc().rstrip().replace("\n", "\n  ")
                 logger.error(f"[{scope.facts.session_id}] [manager][condition][error] [{scope.child.name}] [{name}] "
                              f"{reference}: exception (counted as do not stop):\n  {text}")

@@ -8,6 +8,7 @@ side derives which events are sent and which are answered (P-NEG-10, P-NEG-11).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -41,6 +42,25 @@ _MDS_256K = int(Step.MDS_256K)
 _ANSWERABLE = int(SKIP_STEPS | NO_REPLY_STEPS | CAPABILITY_STEPS)
 
 
+@functools.lru_cache(maxsize=256)
+def _event_letters(version: int, protocol: int) -> tuple[frozenset[str], frozenset[str]]:
+    """The letters sent and answered under ``version`` and ``protocol`` (P-NEG-10, P-NEG-11).
+
+    Shared by every :class:`Options` with the same words: a manager holds one per child per
+    session, and two frozensets each would be the largest part of a held session.
+    """
+    sent = {"O", "D", "E", "A", "Q"}
+    if version >= 6:
+        sent.add("K")
+    answered = {"O", "E"}
+    for letter, (skip_bit, no_reply_bit, since) in EVENT_FLAGS.items():
+        if version >= since and not protocol & skip_bit:
+            sent.add(letter)
+            if not protocol & no_reply_bit:
+                answered.add(letter)
+    return frozenset(sent), frozenset(answered)
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     """The settled result of a negotiation, fixed for the life of the socket (P-NEG-9)."""
@@ -63,17 +83,9 @@ class Options:
         object.__setattr__(self, "action_bits", int(self.actions))
         object.__setattr__(self, "protocol_bits", protocol)
         object.__setattr__(self, "mail_skipped", bool(protocol & _NO_MAIL))
-        sent = {"O", "D", "E", "A", "Q"}
-        if self.version >= 6:
-            sent.add("K")
-        answered = {"O", "E"}
-        for letter, (skip_bit, no_reply_bit, since) in EVENT_FLAGS.items():
-            if self.version >= since and not protocol & skip_bit:
-                sent.add(letter)
-                if not protocol & no_reply_bit:
-                    answered.add(letter)
-        object.__setattr__(self, "sent", frozenset(sent))
-        object.__setattr__(self, "answered", frozenset(answered))
+        sent, answered = _event_letters(self.version, protocol)
+        object.__setattr__(self, "sent", sent)
+        object.__setattr__(self, "answered", answered)
 
     @property
     def max_data_size(self) -> int:
@@ -109,6 +121,13 @@ class Options:
         return None
 
 
+@functools.lru_cache(maxsize=256)
+def shared_options(version: int, actions: int, protocol: int, macro_lists: tuple[tuple[int, str], ...]) -> Options:
+    """The :class:`Options` for these words, one object for all the connections that settle on them
+    (they are immutable; a manager holds one per child per session)."""
+    return Options(version, Action(actions), Step(protocol), macro_lists)
+
+
 def answer_offer(offer: Negotiate, *, actions: int = Action.NONE, protocol: int = Step.NONE,
                  macro_lists: tuple[tuple[int, str], ...] = (), required_actions: int = Action.NONE,
                  max_version: int = MAX_VERSION) -> tuple[NegotiateReply, Options]:
@@ -139,7 +158,7 @@ def answer_offer(offer: Negotiate, *, actions: int = Action.NONE, protocol: int 
             reply_protocol |= bit
             break
     reply = NegotiateReply(version, int(reply_actions), int(reply_protocol), lists)
-    return reply, Options(version, Action(reply_actions), Step(reply_protocol), lists)
+    return reply, shared_options(version, int(reply_actions), int(reply_protocol), lists)
 
 
 def check_reply(offer: Negotiate, reply: NegotiateReply, *, strict: bool = True) -> tuple[Options, list[str]]:
@@ -170,4 +189,4 @@ def check_reply(offer: Negotiate, reply: NegotiateReply, *, strict: bool = True)
             warnings.append(f"skipped macro list for unknown stage {stage} (P-BAD-34)")
             continue
         lists.append((stage, names))
-    return Options(reply.version, Action(reply.actions), Step(protocol), tuple(lists)), warnings
+    return shared_options(reply.version, reply.actions, protocol, tuple(lists)), warnings

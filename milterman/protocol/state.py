@@ -290,6 +290,10 @@ class MilterState(_Grammar):
         self._final(awaiting, reply)
 
 
+#: the skipped letters of a state whose milter skipped nothing (shared)
+_NOTHING_SKIPPED: frozenset[str] = frozenset()
+
+
 class MtaState(_Grammar):
     """MTA-side session state: what we may send, which replies are owed and legal (P-SM-9, P-SM-10)."""
 
@@ -299,8 +303,9 @@ class MtaState(_Grammar):
     def __init__(self, offer: Negotiate, *, strict: bool = True) -> None:
         super().__init__(strict)
         self.offer = offer
-        #: event letters the milter answered with skip in this message (Postfix style, P-RPL-8)
-        self.skipped: set[str] = set()
+        #: event letters the milter answered with skip in this message (Postfix style, P-RPL-8); a set
+        #: of its own only once there is one (most milters never skip: a held session has one per child)
+        self.skipped: set[str] | frozenset[str] = _NOTHING_SKIPPED
 
     def will_send(self, letter: str) -> bool:
         """Whether the event should go to this milter now (skip bits, version, earlier skip replies)."""
@@ -347,7 +352,7 @@ class MtaState(_Grammar):
                     raise LocalProtocolError("QUIT_NC needs protocol version 6", "P-NEG-11")
                 self.phase = NEGOTIATED
             self.message_step = 0
-            self.skipped.clear()
+            self.skipped = _NOTHING_SKIPPED
             return False
         if phase == REFUSED:
             raise LocalProtocolError(f"sending {letter!r} after the milter ended the connection", "P-SM-6")
@@ -357,7 +362,7 @@ class MtaState(_Grammar):
             raise LocalProtocolError(f"the milter skipped further {letter!r} events", "P-RPL-8")
         self._event(letter, options)
         if letter == "M":
-            self.skipped.clear()
+            self.skipped = _NOTHING_SKIPPED
         if letter == "E" or letter in options.answered:
             self.awaiting = letter
             return True
@@ -395,7 +400,7 @@ class MtaState(_Grammar):
                 raise UnexpectedMessage("skip without SMFIP_SKIP negotiated", "P-RPL-8")
             if awaiting == "E" or awaiting not in MESSAGE_STEPS:  # Postfix: only inside a message (P-RPL-8)
                 raise UnexpectedMessage(f"skip in reply to {awaiting!r}", "P-RPL-8")
-            self.skipped.add(awaiting)
+            self.skipped = self.skipped | {awaiting}
         if not self._final(awaiting, reply) and (awaiting == "E" or self.message_step == 0):
-            self.skipped.clear()
+            self.skipped = _NOTHING_SKIPPED
         return True

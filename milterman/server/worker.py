@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from ..log import STATISTICS, Logger
 from ..log import logger as default_logger
 from . import memory
+from .giveback import GiveBack
 from .metrics import process_facts
 
 EVENT_LOOP_BACKENDS = {"default": "libev-cext", "libev": "libev-cext", "libuv": "libuv-cffi"}
@@ -55,6 +56,9 @@ def select_event_loop(name: str) -> None:
     import gevent
 
     gevent.config.loop = implementation
+    # No spawn tree: it keeps the spawner and up to 10 frame records per greenlet, for debugging
+    # tools we do not use, at a cost in memory per session and CPU per spawn.
+    gevent.config.track_greenlet_tree = False
 
 
 @dataclass
@@ -160,14 +164,18 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
     # At max_connections the server stops accepting until a session ends (D-6, M-ACC-1).
     pool = Pool(settings.max_connections if settings.max_connections > 0 else None)
     sessions = [0]
+    # freed memory goes back to the system when a burst of sessions is over (not per session, D-12)
+    give_back = GiveBack(lambda delay, function: gevent.spawn_later(delay, function), logger=logger)
 
     def counted(client, address) -> None:
         """Maintenance counts milter sessions: ``handle`` returns false for a connection that never
         sent a command (a readiness probe), which is not counted (M-MNT-1)."""
         session = False
+        give_back.started()
         try:
             session = handle(client, address) is not False
         finally:
+            give_back.ended()
             if session:
                 sessions[0] += 1
                 interval = settings.maintenance_interval
@@ -261,6 +269,10 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
     helpers = [gevent.spawn(heartbeat)]
     if master_fd is not None:
         helpers.append(gevent.spawn(watch_master))
+    # What exists now (modules, the configuration, gevent's hub) lives as long as the process: kept out
+    # of the collector's full passes, the give-back's collection after a burst walks the sessions' objects
+    # only, not the whole process (tens of milliseconds less with the loop blocked).
+    gc.freeze()
     try:
         if not told_to_stop:
             server.start()

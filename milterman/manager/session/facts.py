@@ -18,6 +18,10 @@ class Counters(Protocol):
     sessions_processing: int
 
 
+#: no logged condition errors, no stopped children: shared by every session until it has some
+NO_MARKS: frozenset[str] = frozenset()
+
+
 class Facts:
     """One MTA session as conditions see it; the leader writes, conditions read (and mark ``flags``, ``shelf``)."""
 
@@ -45,7 +49,7 @@ class Facts:
         #: what Python conditions keep for the rest of the transaction, emptied at MAIL and at abort
         self.shelf: dict = {}
         #: names of Python conditions whose exception was logged in this session (once each)
-        self.condition_errors: set[str] = set()
+        self.condition_errors: frozenset[str] = NO_MARKS  # replaced (rarely) by a larger frozenset
         self._counters = counters
 
     @property

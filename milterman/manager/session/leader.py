@@ -23,7 +23,7 @@ from ..child import Child
 from ..context import ManagerContext
 from ..status import Combined, Status, status_of
 from .children import fan_out, start_children
-from .facts import Facts
+from .facts import NO_MARKS, Facts
 from .negotiation import mta_request
 from .pipeline import MessagePipeline
 
@@ -49,7 +49,7 @@ class Leader(MilterHandler):
         self.children_ready = False
         self.data_done = False
         #: the rule chain's decision for the MTA command in progress (B7)
-        self.rule_stopped: frozenset[str] = frozenset()
+        self.rule_stopped: frozenset[str] = NO_MARKS
         self.rule_stage = ""
         #: what conditions and rules read (B5.1)
         self.facts = Facts(session.id, session.macros, manager)
@@ -396,7 +396,7 @@ class Leader(MilterHandler):
         Returns the reply when a terminal rule answered the MTA itself (C-RULE-3); otherwise
         records which children a skip/only rule stopped and the macros to add (C-RULE-2, -4).
         """
-        self.rule_stopped = frozenset()
+        self.rule_stopped = NO_MARKS
         self.rule_stage = letter
         for child in self.children:
             if child.macros_extra:

@@ -1,0 +1,99 @@
+"""Memory given back to the system once a burst of sessions is over.
+
+A burst of concurrent sessions leaves the serving process at its high-water mark: glibc keeps
+freed heap pages (greenlet stack copies, receive buffers, per-session objects) for reuse and only
+returns what sits at the very top of the heap. ``malloc_trim(0)`` returns every whole free page.
+Sessions whose objects form reference cycles are only freed by a full collection, so one runs
+first: a burst's garbage would otherwise hold its memory until the collector's next full pass.
+It runs off the per-packet path: when the number of sessions in progress drops to zero after a
+burst (at least :data:`BURST` at once since the last run), a moment later, and at most once per
+``interval`` seconds (D-12: no work merely because the process went idle after each session).
+
+Only the standard library (ctypes) is used, so the module may be imported anywhere; the caller
+passes the way to run something later (gevent's ``spawn_later`` in a serving process).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import time
+from collections.abc import Callable
+
+from ..log import DEBUG, Logger
+from ..log import logger as default_logger
+
+#: sessions in progress at once since the last give-back that make the next one worth it
+BURST = 8
+#: seconds between two give-backs at most
+INTERVAL = 5.0
+#: seconds the process must stay without sessions before memory is given back (the last
+#: session's greenlet and objects are freed by then)
+SETTLE = 0.2
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """libc's ``malloc_trim``, or None on a C library without it (musl, macOS)."""
+    try:
+        function = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_size_t]
+    function.restype = ctypes.c_int
+    return function
+
+
+class GiveBack:
+    """Counts the sessions in progress and gives freed memory back after a burst."""
+
+    def __init__(self, later: Callable[[float, Callable[[], None]], object], *, logger: Logger = default_logger,
+                 burst: int = BURST, interval: float = INTERVAL, settle: float = SETTLE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._later = later
+        self.logger = logger
+        self.burst = burst
+        self.interval = interval
+        self.settle = settle
+        self._clock = clock
+        self._trim = _malloc_trim()
+        if self._trim is None and logger.enabled(DEBUG):
+            logger.debug("[server][memory][give-back] this C library has no malloc_trim: freed memory is "
+                         "not given back after bursts")
+        self.in_progress = 0
+        #: the most sessions in progress at once since the last give-back
+        self.high_water = 0
+        self._last = -interval
+        self._scheduled = False
+        #: give-backs run so far (malloc_trim called)
+        self.runs = 0
+
+    def started(self) -> None:
+        """A session began."""
+        self.in_progress += 1
+        if self.in_progress > self.high_water:
+            self.high_water = self.in_progress
+
+    def ended(self) -> None:
+        """A session ended; the last one of a burst schedules the give-back."""
+        self.in_progress -= 1
+        if self.in_progress == 0 and self.high_water >= self.burst and not self._scheduled \
+                and self._trim is not None:
+            self._scheduled = True
+            delay = max(self.settle, self._last + self.interval - self._clock())
+            self._later(delay, self._run)
+
+    def _run(self) -> None:
+        """Give memory back unless sessions came back meanwhile (then the next burst's end does it)."""
+        self._scheduled = False
+        if self.in_progress or self._trim is None:
+            return
+        started = self._last = self._clock()
+        self.high_water = 0
+        gc.collect()
+        collected = self._clock()
+        self._trim(0)
+        self.runs += 1
+        if self.logger.enabled(DEBUG):
+            self.logger.debug(f"[server][memory][give-back] heap memory given back after a burst ({self.runs} so "
+                              f"far; collection {(collected - started) * 1000:.1f} ms, trim "
+                              f"{(self._clock() - collected) * 1000:.1f} ms)")

@@ -1,0 +1,96 @@
+"""Memory given back after a burst of sessions (issue 15 item 4; D-12: never after each session).
+
+A serving process (the master with n_workers 0, a worker otherwise) counts the sessions in
+progress; when a burst of them is over it runs a full collection and ``malloc_trim(0)`` and says
+so at debug level. Real sockets: sessions are held open past negotiation and connect, all at once,
+then closed.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from milterman.protocol import QUIT, Action, Connect, Family, MtaState, Negotiate, ReplyDecoder, Step
+from milterman.server.giveback import BURST, GiveBack
+
+GIVE_BACK_LINE = "[server][memory][give-back]"
+
+
+def held_session(path: str, number: int) -> tuple[socket.socket, MtaState]:
+    """One MTA connection negotiated and past connect, left open (bounded waits)."""
+    offer = Negotiate(6, int(Action.ALL), int(Step.ALL))
+    state, decoder = MtaState(offer), ReplyDecoder()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(15)
+    sock.connect(path)
+    for command in (offer, Connect(f"client{number}.example.test", Family.INET, 25000 + number, "127.0.0.1")):
+        owed = state.send(command)
+        sock.sendall(command.encode())
+        while owed:
+            reply = decoder.next_message()
+            if reply is None:
+                data = sock.recv(65536)
+                assert data, "the server closed a session before answering"
+                decoder.feed(data)
+            elif state.receive(reply):
+                owed = False
+    return sock, state
+
+
+def burst(path: str, count: int) -> None:
+    held = [held_session(path, number) for number in range(count)]
+    for sock, state in held:
+        state.send(QUIT)
+        sock.sendall(QUIT.encode())
+        sock.close()
+
+
+@pytest.mark.parametrize("n_workers", [0, 1])
+def test_burst_of_held_sessions_gives_memory_back(start_client, n_workers):
+    server = start_client("--log-level", "+debug", n_workers=n_workers)
+    path = str(server.socket_path)
+    burst(path, BURST + 4)
+    server.wait_log(r"\[server\]\[memory\]\[give-back\] heap memory given back after a burst", timeout=15)
+    assert server.log().count(GIVE_BACK_LINE) == 1
+
+
+def test_sessions_one_at_a_time_give_nothing_back(start_client):
+    """Below a burst nothing runs: one session after another never pays for a give-back (D-12)."""
+    server = start_client("--log-level", "+debug", n_workers=0)
+    path = str(server.socket_path)
+    for _ in range(BURST + 2):
+        burst(path, 1)
+    time.sleep(1.0)  # longer than the give-back's settling delay
+    burst(path, 1)
+    assert GIVE_BACK_LINE not in server.log()
+
+
+def test_give_back_waits_for_the_interval_and_for_sessions_to_end():
+    """At most one run per interval; a run due while sessions are back in progress is left to the next
+    burst's end (the caller's clock and scheduler, no sockets)."""
+    now = [100.0]
+    scheduled: list[tuple[float, object]] = []
+    give_back = GiveBack(lambda delay, function: scheduled.append((delay, function)), burst=2, interval=5.0,
+                         settle=0.2, clock=lambda: now[0])
+    if give_back._trim is None:
+        pytest.skip("this C library has no malloc_trim")
+    for _ in range(3):
+        give_back.started()
+    for _ in range(3):
+        give_back.ended()
+    assert [delay for delay, _ in scheduled] == [0.2]
+    scheduled.pop()[1]()
+    assert give_back.runs == 1
+    now[0] += 1.0
+    give_back.started(), give_back.started()
+    give_back.ended(), give_back.ended()
+    delay, run = scheduled.pop()
+    assert delay == pytest.approx(4.0)  # the interval since the last run
+    give_back.started()  # a session came back before the run was due
+    run()
+    assert give_back.runs == 1
+    give_back.ended()  # this burst's end schedules it again
+    assert len(scheduled) == 1
