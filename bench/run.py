@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -86,8 +87,10 @@ def measure(label: str, command: list[str], target: str, sessions: int, concurre
         tree = process_tree(milter.pid)
         helper_tree = [process for helper in helpers or () for process in process_tree(helper.pid)]
         cpu_before, helper_before = cpu_seconds(tree), cpu_seconds(helper_tree)
+        driver_before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the driver is the only child reaped here
         run = subprocess.run(driver_command(target, sessions, concurrency), capture_output=True, text=True,
                              timeout=900)
+        driver_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_after, helper_after = cpu_seconds(tree), cpu_seconds(helper_tree)
         if loaded is not None:
             loaded()  # before the measured process is stopped
@@ -99,6 +102,8 @@ def measure(label: str, command: list[str], target: str, sessions: int, concurre
                 "errors": totals["errors"], "sessions_per_second": totals["sessions_per_second"],
                 "latency": totals["latency"], "cpu_ms_per_session": 1000 * (cpu_after - cpu_before) / sessions,
                 "helper_cpu_ms_per_session": 1000 * (helper_after - helper_before) / sessions,
+                "driver_cpu_ms_per_session": 1000 * (driver_after.ru_utime + driver_after.ru_stime
+                                                     - driver_before.ru_utime - driver_before.ru_stime) / sessions,
                 "peak_rss_kb": sum(peak_rss_kb(process.pid) for process in tree)}
     finally:
         milter.send_signal(signal.SIGTERM)
@@ -283,7 +288,8 @@ def python_child_part(directory: str, reference: str, options) -> list[dict]:
         cpus.append(inside["cpu_ms_per_session"] / max(total, 1e-9))
         print(f"  round: sessions/s ratio {speeds[-1]:.2f}; CPU ms/session in process "
               f"{inside['cpu_ms_per_session']:.3f}, socket manager {socket_row['cpu_ms_per_session']:.3f} "
-              f"+ child {socket_row['helper_cpu_ms_per_session']:.3f} = {total:.3f}")
+              f"+ child {socket_row['helper_cpu_ms_per_session']:.3f} = {total:.3f}; driver "
+              f"{inside['driver_cpu_ms_per_session']:.3f} / {socket_row['driver_cpu_ms_per_session']:.3f}")
     median_speed, median_cpu = sorted(speeds)[len(speeds) // 2], sorted(cpus)[len(cpus) // 2]
     print(f"  ratio in process / socket (median of {len(pairs)}): sessions/s {median_speed:.2f} (target >= 1.5); "
           f"CPU per session {median_cpu:.2f} of manager + child")
