@@ -31,11 +31,11 @@ from ..log import ERROR, Logger, logger as default_logger
 from ..net import MilterIOError, Response, Timeouts
 from ..net.milter import next_id
 from ..protocol import (CONTINUE, QUIT, AddHeader, AddRcpt, AddRcptWithParameters, ChangeFrom, ChangeHeader, Command,
-                        Continue, DeleteRcpt, Discard, InsertHeader, LocalProtocolError, MacroStore, MalformedPacket,
-                        MtaState, Negotiate, Options, ProtocolError, Quarantine, ReplaceBody, Reply, ReplyCode, Skip,
-                        answer_offer, chunk_body, parse_reply_text, strip_braces)
+                        Continue, DeleteRcpt, InsertHeader, LocalProtocolError, MacroStore, MtaState, Negotiate,
+                        Options, ProtocolError, Quarantine, ReplaceBody, Reply, answer_offer, chunk_body,
+                        strip_braces)
 from ..protocol.stages import BY_LETTER, HANDLER_METHODS
-from ..protocol.state import NEGOTIATED
+from ..protocol.state import NEGOTIATED, check_final_reply
 from .api import Milter
 from .runner import MilterAdapter, Plan, plan_for
 
@@ -90,21 +90,6 @@ def _negotiation(cls: type[Milter], plan: Plan, offer: Negotiate) -> _Negotiated
         if len(offers) < 32:  # an MTA offers one thing; never grow without bound
             offers[offer] = settled
     return settled
-
-
-def _check_final(letter: str, reply: Reply, options: Options) -> None:
-    """The final replies a milter may not send here (as a socket milter's own side refuses them)."""
-    if isinstance(reply, Skip):
-        if letter != "B" or not options.skip_allowed:
-            raise LocalProtocolError("skip is only sent for body chunks with SKIP negotiated", "P-RPL-8")
-    elif isinstance(reply, Discard):
-        if not BY_LETTER[letter].discard_allowed:
-            raise LocalProtocolError("discard is meaningless at connect, helo and unknown", "P-RPL-6")
-    elif isinstance(reply, ReplyCode):
-        try:
-            parse_reply_text(reply.text)
-        except MalformedPacket as error:
-            raise LocalProtocolError(f"invalid reply text: {error}", error.rule) from None
 
 
 class InProcessClient:
@@ -278,7 +263,7 @@ class InProcessClient:
             if owed:
                 reply = reply or CONTINUE
                 if type(reply) is not Continue:
-                    _check_final(letter, reply, self.state.options)
+                    check_final_reply(letter, reply, self.state.options)
                 self.state.receive(reply)
         except _Expired:
             self.finished = True
