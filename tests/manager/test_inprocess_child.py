@@ -17,7 +17,7 @@ import pytest
 
 from manager_harness import clean_env, letters, wait_until
 from milterman.config import ConfigurationError, load_string
-from milterman.protocol import (ABORT, DATA, END_OF_HEADER, END_OF_MESSAGE, AddHeader, Body, Connect, Family, Header,
+from milterman.protocol import (DATA, END_OF_HEADER, END_OF_MESSAGE, AddHeader, Body, Connect, Family, Header,
                                 Helo, Mail, Rcpt, Reject, ReplaceBody, ReplyCode, TempFail)
 
 TAG = (Path(__file__).resolve().parents[1] / "support" / "tag.py").read_text() + """
