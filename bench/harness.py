@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -131,8 +132,10 @@ def measure(label: str, command: list[str], target: str, sessions: int, concurre
         tree = process_tree(milter.pid)
         helper_tree = [process for helper in helpers or () for process in process_tree(helper.pid)]
         cpu_before, helper_before = cpu_seconds(tree), cpu_seconds(helper_tree)
+        driver_before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the driver is the only child reaped here
         run = subprocess.run(driver_command(target, sessions, concurrency, driver_options), capture_output=True,
                              text=True, timeout=DRIVER_TIMEOUT)
+        driver_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_after, helper_after = cpu_seconds(tree), cpu_seconds(helper_tree)
         if loaded is not None:
             loaded()  # before the measured process is stopped
@@ -145,6 +148,8 @@ def measure(label: str, command: list[str], target: str, sessions: int, concurre
                 "sessions_per_second": totals["sessions_per_second"], "latency": totals["latency"],
                 "cpu_ms_per_session": 1000 * (cpu_after - cpu_before) / sessions,
                 "helper_cpu_ms_per_session": 1000 * (helper_after - helper_before) / sessions,
+                "driver_cpu_ms_per_session": 1000 * (driver_after.ru_utime + driver_after.ru_stime
+                                                     - driver_before.ru_utime - driver_before.ru_stime) / sessions,
                 "peak_rss_kb": sum(peak_rss_kb(process.pid) for process in tree)}
     finally:
         stop(milter)

@@ -195,7 +195,8 @@ def python_child_part(directory: str, reference: str, options) -> list[dict]:
         cpus.append(inside["cpu_ms_per_session"] / max(total, 1e-9))
         print(f"  round: sessions/s ratio {speeds[-1]:.2f}; CPU ms/session in process "
               f"{inside['cpu_ms_per_session']:.3f}, socket manager {socket_row['cpu_ms_per_session']:.3f} "
-              f"+ child {socket_row['helper_cpu_ms_per_session']:.3f} = {total:.3f}")
+              f"+ child {socket_row['helper_cpu_ms_per_session']:.3f} = {total:.3f}; driver "
+              f"{inside['driver_cpu_ms_per_session']:.3f} / {socket_row['driver_cpu_ms_per_session']:.3f}")
     median_speed, median_cpu = sorted(speeds)[len(speeds) // 2], sorted(cpus)[len(cpus) // 2]
     print(f"  ratio in process / socket (median of {len(pairs)}): sessions/s {median_speed:.2f} (target >= 1.5); "
           f"CPU per session {median_cpu:.2f} of manager + child")

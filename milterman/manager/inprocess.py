@@ -1,12 +1,12 @@
 """A child milter that runs inside the worker: ``[[milter]] python = "module:Class"``.
 
-Everything the leader uses of a :class:`~milterman.manager.child.Child` stays as it is:
-the child's client is an :class:`~milterman.milter.inprocess.InProcessClient`, the
-ordinary MTA-side client whose socket is replaced by the milter session in memory. So
-negotiation (only the stages the class implements), replies, fallback status on a
-failure, the reading and end-of-message timeouts, conditions and the statistics lines
-are those of a socket child, without the connection, the system calls and the second
-process per message.
+Everything the leader uses of a :class:`~milterman.manager.child.Child` stays as it is: the
+child's client is an :class:`~milterman.milter.inprocess.InProcessClient`, which calls the
+class's callbacks with the leader's command objects (no packets, no second state machine) and
+answers in ``begin``; ``collect`` hands the answer out. Negotiation (only the stages the class
+implements), macros per stage, replies, fallback status on a failure, the reading and
+end-of-message timeouts, conditions, the statistics lines and the metrics are those of a socket
+child, without the connection, the system calls and the second process per message.
 """
 
 from __future__ import annotations
@@ -24,18 +24,28 @@ class InProcessChild(Child):
 
     def connect(self, offer: Negotiate) -> None:
         """A new connection context of the class, negotiated with the MTA's offer as a socket child is (M-NEG-1)."""
-        from ..milter.inprocess import InProcessClient
-
         definition = self.definition
         self.stage = "negotiate"
-        self.client = InProcessClient.start(definition.milter_class, offer, timeouts=definition.timeouts,
-                                            logger=self.logger, check_reply_text=False, session_id=self.id)
+        self.client = _client_class()(definition.milter_class, offer, timeouts=definition.timeouts,
+                                      logger=self.logger, session_id=self.id)
         try:
             self.client.negotiate()
         except (MilterIOError, ProtocolError) as error:
             self.client.close(send_quit=False)
             raise ChildFailure(f"negotiation failed: {error}") from None
         self.negotiated = True
+
+
+_CLIENT_CLASS: list = []
+
+
+def _client_class():
+    """InProcessClient, imported when the first in-process child starts (it needs gevent: workers only)."""
+    if not _CLIENT_CLASS:
+        from ..milter.inprocess import InProcessClient
+
+        _CLIENT_CLASS.append(InProcessClient)
+    return _CLIENT_CLASS[0]
 
 
 def make_child(definition: ChildDefinition, logger: Logger) -> Child:

@@ -43,7 +43,7 @@ REFUSED = "refused"           # a connection-level decision ended it: only D, A,
 CLOSED = "closed"             # QUIT seen
 
 __all__ = ["CLOSED", "CONNECTED", "END_OF_MESSAGE_STEP", "INIT", "MESSAGE_STEPS", "NEGOTIATED", "REFUSED",
-           "MilterState", "MtaState"]
+           "MilterState", "MtaState", "check_final_reply"]
 
 #: what a final reply does to the session, by what a refusal at the answered stage ends (P-SM-6);
 #: ``None`` keeps the message step, ``0`` ends the message, ``"refused"`` ends the connection
@@ -276,22 +276,28 @@ class MilterState(_Grammar):
             elif not isinstance(reply, Progress):
                 raise LocalProtocolError(f"unexpected non-final reply {reply!r}", "P-RPL-1")
             return
-        if isinstance(reply, Skip) and (awaiting != "B" or not options.skip_allowed):
-            raise LocalProtocolError("skip is only sent for body chunks with SKIP negotiated", "P-RPL-8")
-        if isinstance(reply, Discard) and not BY_LETTER[awaiting].discard_allowed:
-            raise LocalProtocolError("discard is meaningless at connect, helo and unknown", "P-RPL-6")
-        if isinstance(reply, ConnectionFailure):
-            raise LocalProtocolError("connection-failure is accepted by no MTA", "P-RPL-12")
-        if isinstance(reply, ReplyCode):
-            try:
-                parse_reply_text(reply.text)
-            except MalformedPacket as error:
-                raise LocalProtocolError(f"invalid reply text: {error}", error.rule) from None
+        check_final_reply(awaiting, reply, options)
         self._final(awaiting, reply)
 
 
 #: the skipped letters of a state whose milter skipped nothing (shared)
 _NOTHING_SKIPPED: frozenset[str] = frozenset()
+
+
+def check_final_reply(awaiting: str, reply: Reply, options: Options) -> None:
+    """Refuse a final reply to ``awaiting`` the milter side may not send (P-RPL-6, P-RPL-8, P-RPL-12, reply text);
+    also used where a milter's methods are called without a socket (milterman.milter.inprocess)."""
+    if isinstance(reply, Skip) and (awaiting != "B" or not options.skip_allowed):
+        raise LocalProtocolError("skip is only sent for body chunks with SKIP negotiated", "P-RPL-8")
+    if isinstance(reply, Discard) and not BY_LETTER[awaiting].discard_allowed:
+        raise LocalProtocolError("discard is meaningless at connect, helo and unknown", "P-RPL-6")
+    if isinstance(reply, ConnectionFailure):
+        raise LocalProtocolError("connection-failure is accepted by no MTA", "P-RPL-12")
+    if isinstance(reply, ReplyCode):
+        try:
+            parse_reply_text(reply.text)
+        except MalformedPacket as error:
+            raise LocalProtocolError(f"invalid reply text: {error}", error.rule) from None
 
 
 class MtaState(_Grammar):

@@ -57,13 +57,16 @@ def start_children(manager: ManagerContext, offer: Negotiate, logger: Logger,
         if state.down:
             child.skip(f"down: {state.last_error}")
             count_fallback(child)
+        elif child.definition.milter_class is not None:  # in process: a computation, nothing to wait for
+            jobs[child] = connect(child)
         elif not child.reuse(state.pool, offered):  # a connection kept from an earlier session, or a new one
             jobs[child] = gevent.spawn(connect, child)
-    gevent.joinall(list(jobs.values()))
+    gevent.joinall([job for job in jobs.values() if isinstance(job, gevent.Greenlet)])
     for child, job in jobs.items():
-        if job.value is None:
+        outcome = job.value if isinstance(job, gevent.Greenlet) else job
+        if outcome is None:
             continue
-        error, logged = job.value
+        error, logged = outcome
         child.expire(f"negotiate: {error}", log=not logged)
         count_fallback(child)
     if manager.unreachable_reported and any(child.negotiated for child in children):
