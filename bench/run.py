@@ -87,12 +87,13 @@ CHILD_NAMES = {"client": "milter-test-client", "c": "libmilter C"}
 
 def measure_manager(directory: str, n_children: int, n_workers: int, sessions: int, concurrency: int,
                     metrics: bool | None = None, children_kind: str = "client",
-                    driver_options: Sequence[str] = (), tag: str = "") -> dict:
+                    driver_options: Sequence[str] = (), tag: str = "", reuse: bool = False) -> dict:
     """milter-manager with n children (milter-test-client or the C milter), all on unix sockets in ``directory``.
 
     ``metrics``: None leaves the endpoint out of the label; True switches it on and scrapes it
     every second during the measured load; False measures the same set-up with it off. The children's
-    CPU time is reported as ``helper_cpu_ms_per_session`` (all of them together).
+    CPU time is reported as ``helper_cpu_ms_per_session`` (all of them together). ``reuse``: every child with
+    ``reuse_connection = true`` (kept across sessions with K).
     """
     children = []
     config = tempfile.mkdtemp(prefix=f"manager-{children_kind}{n_children}-{n_workers}-", dir=directory)
@@ -106,12 +107,16 @@ def measure_manager(directory: str, n_children: int, n_workers: int, sessions: i
             path = f"{config}/child{number}.sock"
             children.append(start_milter(child_command(children_kind, path), path))
             lines += ["[[milter]]", f'name = "child{number}"', f'connection_spec = "unix:{path}"']
+            if reuse:
+                lines.append("reuse_connection = true")
         with open(f"{config}/milter-manager.toml", "w") as handle:
             handle.write("\n".join(lines) + "\n")
         label = (f"manager, {n_children} {CHILD_NAMES[children_kind]} child{'ren' if n_children > 1 else ''}, "
                  f"n_workers {n_workers}")
         if metrics is not None:
             label += f", metrics {'on' if metrics else 'off'}"
+        if reuse:
+            label += ", reuse_connection"
         if tag:
             label += f", {tag}"
         scrapers: list[Scraper] = []
@@ -414,6 +419,8 @@ def manager_part(bench: Bench) -> None:
         for n_workers in (0, 2):
             setups[f"{kind}{n_workers}"] = (lambda kind=kind, n_workers=n_workers: measure_manager(
                 bench.directory, 3, n_workers, sessions, concurrency, children_kind=kind))
+    setups["c0reuse"] = lambda: measure_manager(bench.directory, 3, 0, sessions, concurrency, children_kind="c",
+                                                reuse=True)
     rounds = bench.alternate(setups)
     once = [measure_manager(bench.directory, 1, n_workers, sessions, concurrency) for n_workers in (0, 2)]
     bench.measurements += once
@@ -426,7 +433,7 @@ def manager_part(bench: Bench) -> None:
             continue
         ours = median_result(rounds[name])
         ratios = round_ratios(rounds[name], rounds["alone"])
-        notes = [children_note(ours, alone)] if name.startswith("c") and name[1:].isdigit() else [
+        notes = [children_note(ours, alone)] if name.startswith("c") and name[1:2].isdigit() else [
             f"children: {ours['helper_cpu_ms_per_session'] / 3:.3f} ms CPU per session each"]
         bench.add_row("small", ours["label"], ours=ours, peer=alone, ratios=ratios,
                       figure="manager CPU per session", value=ours["cpu_ms_per_session"], target=0.8,
@@ -440,20 +447,23 @@ def latency_part(bench: Bench) -> None:
     sessions = options.latency_sessions
     rounds = bench.alternate({
         "alone": lambda: measure_alone(bench, "c", sessions, 1),
-        "manager": lambda: measure_manager(bench.directory, 1, 0, sessions, 1, children_kind="c")})
+        "manager": lambda: measure_manager(bench.directory, 1, 0, sessions, 1, children_kind="c"),
+        "reuse": lambda: measure_manager(bench.directory, 1, 0, sessions, 1, children_kind="c", reuse=True)})
     print_table(f"\n1 child, one session at a time, alternated {options.rounds} times: --n-sessions {sessions} "
-                "--concurrency 1", rounds["alone"] + rounds["manager"])
-    added = [1000 * (mine["latency"]["p50"] - theirs["latency"]["p50"])
-             for mine, theirs in zip(rounds["manager"], rounds["alone"], strict=True)]
-    print("  added median latency per round: " + ", ".join(f"{value:.3f} ms" for value in added))
-    ours, alone = median_result(rounds["manager"]), median_result(rounds["alone"])
-    ratios = round_ratios(rounds["manager"], rounds["alone"])
-    ratios["p50"] = ratio([result["latency"]["p50"] for result in rounds["manager"]],
-                          [result["latency"]["p50"] for result in rounds["alone"]])
-    bench.add_row("latency", ours["label"], ours=ours, peer=alone, ratios=ratios,
-                  figure="added median latency", value=statistics.median(added), target=1.0,
-                  target_text="added median latency <= 1.0 ms", notes=[children_note(ours, alone)],
-                  before="+2.7 ms (C milter manager 2.3.2: +10.9 ms)")
+                "--concurrency 1", rounds["alone"] + rounds["manager"] + rounds["reuse"])
+    alone = median_result(rounds["alone"])
+    for name in ("manager", "reuse"):
+        added = [1000 * (mine["latency"]["p50"] - theirs["latency"]["p50"])
+                 for mine, theirs in zip(rounds[name], rounds["alone"], strict=True)]
+        print(f"  {name}: added median latency per round: " + ", ".join(f"{value:.3f} ms" for value in added))
+        ours = median_result(rounds[name])
+        ratios = round_ratios(rounds[name], rounds["alone"])
+        ratios["p50"] = ratio([result["latency"]["p50"] for result in rounds[name]],
+                              [result["latency"]["p50"] for result in rounds["alone"]])
+        bench.add_row("latency", ours["label"], ours=ours, peer=alone, ratios=ratios,
+                      figure="added median latency", value=statistics.median(added), target=1.0,
+                      target_text="added median latency <= 1.0 ms", notes=[children_note(ours, alone)],
+                      before="+2.7 ms (C milter manager 2.3.2: +10.9 ms)" if name == "manager" else "")
 
 
 def body_part(bench: Bench) -> None:
