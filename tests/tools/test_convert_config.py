@@ -175,7 +175,7 @@ def test_every_part_a_item_converts_loads_and_shows_as_the_original(tmp_path):
                                   "Unauthenticated", "No Stress", generated],
         "command": "/usr/bin/systemctl", "command_options": ["start", "milter-greylist"], "user_name": "nobody",
         "connection_timeout": 60.0, "writing_timeout": 15.5, "reading_timeout": 20.0,
-        "end_of_message_timeout": 120.0, "retry_delay": 5.0}
+        "end_of_message_timeout": 120.0, "retry_delay": 5.0, "reuse_connection": False}
     # redefined: position kept, spec and options kept, fallback_status/evaluation_mode back to the defaults
     assert clamav["connection_spec"] == "unix:/run/clamav/clamav-milter.ctl"
     assert clamav["command_options"] == "start clamav-milter"
