@@ -29,11 +29,10 @@ from gevent import get_hub, getcurrent
 
 from ..log import ERROR, Logger, logger as default_logger
 from ..net import MilterIOError, Response, Timeouts
-from ..net.milter import next_id
-from ..protocol import (CONTINUE, QUIT, AddHeader, AddRcpt, AddRcptWithParameters, ChangeFrom, ChangeHeader, Command,
-                        Continue, DeleteRcpt, InsertHeader, LocalProtocolError, MacroStore, MtaState, Negotiate,
-                        Options, ProtocolError, Quarantine, ReplaceBody, Reply, answer_offer, chunk_body,
-                        strip_braces)
+from ..net.milter import ModificationCalls, next_id
+from ..protocol import (CONTINUE, QUIT, Command,
+                        Continue, LocalProtocolError, MacroStore, MtaState, Negotiate,
+                        Options, ProtocolError, ReplaceBody, Reply, answer_offer, strip_braces)
 from ..protocol.stages import BY_LETTER, HANDLER_METHODS
 from ..protocol.state import NEGOTIATED, check_final_reply
 from .api import Milter
@@ -92,7 +91,7 @@ def _negotiation(cls: type[Milter], plan: Plan, offer: Negotiate) -> _Negotiated
     return settled
 
 
-class InProcessClient:
+class InProcessClient(ModificationCalls):
     """The MTA side of a milter class run in this process (what :class:`~milterman.net.MtaClient` offers).
 
     ``reraise``: a callback's exception leaves :meth:`begin` as it is (tests want the traceback);
@@ -323,7 +322,7 @@ class InProcessClient:
 
     # ------------------------------------------------------------------ what the milter's calls reach
 
-    def _change(self, modification: Reply) -> None:
+    def _modify(self, modification: Reply) -> None:
         """A modification, refused as a socket milter's side refuses it (P-MOD-2, P-MOD-11)."""
         if not self.state.options.action_bits & modification.ACTION:
             raise LocalProtocolError(f"{type(modification).__name__} needs an action that was not negotiated",
@@ -335,32 +334,6 @@ class InProcessClient:
         elif self._body_replaced:
             self._changed_after_body = True
         self._changes.append(modification)
-
-    def add_header(self, name: str, value: str) -> None:
-        self._change(AddHeader(name, value))
-
-    def insert_header(self, index: int, name: str, value: str) -> None:
-        self._change(InsertHeader(index, name, value))
-
-    def change_header(self, name: str, index: int, value: str) -> None:
-        self._change(ChangeHeader(index, name, value))
-
-    def add_recipient(self, recipient: str, args: str | None = None) -> None:
-        self._change(AddRcpt(recipient) if args is None else AddRcptWithParameters(recipient, args))
-
-    def delete_recipient(self, recipient: str) -> None:
-        self._change(DeleteRcpt(recipient))
-
-    def change_from(self, sender: str, args: str | None = None) -> None:
-        self._change(ChangeFrom(sender, args))
-
-    def replace_body(self, body: bytes) -> None:
-        """In packets of at most 65535 bytes, as a socket carries it (P-MOD-11)."""
-        for chunk in chunk_body(body) or [b""]:
-            self._change(ReplaceBody(chunk))
-
-    def quarantine(self, reason: str) -> None:
-        self._change(Quarantine(reason))
 
     def progress(self) -> None:
         """The milter is still working: a new timeout from now, and the MTA side hears of it at once (P-SM-12)."""

@@ -188,7 +188,44 @@ class Interrupt(BaseException):
     gives the reply to the current command at once (the manager's disconnect check, M-ERR-8)."""
 
 
-class MilterSession:
+class ModificationCalls:
+    """The end-of-message modifications a milter asks for, as calls (P-MOD-*): each becomes one packet handed
+    to ``_modify``, which the socket session queues and the in-process client checks and collects."""
+
+    __slots__ = ()
+
+    def _modify(self, modification: Reply) -> None:
+        raise NotImplementedError
+
+    def add_header(self, name: str, value: str) -> None:
+        self._modify(AddHeader(name, value))
+
+    def insert_header(self, index: int, name: str, value: str) -> None:
+        self._modify(InsertHeader(index, name, value))
+
+    def change_header(self, name: str, index: int, value: str) -> None:
+        """Change (or with an empty value delete) the ``index``-th header named ``name`` (P-MOD-5)."""
+        self._modify(ChangeHeader(index, name, value))
+
+    def add_recipient(self, recipient: str, args: str | None = None) -> None:
+        self._modify(AddRcpt(recipient) if args is None else AddRcptWithParameters(recipient, args))
+
+    def delete_recipient(self, recipient: str) -> None:
+        self._modify(DeleteRcpt(recipient))
+
+    def change_from(self, sender: str, args: str | None = None) -> None:
+        self._modify(ChangeFrom(sender, args))
+
+    def replace_body(self, body: bytes) -> None:
+        """Replace the body; split into 65535-byte packets, as a socket carries it (P-MOD-11)."""
+        for chunk in chunk_body(body) or [b""]:
+            self._modify(ReplaceBody(chunk))
+
+    def quarantine(self, reason: str) -> None:
+        self._modify(Quarantine(reason))
+
+
+class MilterSession(ModificationCalls):
     """Serves one accepted MTA connection with handlers made by ``handler_factory``."""
 
     def __init__(self, sock: socket.socket, handler_factory: Callable[["MilterSession"], MilterHandler], *,
@@ -279,33 +316,7 @@ class MilterSession:
         if self.packet_buffer_size and self.connection.pending_bytes >= self.packet_buffer_size:
             self.flush()
 
-    def add_header(self, name: str, value: str) -> None:
-        self.queue(AddHeader(name, value))
-
-    def insert_header(self, index: int, name: str, value: str) -> None:
-        self.queue(InsertHeader(index, name, value))
-
-    def change_header(self, name: str, index: int, value: str) -> None:
-        """Change (or with an empty value delete) the ``index``-th header named ``name`` (P-MOD-5)."""
-        self.queue(ChangeHeader(index, name, value))
-
-    def add_recipient(self, recipient: str, args: str | None = None) -> None:
-        self.queue(AddRcpt(recipient) if args is None else AddRcptWithParameters(recipient, args))
-
-    def delete_recipient(self, recipient: str) -> None:
-        self.queue(DeleteRcpt(recipient))
-
-    def change_from(self, sender: str, args: str | None = None) -> None:
-        self.queue(ChangeFrom(sender, args))
-
-    def replace_body(self, body: bytes) -> None:
-        """Replace the body; split into 65535-byte packets (P-MOD-11)."""
-        chunks = chunk_body(body) or [b""]
-        for chunk in chunks:
-            self.queue(ReplaceBody(chunk))
-
-    def quarantine(self, reason: str) -> None:
-        self.queue(Quarantine(reason))
+    _modify = queue
 
     def progress(self) -> None:
         """Tell the MTA we are still working (P-RPL-9); sent at once, end of message only."""
