@@ -92,6 +92,7 @@ class MtaClient:
         #: the socket's descriptor when it is a real socket that can be waited on (None: no socket)
         self.fileno: int | None = None
         self._readable = None
+        self._own_watcher = None
         fileno = getattr(sock, "fileno", None)
         if fileno is not None:
             self.fileno = fileno()
@@ -228,10 +229,22 @@ class MtaClient:
 
     def collect(self, letter: str) -> Response:
         """Read until the final reply to the command begun last; PROGRESS restarts the timer (P-SM-12)."""
-        outcome = collect_all([self], letter)[0]
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+        started = time.monotonic()
+        self._start_reading(letter)
+        try:
+            response = self._take()
+        except BaseException:
+            self.waited += time.monotonic() - started
+            raise
+        if response is None:
+            results = [None]
+            _wait({0: self}, results, started)
+            response = results[0]
+            if isinstance(response, Exception):
+                raise response
+        else:
+            self.waited += time.monotonic() - started
+        return response
 
     # ------------------------------------------------------------------ reading without waiting
 
@@ -276,12 +289,16 @@ class MtaClient:
         return MilterIOError("end-of-message timeout" if self._letter == "E" else "reading timeout")
 
     def _watcher(self):
-        """The socket's read watcher in the event loop, made once per connection."""
+        """The socket's read watcher in the event loop: a gevent socket's own (made with the socket, idle
+        whenever we do not wait on it), else one made once per connection."""
         watcher = self._readable
         if watcher is None:
-            from gevent import get_hub
+            watcher = getattr(self.sock, "_read_event", None)
+            if watcher is None:
+                from gevent import get_hub
 
-            watcher = self._readable = get_hub().loop.io(self.fileno, 1)
+                watcher = self._own_watcher = get_hub().loop.io(self.fileno, 1)
+            self._readable = watcher
         return watcher
 
     def close(self, send_quit: bool = True) -> None:
@@ -292,7 +309,8 @@ class MtaClient:
         except (MilterIOError, ProtocolError):
             pass
         finally:
-            watcher, self._readable = self._readable, None
+            watcher, self._own_watcher = self._own_watcher, None
+            self._readable = None
             if watcher is not None:
                 watcher.close()
             try:
