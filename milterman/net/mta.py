@@ -187,32 +187,25 @@ class MtaClient:
             return
         data = pending[0] if len(pending) == 1 else None
         if data is None and self._pending_size > 16384:
-            self._write_vector(list(pending))
+            self._write(b"", list(pending))
         else:
             self._write(data if data is not None else b"".join(pending))
         pending.clear()
         self._pending_size = 0
 
-    def _write(self, data) -> None:
+    def _write(self, data, pieces: list | None = None) -> None:
+        """One write of ``data``, or of ``pieces`` (large ones, body chunks, leave as they are without
+        being joined into one copy); what the socket does not take at once is waited for."""
         try:
-            sent = self.sock.send(data)
+            sent = self.sock.send(data) if pieces is None else self.sock.sendmsg(pieces)
         except BlockingIOError:
             sent = 0
         except OSError as error:
             raise MilterIOError("io", f"write failed: {error.strerror or error}") from None
+        if pieces is not None and sent < sum(len(piece) for piece in pieces):
+            data = b"".join(pieces)
         if sent < len(data):
             self._write_waiting(memoryview(data)[sent:])
-
-    def _write_vector(self, pieces: list) -> None:
-        """Large pieces (body chunks) leave without being joined into one copy."""
-        try:
-            sent = self.sock.sendmsg(pieces)
-        except BlockingIOError:
-            sent = 0
-        except OSError as error:
-            raise MilterIOError("io", f"write failed: {error.strerror or error}") from None
-        if sent < self._pending_size:
-            self._write_waiting(memoryview(b"".join(pieces))[sent:])
 
     def _write_waiting(self, rest) -> None:
         """The socket is full: wait for it within the writing timeout (rare: a milter not reading)."""
