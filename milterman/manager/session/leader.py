@@ -117,7 +117,7 @@ class Leader(MilterHandler):
     def _mta_macro_packet(self, letter: str) -> bytes | None:
         """The stage's macro packet as the MTA sent it, header included, passed on untouched (forward
         once): a child that filters macros or gets macros from a rule is sent its own packet anyway
-        (:meth:`Child.begin`). ``None`` while the MTA-side store keeps no packets."""
+        (:meth:`Child.begin`). ``None`` when the MTA sent none for the stage."""
         packet = getattr(self.session.macros, "packet", None)
         return packet(letter) if packet is not None else None
 
