@@ -30,10 +30,13 @@ def start_children(manager: ManagerContext, offer: Negotiate, logger: Logger,
                    count_fallback: Callable[[Child], None]) -> list[Child]:
     """Every enabled child, connected and negotiated at once; the ones that failed are quitted.
 
-    All in the session's own greenlet: each child is connected and sent the offer, then every
-    answer is read as it comes (:func:`milterman.net.mta.collect_all`). ``count_fallback`` gets
-    each child that is not there (D-14): a known-down one at once, one that could not be reached
-    or negotiated once every attempt has ended.
+    Each child is connected and sent the offer, then every answer is read as it comes, in the
+    session's own greenlet (:func:`milterman.net.mta.collect_all`). A unix socket connects or
+    fails at once, so those children are opened one after another here; an ``inet:``/``inet6:``
+    child may wait on a name lookup or a TCP handshake (up to its connection timeout), so those
+    are opened concurrently, one greenlet each, and a child that hangs delays the others by
+    nothing. ``count_fallback`` gets each child that is not there (D-14): a known-down one at
+    once, one that could not be reached or negotiated once every attempt has ended.
     """
     offered = child_offer(offer)
     health = manager.health
@@ -41,24 +44,38 @@ def start_children(manager: ManagerContext, offer: Negotiate, logger: Logger,
     children = [make_child(definition, logger) for definition in manager.definitions]
     failed: dict[Child, tuple[Exception, bool]] = {}
     opened: list[Child] = []
+    over_network: list[Child] = []
+
+    def open_child(child: Child) -> None:
+        try:
+            child.open(offered)
+        except Exception as failure:
+            failed[child] = _start_failure(health, child, failure)
+        else:
+            opened.append(child)
+
     for child in children:
         state = health.of(child.definition)
         if state.down:
             child.skip(f"down: {state.last_error}")
             count_fallback(child)
             continue
-        in_process = child.definition.milter_class is not None
-        if not in_process and child.reuse(state.pool, offered):  # a connection kept from an earlier session
-            continue
-        try:
-            if in_process:
-                child.connect(offered)  # a computation, nothing to wait for
-                health.of(child.definition).succeeded()
+        if child.definition.milter_class is not None:  # in process: a computation, nothing to wait for
+            try:
+                child.connect(offered)
+            except Exception as failure:
+                failed[child] = _start_failure(health, child, failure)
             else:
-                child.open(offered)
-                opened.append(child)
-        except Exception as failure:
-            failed[child] = _start_failure(health, child, failure)
+                health.of(child.definition).succeeded()
+        elif child.reuse(state.pool, offered):  # a connection kept from an earlier session
+            continue
+        elif child.definition.spec.family == "unix":
+            open_child(child)
+        else:
+            over_network.append(child)
+    if over_network:
+        _open_concurrently(over_network, open_child)
+        opened.sort(key=children.index)  # the answers are read, and logged, in the configuration's order
     if opened:
         answers = collect_all([child.client for child in opened], "O")
         for child, answer in zip(opened, answers, strict=True):
@@ -77,6 +94,16 @@ def start_children(manager: ManagerContext, offer: Negotiate, logger: Logger,
     if manager.unreachable_reported and any(child.negotiated for child in children):
         manager.unreachable_reported = False
     return children
+
+
+def _open_concurrently(children: list[Child], open_child: Callable[[Child], None]) -> None:
+    """``open_child`` for each child at once (one greenlet each; one child runs here when it is alone)."""
+    if len(children) == 1:
+        open_child(children[0])
+        return
+    import gevent
+
+    gevent.joinall([gevent.spawn(open_child, child) for child in children])
 
 
 def _start_failure(health, child: Child, failure: Exception) -> tuple[Exception, bool]:
