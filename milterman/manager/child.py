@@ -134,21 +134,38 @@ class Child:
         No retry here: a failure marks the child down, and bringing it back (launching its
         command, waiting, trying again) is the health keeper's job, off every session's path.
         """
+        self.open(offer)
+        try:
+            answer = self.client.collect("O")
+        except (MilterIOError, ProtocolError) as error:
+            answer = error
+        self.negotiated_with(answer, observe)
+
+    def open(self, offer: Negotiate) -> None:
+        """The first half of :meth:`connect`: connect and send the offer without waiting for the
+        answer (a session starts all its children before it reads any answer, :meth:`negotiated_with`)."""
         definition = self.definition
         self.stage = "negotiate"
-        started = time.monotonic()
+        self.begun = time.monotonic()
         try:
             self.client = MtaClient.open(definition.spec, offer, timeouts=definition.timeouts,
                                          check_reply_text=False)
         except MilterIOError as error:
             raise self._failure(error, "connect: ") from None
         try:
-            self.client.negotiate()
+            self.client.begin(self.client.state.offer)
         except (MilterIOError, ProtocolError) as error:
             self.client.close(send_quit=False)
             raise self._failure(error, "negotiation failed: ") from None
+
+    def negotiated_with(self, answer: Response | Exception, observe: bool = True) -> None:
+        """The second half of :meth:`connect`: the child's answer to the offer (P-NEG-9), or its failure."""
+        if isinstance(answer, Exception):
+            self.client.close(send_quit=False)
+            raise self._failure(answer, "negotiation failed: ")
+        definition = self.definition
         if definition.record is not None and observe:
-            definition.record.observe("O", time.monotonic() - started)
+            definition.record.observe("O", time.monotonic() - self.begun)
         for warning in self.client.state.warnings:
             self.logger.warning(f"[{self.id}] [manager][child][negotiate] [{self.name}] {warning}")
         self.negotiated = True
@@ -175,10 +192,12 @@ class Child:
         options = self.client.options
         return letter == "E" or (options is not None and letter in options.answered)
 
-    def begin(self, command: Command, macros: dict[str, str] | None, encoded: bytes | None = None) -> bool:
+    def begin(self, command: Command, macros: dict[str, str] | None, encoded: bytes | None = None,
+              packet: bytes | None = None) -> bool:
         """Write the stage's macros and ``command``; ``True`` when a reply is owed.
 
-        ``encoded`` is the same macros as one packet, shared by the children (M-MAC-2).
+        ``encoded`` is the same macros as one packet, and ``packet`` the command encoded, both shared
+        by the children (M-MAC-2): encoded once per stage, not once per child.
         """
         letter = command.LETTER
         self.stage = STAGE_NAMES.get(letter, self.stage)
@@ -192,6 +211,8 @@ class Child:
             if macros and (encoded is None or not self.client.queue_encoded_macros(letter, encoded)):
                 self.client.queue_macros(letter, macros)
             self.begun = time.monotonic()
+            if packet is not None and getattr(self.client, "fileno", None) is not None:
+                return self.client.begin(command, packet)
             return self.client.begin(command)
         except (MilterIOError, ProtocolError) as error:
             if self._unproven is not None:
@@ -202,10 +223,18 @@ class Child:
         try:
             response = self.client.collect(letter)
         except (MilterIOError, ProtocolError) as error:
+            return self.collected(letter, error)
+        return self.collected(letter, response)
+
+    def collected(self, letter: str, response: Response | Exception) -> Response:
+        """What :meth:`collect` makes of the client's outcome (a response, or the failure read for this
+        child by :func:`milterman.net.mta.collect_all`): a :class:`ChildFailure` or the response; a kept
+        connection that failed is replaced by a fresh one, read again."""
+        if isinstance(response, Exception):
             if self._unproven is None:
-                raise self._failure(error, f"{stage_name(letter)}: ") from None
-            if not self._afresh(error):
-                raise ChildFailure(f"{stage_name(letter)}: no reply owed on a fresh connection") from None
+                raise self._failure(response, f"{stage_name(letter)}: ")
+            if not self._afresh(response):
+                raise ChildFailure(f"{stage_name(letter)}: no reply owed on a fresh connection")
             return self.collect(letter)
         if self._unproven is not None:
             self._unproven = None
@@ -270,8 +299,8 @@ class Child:
         return ChildFailure(f"{where}{error}")
 
     def exchange(self, command: Command, macros: dict[str, str] | None,
-                 encoded: bytes | None = None) -> Response | None:
-        if not self.begin(command, macros, encoded):
+                 encoded: bytes | None = None, packet: bytes | None = None) -> Response | None:
+        if not self.begin(command, macros, encoded, packet):
             return None
         return self.collect(command.LETTER)
 

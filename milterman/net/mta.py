@@ -8,6 +8,7 @@ and :func:`~milterman.protocol.macros.macro_packet`'s (the tools' whole transact
 
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -15,7 +16,6 @@ from ..protocol import QUIT, Command, MtaState, Negotiate, Options, ProtocolErro
 from ..protocol.flags import MAX_DATA_SIZE_1M
 from ..protocol.macros import macro_packet
 from .sockets import connect as open_connection
-from .sockets import send_all
 from .spec import ConnectionSpec
 
 
@@ -50,11 +50,24 @@ class Response:
     progress: int = 0
 
 
+#: a reply from a local milter nearly always fits; one buffer per process, never held across a wait
+_RECEIVE_BUFFER = bytearray(262144)
+_RECEIVE_VIEW = memoryview(_RECEIVE_BUFFER)
+#: queued no-reply commands are written once they reach this size, even before a command that needs a reply
+_PENDING_LIMIT = 65536
+#: commands that always leave at once: nothing follows them that would carry them (P-SM-4, P-SM-5)
+_FLUSHING = frozenset("QK")
+_BODY_HEADER = struct.Struct(">IB")
+
+
 class MtaClient:
     """One milter socket driven from the MTA side.
 
-    Writes are batched: macros queue until their command is sent, and both leave
-    in one write. Reads honour the per-phase timeout; PROGRESS restarts it (P-SM-12).
+    Writes are batched: macros queue until their command is sent, a command the milter does not
+    answer (its no-reply bits, ``A``) waits for the next one that it answers, and all leave in one
+    write. The socket is non-blocking from the start (its timeout set once): a read is tried
+    first, and only when nothing is there does the caller wait on the socket (:func:`collect_all`
+    waits on several at once) against the per-phase deadline; PROGRESS restarts it (P-SM-12).
     """
 
     def __init__(self, sock, offer: Negotiate, *, timeouts: Timeouts | None = None, strict: bool = True,
@@ -63,7 +76,8 @@ class MtaClient:
         self.timeouts = timeouts or Timeouts()
         self.state = MtaState(offer, strict=strict)
         self.decoder = ReplyDecoder(max_data_size=max_data_size, strict=strict, check_reply_text=check_reply_text)
-        self._pending: list[bytes] = []
+        self._pending: list = []
+        self._pending_size = 0
         self._deadline = 0.0
         self._timeout = self.timeouts.reading
         #: seconds spent waiting for replies (the manager's per-child elapsed time)
@@ -71,6 +85,17 @@ class MtaClient:
         #: called for each PROGRESS / modification as it arrives (the manager relays them at once)
         self.on_progress = None
         self.on_modification = None
+        #: the reply being read: its letter, the modifications and progress count so far
+        self._letter = ""
+        self._modifications: list[Reply] = []
+        self._progress = 0
+        #: the socket's descriptor when it is a real socket that can be waited on (None: no socket)
+        self.fileno: int | None = None
+        self._readable = None
+        fileno = getattr(sock, "fileno", None)
+        if fileno is not None:
+            self.fileno = fileno()
+            sock.settimeout(0.0)  # once: every read and write is tried without waiting (D-13 sockets stay put)
 
     @classmethod
     def open(cls, spec: ConnectionSpec, offer: Negotiate, *, timeouts: Timeouts | None = None,
@@ -102,7 +127,9 @@ class MtaClient:
         """Queue a macro packet for ``stage``, filtered by the milter's macro-list request (P-NEG-14)."""
         packet = macro_packet(self.state.options, stage, macros)
         if packet is not None:
-            self._pending.append(packet.encode())
+            data = packet.encode()
+            self._pending.append(data)
+            self._pending_size += len(data)
 
     def queue_encoded_macros(self, stage: str, packet: bytes) -> bool:
         """Queue an already encoded macro packet when this milter asked for no list at ``stage`` (the
@@ -111,6 +138,7 @@ class MtaClient:
         if options is not None and options.macro_request(stage) is not None:
             return False
         self._pending.append(packet)
+        self._pending_size += len(packet)
         return True
 
     def send(self, command: Command) -> Response | None:
@@ -119,72 +147,148 @@ class MtaClient:
             return None
         return self.collect(command.LETTER)
 
-    def begin(self, command: Command) -> bool:
-        """Write ``command`` (after any queued macros) without waiting; ``True`` when a reply is owed.
+    def begin(self, command: Command, packet: bytes | None = None) -> bool:
+        """Write ``command`` (after anything queued) without waiting; ``True`` when a reply is owed.
 
-        The reply's deadline starts now, so a caller that fans one command out to several
-        milters and then collects the replies one by one still gives each its own timeout.
+        ``packet`` is the command already encoded (a fan-out encodes it once for every milter, and a
+        body chunk is passed on without a copy). A command the milter will not answer is only
+        queued: it leaves with the next one it answers, in order (P-SM-1, D-2). The reply's
+        deadline starts now, so a caller that fans one command out to several milters and then
+        collects the replies still gives each its own timeout.
         """
         expects_reply = self.state.send(command)
-        self._pending.append(command.encode())
-        data = b"".join(self._pending)
-        self._pending.clear()
-        self._write(data)
+        pending = self._pending
+        letter = command.LETTER
+        if packet is not None:
+            pending.append(packet)
+            self._pending_size += len(packet)
+        elif letter == "B":
+            chunk = command.chunk
+            pending.append(_BODY_HEADER.pack(len(chunk) + 1, 0x42))
+            pending.append(chunk)
+            self._pending_size += len(chunk) + 5
+        else:
+            data = command.encode()
+            pending.append(data)
+            self._pending_size += len(data)
         if expects_reply:
-            self._timeout = self.timeouts.end_of_message if command.LETTER == "E" else self.timeouts.reading
+            self.flush()
+            self._timeout = self.timeouts.end_of_message if letter == "E" else self.timeouts.reading
             self._deadline = time.monotonic() + self._timeout
+        elif letter in _FLUSHING or self._pending_size >= _PENDING_LIMIT:
+            self.flush()
         return expects_reply
 
-    def _write(self, data: bytes) -> None:
-        self.sock.settimeout(self.timeouts.writing)
+    def flush(self) -> None:
+        """Write everything queued, in one system call when the socket takes it whole."""
+        pending = self._pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else None
+        if data is None and self._pending_size > 16384:
+            self._write(b"", list(pending))
+        else:
+            self._write(data if data is not None else b"".join(pending))
+        pending.clear()
+        self._pending_size = 0
+
+    def _write(self, data, pieces: list | None = None) -> None:
+        """One write of ``data``, or of ``pieces`` (large ones, body chunks, leave as they are without
+        being joined into one copy); what the socket does not take at once is waited for."""
         try:
-            send_all(self.sock, data)
+            sent = self.sock.send(data) if pieces is None else self.sock.sendmsg(pieces)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            raise MilterIOError("io", f"write failed: {error.strerror or error}") from None
+        if pieces is not None and sent < sum(len(piece) for piece in pieces):
+            data = b"".join(pieces)
+        if sent < len(data):
+            self._write_waiting(memoryview(data)[sent:])
+
+    def _write_waiting(self, rest) -> None:
+        """The socket is full: wait for it within the writing timeout (rare: a milter not reading)."""
+        sock = self.sock
+        sock.settimeout(self.timeouts.writing)
+        try:
+            sock.sendall(rest)
         except TimeoutError:
             raise MilterIOError("writing timeout") from None
         except OSError as error:
             raise MilterIOError("io", f"write failed: {error.strerror or error}") from None
+        finally:
+            sock.settimeout(0.0)
 
     def collect(self, letter: str) -> Response:
         """Read until the final reply to the command begun last; PROGRESS restarts the timer (P-SM-12)."""
-        kind = "end-of-message timeout" if letter == "E" else "reading timeout"
-        modifications: list[Reply] = []
-        progress = 0
+        started = time.monotonic()
+        self._start_reading(letter)
+        try:
+            response = self._take()
+        except BaseException:
+            self.waited += time.monotonic() - started
+            raise
+        if response is None:
+            results = [None]
+            _wait({0: self}, results, started)
+            response = results[0]
+            if isinstance(response, Exception):
+                raise response
+        else:
+            self.waited += time.monotonic() - started
+        return response
+
+    # ------------------------------------------------------------------ reading without waiting
+
+    def _start_reading(self, letter: str) -> None:
+        self._letter = letter
+        self._modifications = []
+        self._progress = 0
+
+    def _take(self):
+        """Every complete packet buffered so far, then one read attempt at a time until the socket
+        is empty: the final reply, or ``None`` when more must be waited for. Raises
+        :class:`MilterIOError` or :class:`ProtocolError`."""
         decoder = self.decoder
         state = self.state
-        started = time.monotonic()
-        try:
-            while True:
-                reply = decoder.next_message()
-                if reply is None:
-                    # Past the deadline a reply that already arrived is still taken: a caller that
-                    # collects several milters one after another must not time out the one whose
-                    # answer waited in its socket while a slower one was read (M-ERR-2).
-                    remaining = max(0.0, self._deadline - time.monotonic())
-                    self.sock.settimeout(remaining)
-                    try:
-                        data = self.sock.recv(262144)
-                    except (TimeoutError, BlockingIOError):
-                        raise MilterIOError(kind) from None
-                    except OSError as error:
-                        raise MilterIOError("io", f"read failed: {error.strerror or error}") from None
-                    if not data:
-                        decoder.feed_eof()
-                        raise MilterIOError("closed", "connection closed by the milter")
-                    decoder.feed(data)
-                    continue
-                if state.receive(reply):
-                    return Response(reply, modifications, progress)
-                if reply.LETTER == "p":
-                    progress += 1
-                    self._deadline = time.monotonic() + self._timeout
-                    if self.on_progress is not None:
-                        self.on_progress()
-                else:
-                    modifications.append(reply)
-                    if self.on_modification is not None:
-                        self.on_modification(reply)
-        finally:
-            self.waited += time.monotonic() - started
+        while True:
+            reply = decoder.next_message()
+            if reply is None:
+                try:
+                    size = self.sock.recv_into(_RECEIVE_BUFFER)
+                except BlockingIOError:
+                    return None
+                except OSError as error:
+                    raise MilterIOError("io", f"read failed: {error.strerror or error}") from None
+                if not size:
+                    decoder.feed_eof()
+                    raise MilterIOError("closed", "connection closed by the milter")
+                decoder.feed(_RECEIVE_VIEW[:size])
+                continue
+            if state.receive(reply):
+                return Response(reply, self._modifications, self._progress)
+            if reply.LETTER == "p":
+                self._progress += 1
+                self._deadline = time.monotonic() + self._timeout
+                if self.on_progress is not None:
+                    self.on_progress()
+            else:
+                self._modifications.append(reply)
+                if self.on_modification is not None:
+                    self.on_modification(reply)
+
+    def _timed_out(self) -> MilterIOError:
+        return MilterIOError("end-of-message timeout" if self._letter == "E" else "reading timeout")
+
+    def _watcher(self):
+        """The socket's read watcher in the event loop, made once per connection and closed with it (measured:
+        borrowing the gevent socket's own watcher made libev re-register the descriptor more often)."""
+        watcher = self._readable
+        if watcher is None:
+            from gevent import get_hub
+
+            watcher = self._readable = get_hub().loop.io(self.fileno, 1)
+        return watcher
 
     def close(self, send_quit: bool = True) -> None:
         """Send QUIT (when still possible) and close the socket."""
@@ -194,7 +298,93 @@ class MtaClient:
         except (MilterIOError, ProtocolError):
             pass
         finally:
+            watcher, self._readable = self._readable, None
+            if watcher is not None:
+                watcher.close()
             try:
                 self.sock.close()
             except OSError:
                 pass
+
+
+def collect_all(clients: list[MtaClient], letter: str) -> list:
+    """The final reply (a :class:`Response`) or the failure (:class:`MilterIOError`,
+    :class:`ProtocolError`) of each client, whose command ``letter`` was begun, in order.
+
+    All of it runs in the calling greenlet: each socket is read first (measured: starting a watcher
+    again costs libev two epoll_ctl calls, more than a read that finds nothing); the ones with
+    nothing there yet are waited on together, with one timer for the earliest deadline. Each client
+    is held to its own deadline, and a reply already in its socket when that deadline passes is
+    still taken (M-ERR-2). A client with no socket (in process) is collected as it collects.
+    """
+    results: list = [None] * len(clients)
+    waiting: dict[int, MtaClient] = {}
+    started = time.monotonic()
+    for index, client in enumerate(clients):
+        if getattr(client, "fileno", None) is None:  # no socket (in process, or a test double)
+            try:
+                results[index] = client.collect(letter)
+            except (MilterIOError, ProtocolError) as error:
+                results[index] = error
+            continue
+        client._start_reading(letter)
+        try:
+            outcome = client._take()
+        except (MilterIOError, ProtocolError) as error:
+            outcome = error
+        if outcome is None:
+            waiting[index] = client
+        else:
+            results[index] = outcome
+            client.waited += time.monotonic() - started
+    if waiting:
+        _wait(waiting, results, started)
+    return results
+
+
+def _wait(waiting: dict, results: list, started: float) -> None:
+    """Wait in this greenlet for every socket in ``waiting`` (index → client) until its final
+    reply, failure or deadline; the outcomes go into ``results``."""
+    from gevent import get_hub, getcurrent
+
+    hub = get_hub()
+    loop = hub.loop
+    switch = getcurrent().switch
+    for index, client in waiting.items():
+        client._watcher().start(switch, index)
+    timer = None
+    try:
+        while waiting:
+            if timer is None:  # one timer, for the earliest deadline (PROGRESS may have moved it on)
+                deadline = min(client._deadline for client in waiting.values())
+                timer = loop.timer(max(0.0, deadline - time.monotonic()))
+                timer.start(switch, -1)
+            token = hub.switch()
+            if token == -1:
+                timer.close()
+                timer = None
+                now = time.monotonic()
+                due = [index for index, client in waiting.items() if client._deadline <= now]
+            elif token in waiting:
+                due = None
+            else:
+                continue
+            for index in due if due is not None else (token,):
+                client = waiting[index]
+                try:
+                    outcome = client._take()  # past its deadline, a reply already there is still taken (M-ERR-2)
+                except (MilterIOError, ProtocolError) as error:
+                    outcome = error
+                if outcome is None:
+                    if due is None:
+                        continue
+                    outcome = client._timed_out()
+                client._readable.stop()
+                del waiting[index]
+                results[index] = outcome
+                client.waited += time.monotonic() - started
+    finally:
+        if timer is not None:
+            timer.close()
+        for client in waiting.values():
+            client._readable.stop()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from ...log import Logger
+from ...net.mta import collect_all
 from ...protocol import CONTINUE, Discard, Negotiate, Reply, Skip
 from ...protocol.stages import BY_LETTER, STAGE_NAMES
 from ..child import Child, ChildFailure
@@ -27,51 +28,90 @@ if TYPE_CHECKING:
 
 def start_children(manager: ManagerContext, offer: Negotiate, logger: Logger,
                    count_fallback: Callable[[Child], None]) -> list[Child]:
-    """Every enabled child, connected and negotiated in parallel; the ones that failed are quitted.
+    """Every enabled child, connected and negotiated at once; the ones that failed are quitted.
 
-    ``count_fallback`` gets each child that is not there (D-14): a known-down one at once, one that
-    could not be reached or negotiated once every attempt has ended.
+    Each child is connected and sent the offer, then every answer is read as it comes, in the
+    session's own greenlet (:func:`milterman.net.mta.collect_all`). A unix socket connects or
+    fails at once, so those children are opened one after another here; an ``inet:``/``inet6:``
+    child may wait on a name lookup or a TCP handshake (up to its connection timeout), so those
+    are opened concurrently, one greenlet each, and a child that hangs delays the others by
+    nothing. ``count_fallback`` gets each child that is not there (D-14): a known-down one at
+    once, one that could not be reached or negotiated once every attempt has ended.
     """
-    import gevent
-
     offered = child_offer(offer)
     health = manager.health
     health.last_offer = offered
     children = [make_child(definition, logger) for definition in manager.definitions]
+    failed: dict[Child, tuple[Exception, bool]] = {}
+    opened: list[Child] = []
+    over_network: list[Child] = []
 
-    def connect(child: Child) -> tuple[Exception, bool] | None:
-        """None when connected, else (the failure, whether the log already has it)."""
+    def open_child(child: Child) -> None:
         try:
-            child.connect(offered)
-        except ChildFailure as failure:
-            health.of(child.definition).failed(str(failure))  # the one "down" line
-            return failure, True
-        except Exception as failure:  # a bug must not leave the MTA without an answer
-            return ChildFailure(f"internal error: {failure!r}"), False
-        health.of(child.definition).succeeded()
-        return None
+            child.open(offered)
+        except Exception as failure:
+            failed[child] = _start_failure(health, child, failure)
+        else:
+            opened.append(child)
 
-    jobs = {}
     for child in children:
         state = health.of(child.definition)
         if state.down:
             child.skip(f"down: {state.last_error}")
             count_fallback(child)
-        elif child.definition.milter_class is not None:  # in process: a computation, nothing to wait for
-            jobs[child] = connect(child)
-        elif not child.reuse(state.pool, offered):  # a connection kept from an earlier session, or a new one
-            jobs[child] = gevent.spawn(connect, child)
-    gevent.joinall([job for job in jobs.values() if isinstance(job, gevent.Greenlet)])
-    for child, job in jobs.items():
-        outcome = job.value if isinstance(job, gevent.Greenlet) else job
-        if outcome is None:
             continue
-        error, logged = outcome
+        if child.definition.milter_class is not None:  # in process: a computation, nothing to wait for
+            try:
+                child.connect(offered)
+            except Exception as failure:
+                failed[child] = _start_failure(health, child, failure)
+            else:
+                health.of(child.definition).succeeded()
+        elif child.reuse(state.pool, offered):  # a connection kept from an earlier session
+            continue
+        elif child.definition.spec.family == "unix":
+            open_child(child)
+        else:
+            over_network.append(child)
+    if over_network:
+        _open_concurrently(over_network, open_child)
+        opened.sort(key=children.index)  # the answers are read, and logged, in the configuration's order
+    if opened:
+        answers = collect_all([child.client for child in opened], "O")
+        for child, answer in zip(opened, answers, strict=True):
+            try:
+                child.negotiated_with(answer)
+            except Exception as failure:
+                failed[child] = _start_failure(health, child, failure)
+                continue
+            health.of(child.definition).succeeded()
+    for child in children:
+        if child not in failed:
+            continue
+        error, logged = failed[child]
         child.expire(f"negotiate: {error}", log=not logged)
         count_fallback(child)
     if manager.unreachable_reported and any(child.negotiated for child in children):
         manager.unreachable_reported = False
     return children
+
+
+def _open_concurrently(children: list[Child], open_child: Callable[[Child], None]) -> None:
+    """``open_child`` for each child at once (one greenlet each; one child runs here when it is alone)."""
+    if len(children) == 1:
+        open_child(children[0])
+        return
+    import gevent
+
+    gevent.joinall([gevent.spawn(open_child, child) for child in children])
+
+
+def _start_failure(health, child: Child, failure: Exception) -> tuple[Exception, bool]:
+    """A child that could not be started: (the failure, whether the log already has it)."""
+    if isinstance(failure, ChildFailure):
+        health.of(child.definition).failed(str(failure))  # the one "down" line
+        return failure, True
+    return ChildFailure(f"internal error: {failure!r}"), False  # a bug must not leave the MTA unanswered
 
 
 class Outcome(NamedTuple):
@@ -95,13 +135,14 @@ def fan_out(port: SessionPort, command, targets: list[Child], combined: Combined
     letter = command.LETTER
     macros = port.stage_macros(letter)
     encoded = port.encoded_macros(letter, macros)
+    packet = command.encode() if len(targets) > 1 else None  # once for every child (forward once)
     pending: list[Child] = []
     for child in targets:
         if not child.will_send(letter):
             _account(port, child, CONTINUE, combined, command)  # M-ENV-3: the child asked not to get it
             continue
         try:
-            if child.begin(command, macros, encoded):
+            if child.begin(command, macros, encoded, packet):
                 pending.append(child)
             else:
                 _account(port, child, CONTINUE, combined, command)  # its own no-reply bit: don't wait (D-2)
@@ -154,14 +195,15 @@ def _account(port: SessionPort, child: Child, reply: Reply, combined: Combined, 
 
 
 def _collect_all(port: SessionPort, pending: list[Child], letter: str) -> list:
-    """Every pending child's reply (or ChildFailure), one after another: each child is held to its
-    own deadline, since a reply already waiting is taken even after that deadline (M-ERR-2)."""
-    results = []
+    """Every pending child's reply (or ChildFailure), waited for together in this greenlet: each
+    child is held to its own deadline, and a reply already waiting is taken even after that
+    deadline (M-ERR-2)."""
     with port.watch:
-        for child in pending:
-            try:
-                results.append(child.collect(letter))
-            except ChildFailure as failure:
-                results.append(failure)
+        outcomes = collect_all([child.client for child in pending], letter)
+    results = []
+    for child, outcome in zip(pending, outcomes, strict=True):
+        try:
+            results.append(child.collected(letter, outcome))
+        except ChildFailure as failure:
+            results.append(failure)
     return results
-

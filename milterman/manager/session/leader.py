@@ -104,12 +104,22 @@ class Leader(MilterHandler):
         """
         if not macros:
             return None
+        relayed = self._mta_macro_packet(letter)
+        if relayed is not None:
+            return relayed
         cached = self._macro_packets.get(letter)
         if cached is not None and cached[0] is macros:
             return cached[1]
         packet = Macro(letter, tuple(sorted((strip_braces(name), value) for name, value in macros.items()))).encode()
         self._macro_packets[letter] = (macros, packet)
         return packet
+
+    def _mta_macro_packet(self, letter: str) -> bytes | None:
+        """The stage's macro packet as the MTA sent it, header included, passed on untouched (forward
+        once): a child that filters macros or gets macros from a rule is sent its own packet anyway
+        (:meth:`Child.begin`). ``None`` when the MTA sent none for the stage."""
+        packet = getattr(self.session.macros, "packet", None)
+        return packet(letter) if packet is not None else None
 
     # ================================================================ parallel stages (M-ENV-*)
 
