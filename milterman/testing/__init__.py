@@ -139,7 +139,7 @@ def run_milter(target: type | str | ConnectionSpec, *, sender: str = "sender@exa
     if isinstance(target, type):
         from ..milter.inprocess import InProcessClient
 
-        client: MtaClient = InProcessClient.start(target, offer, timeouts=timeouts, reraise=True)
+        client: MtaClient | InProcessClient = InProcessClient.start(target, offer, timeouts=timeouts, reraise=True)
     else:
         spec = target if isinstance(target, ConnectionSpec) else parse_spec(target)
         client = MtaClient.open(spec, offer, timeouts=timeouts)

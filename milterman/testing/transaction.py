@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..net import MilterIOError, MtaClient, Response
 from ..protocol import (ABORT, DATA, END_OF_HEADER, END_OF_MESSAGE, QUIT, Body, Command, Connect, Continue, Header,
                         Helo, Mail, Modification, Options, ProtocolError, Quarantine, Rcpt, Reject, Reply, ReplyCode,
                         Skip, TempFail, Unknown)
 from ..protocol.stages import STAGE_NAMES
+
+if TYPE_CHECKING:
+    from ..milter.inprocess import InProcessClient
+
 
 @dataclass(slots=True)
 class Transaction:
@@ -66,8 +71,8 @@ class _Stop(Exception):
     """Internal: the transaction ends here."""
 
 
-def play_transaction(client: MtaClient, transaction: Transaction) -> TransactionResult:
-    """Negotiate and play ``transaction``; never raises for milter failures.
+def play_transaction(client: MtaClient | InProcessClient, transaction: Transaction) -> TransactionResult:
+    """Negotiate and play ``transaction`` over a socket or in process; never raises for milter failures.
 
     Errors (timeouts, protocol errors, a closed connection) end up in
     ``result.error`` with ``status`` ``error``.
