@@ -114,8 +114,7 @@ class ManagerContext:
             return None
 
     def child_ended(self, name: str, status: str) -> None:
-        ended = self.recorder.child(name).ended
-        ended[status] = ended.get(status, 0) + 1
+        self.recorder.child(name).ended.add(status)
 
     def fallback_used(self, name: str) -> None:
         """The child failed and its fallback status answered for it in this session (D-14, M-ERR-3)."""
