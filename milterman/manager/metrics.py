@@ -139,11 +139,20 @@ class Recorder:
     """Sessions and children of one serving process."""
 
     def __init__(self) -> None:
-        self.started = 0
+        self._started = array("q", (0,))
         #: final status of the session (the status of ``[session][end]``) → count
         self.finished = Tally()
         self.duration = Histogram()
         self.children: dict[str, ChildRecord] = {}
+
+    @property
+    def started(self) -> int:
+        """Sessions whose children were started."""
+        return self._started[0]
+
+    @started.setter
+    def started(self, count: int) -> None:
+        self._started[0] = count
 
     def child(self, name: str) -> ChildRecord:
         record = self.children.get(name)
