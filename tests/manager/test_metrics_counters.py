@@ -44,3 +44,23 @@ def test_tally_reads_and_sets_like_a_dict():
     histogram = Histogram()
     histogram.observe(0.25)
     assert histogram.total == 0.25 and histogram.snapshot()["buckets"][LATENCY_BOUNDS.index(0.25)] == 1
+
+
+def test_the_health_board_keeps_its_offer_and_peak_without_new_objects():
+    """Each session sets the MTA's offer and may raise the peak: an equal offer keeps the one already there
+    (the probes offer the same), and the peak reads back as set (the pools size on it)."""
+    from milterman.log import Logger
+    from milterman.manager.health import HealthBoard
+    from milterman.protocol import Action, Negotiate, Step
+
+    board = HealthBoard((), Logger())
+    first = Negotiate(6, int(Action.ALL), int(Step.ALL))
+    board.last_offer = first
+    board.last_offer = Negotiate(6, int(Action.ALL), int(Step.ALL))
+    assert board.last_offer is first
+    other = Negotiate(2, int(Action.ADD_HEADERS), 0)
+    board.last_offer = other
+    assert board.last_offer is other and board._offer() is other
+    assert board.peak == 1
+    board.peak = 1000
+    assert board.peak == 1000 and board._peak() == 1000
