@@ -220,9 +220,11 @@ class ManagerApplication(Application):
         self.hooks.run("started", 0)
         packet_buffer_size = configuration.manager.packet_buffer_size
 
+        def leader(session) -> Leader:  # one factory, not a closure made per session
+            return Leader(session, context)
+
         def handle(sock, address) -> bool:
-            return MilterSession(sock, lambda session: Leader(session, context),
-                          packet_buffer_size=packet_buffer_size).run()
+            return MilterSession(sock, leader, packet_buffer_size=packet_buffer_size).run()
 
         return handle
 

@@ -6,6 +6,7 @@ manager-level settings are read live from here.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,7 +50,8 @@ class ManagerContext:
     #: (facts, stage letter, command) → RuleOutcome or None (B7); None when no rule exists
     rule_evaluator: Callable | None = None
     sessions_processing: int = 0
-    sessions_finished: int = 0
+    #: sessions finished, in ``_finished[0]`` (a machine number, see metrics.Tally): :attr:`sessions_finished`
+    _finished: array = field(default_factory=lambda: array("q", (0,)))
     _pending_finished: int = 0
     max_pending_finished_sessions: int = 0
     #: the process's counters: the controller's status and the metrics endpoint (D-7)
@@ -114,8 +116,7 @@ class ManagerContext:
             return None
 
     def child_ended(self, name: str, status: str) -> None:
-        ended = self.recorder.child(name).ended
-        ended[status] = ended.get(status, 0) + 1
+        self.recorder.child(name).ended.add(status)
 
     def fallback_used(self, name: str) -> None:
         """The child failed and its fallback status answered for it in this session (D-14, M-ERR-3)."""
@@ -142,9 +143,13 @@ class ManagerContext:
         if self.sessions_processing > self.health.peak:
             self.health.peak = self.sessions_processing
 
+    @property
+    def sessions_finished(self) -> int:
+        return self._finished[0]
+
     def session_finished(self) -> None:
         """ST-FINISHED, batched by max_pending_finished_sessions (M-FIN-1)."""
-        self.sessions_finished += 1
+        self._finished[0] += 1
         self._pending_finished += 1
         if self._pending_finished > self.max_pending_finished_sessions or not self.max_pending_finished_sessions:
             if self.logger.enabled(STATISTICS):

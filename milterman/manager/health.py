@@ -14,6 +14,8 @@ child goes down and when the board is closed (a reload, a stop).
 
 from __future__ import annotations
 
+from array import array
+
 import time
 from collections.abc import Callable
 
@@ -182,19 +184,38 @@ class HealthBoard:
     """Every child's health in one serving process (shared by the sessions of the process)."""
 
     def __init__(self, definitions: tuple[ChildDefinition, ...], logger: Logger) -> None:
-        #: the last offer an MTA made in this process: what probes offer
-        self.last_offer: Negotiate | None = None
+        self._last_offer: Negotiate | None = None
         self.logger = logger
-        #: the most sessions this process has served at once: how many connections a child's pool keeps
-        self.peak = 1
+        #: the most sessions this process has served at once, in ``_peaks[0]`` (a machine number: see
+        #: metrics.Tally; the last of a burst would otherwise keep a small-object arena of the burst)
+        self._peaks = array("q", (1,))
         self.children = {definition.name: ChildHealth(definition, logger, self._offer, self._peak)
                          for definition in definitions}
 
+    @property
+    def last_offer(self) -> Negotiate | None:
+        """The last offer an MTA made in this process: what probes offer."""
+        return self._last_offer
+
+    @last_offer.setter
+    def last_offer(self, offer: Negotiate | None) -> None:
+        if offer != self._last_offer:  # the same offer each session: the first one made is kept
+            self._last_offer = offer
+
+    @property
+    def peak(self) -> int:
+        """The most sessions this process has served at once: how many connections a child's pool keeps."""
+        return self._peaks[0]
+
+    @peak.setter
+    def peak(self, sessions: int) -> None:
+        self._peaks[0] = sessions
+
     def _offer(self) -> Negotiate:
-        return self.last_offer or DEFAULT_OFFER
+        return self._last_offer or DEFAULT_OFFER
 
     def _peak(self) -> int:
-        return self.peak
+        return self._peaks[0]
 
     def of(self, definition: ChildDefinition) -> ChildHealth:
         health = self.children.get(definition.name)

@@ -11,6 +11,7 @@ and builds both the ``status`` answer and the metrics from that one sum (:func:`
 from __future__ import annotations
 
 import platform
+from array import array
 from bisect import bisect_left
 
 from .. import __version__
@@ -28,21 +29,63 @@ _NICKS = {letter: status_of(reply).nick for letter, reply in (("c", CONTINUE), (
                                                                 ("t", TEMPFAIL), ("d", DISCARD))}
 
 
+#: Counters live in arrays (machine numbers), not as Python ints and floats: a Python number kept in a
+#: long-lived counter is a new object at each update, made wherever the allocator is at that moment; after a
+#: burst of sessions the last ones sit in the burst's small-object arenas and keep each of them (1 MiB) from
+#: going back to the system.
+_NO_COUNTS = array("q", bytes(8 * (len(LATENCY_BOUNDS) + 1)))
+
+
 class Histogram:
     """Counts per bucket (not cumulative) and the sum of the observed values."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("counts", "sums")
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BOUNDS) + 1)
-        self.total = 0.0
+        self.counts = array("q", _NO_COUNTS)
+        #: the sum of the observed values, in ``sums[0]``
+        self.sums = array("d", (0.0,))
+
+    @property
+    def total(self) -> float:
+        return self.sums[0]
 
     def observe(self, seconds: float) -> None:
         self.counts[bisect_left(LATENCY_BOUNDS, seconds)] += 1
-        self.total += seconds
+        self.sums[0] += seconds
 
     def snapshot(self) -> dict:
-        return {"buckets": list(self.counts), "sum": self.total}
+        return {"buckets": self.counts.tolist(), "sum": self.sums[0]}
+
+
+class Tally:
+    """Counts by name (a status, a timeout kind), kept in an array like the histograms' counts."""
+
+    __slots__ = ("_index", "_counts")
+
+    def __init__(self) -> None:
+        self._index: dict[str, int] = {}
+        self._counts = array("q")
+
+    def add(self, name: str) -> None:
+        self._counts[self._slot(name)] += 1
+
+    def _slot(self, name: str) -> int:
+        index = self._index.get(name)
+        if index is None:
+            index = self._index[name] = len(self._counts)
+            self._counts.append(0)
+        return index
+
+    def __getitem__(self, name: str) -> int:
+        return self._counts[self._index[name]]
+
+    def __setitem__(self, name: str, count: int) -> None:
+        self._counts[self._slot(name)] = count
+
+    def snapshot(self) -> dict[str, int]:
+        counts = self._counts
+        return {name: counts[index] for name, index in self._index.items()}
 
 
 class ChildRecord:
@@ -52,11 +95,11 @@ class ChildRecord:
 
     def __init__(self) -> None:
         #: final status of the child's sessions (``[milter][end]``) → count
-        self.ended: dict[str, int] = {}
+        self.ended = Tally()
         #: status of each final reply the child sent → count
-        self.replies: dict[str, int] = {}
+        self.replies = Tally()
         #: ``connection`` / ``writing`` / ``reading`` / ``end-of-message`` → count
-        self.timeouts: dict[str, int] = {}
+        self.timeouts = Tally()
         #: sessions in which the child's fallback status answered for it (D-14, M-ERR-3)
         self.fallbacks = 0
         #: command letter → latency histogram (from sending the command to its final reply)
@@ -65,12 +108,12 @@ class ChildRecord:
     def replied(self, letter: str, reply: Reply, seconds: float) -> None:
         """A final reply to ``letter`` arrived ``seconds`` after the command was sent."""
         nick = _NICKS.get(reply.LETTER) or status_of(reply).nick  # a plain letter without the enum's hashing
-        self.replies[nick] = self.replies.get(nick, 0) + 1
+        self.replies.add(nick)
         histogram = self.latency.get(letter)
         if histogram is None:
             histogram = self.latency[letter] = Histogram()
         histogram.counts[bisect_left(LATENCY_BOUNDS, seconds)] += 1
-        histogram.total += seconds
+        histogram.sums[0] += seconds
 
     def observe(self, letter: str, seconds: float) -> None:
         histogram = self.latency.get(letter)
@@ -82,10 +125,11 @@ class ChildRecord:
         """A failure talking to the child; timeouts are counted by kind (``reading timeout`` → ``reading``)."""
         if kind.endswith(" timeout"):
             kind = kind[:-len(" timeout")]
-            self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
+            self.timeouts.add(kind)
 
     def snapshot(self) -> dict:
-        return {"ended": dict(self.ended), "replies": dict(self.replies), "timeouts": dict(self.timeouts),
+        return {"ended": self.ended.snapshot(), "replies": self.replies.snapshot(),
+                "timeouts": self.timeouts.snapshot(),
                 "fallbacks": self.fallbacks,
                 "latency": {stage_name(letter): histogram.snapshot()  # ``negotiate`` includes connecting
                             for letter, histogram in list(self.latency.items())}}
@@ -95,11 +139,20 @@ class Recorder:
     """Sessions and children of one serving process."""
 
     def __init__(self) -> None:
-        self.started = 0
+        self._started = array("q", (0,))
         #: final status of the session (the status of ``[session][end]``) → count
-        self.finished: dict[str, int] = {}
+        self.finished = Tally()
         self.duration = Histogram()
         self.children: dict[str, ChildRecord] = {}
+
+    @property
+    def started(self) -> int:
+        """Sessions whose children were started."""
+        return self._started[0]
+
+    @started.setter
+    def started(self, count: int) -> None:
+        self._started[0] = count
 
     def child(self, name: str) -> ChildRecord:
         record = self.children.get(name)
@@ -109,12 +162,12 @@ class Recorder:
 
     def session_finished(self, status: str, seconds: float) -> None:
         """A session that started its children ended; ``status``: the last one the MTA got."""
-        self.finished[status] = self.finished.get(status, 0) + 1
+        self.finished.add(status)
         self.duration.observe(seconds)
 
     def snapshot(self) -> dict:
         """Counters only (they are summed over workers and kept when a worker exits)."""
-        return {"sessions_started": self.started, "sessions_finished": dict(self.finished),
+        return {"sessions_started": self.started, "sessions_finished": self.finished.snapshot(),
                 "session_duration": self.duration.snapshot(),
                 "children": {name: record.snapshot() for name, record in list(self.children.items())}}
 

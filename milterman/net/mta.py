@@ -70,6 +70,9 @@ class MtaClient:
     waits on several at once) against the per-phase deadline; PROGRESS restarts it (P-SM-12).
     """
 
+    __slots__ = ("sock", "timeouts", "state", "decoder", "_pending", "_pending_size", "_deadline", "_timeout", "waited",
+                 "on_progress", "on_modification", "_letter", "_modifications", "_progress", "fileno", "_readable")
+
     def __init__(self, sock, offer: Negotiate, *, timeouts: Timeouts | None = None, strict: bool = True,
                  max_data_size: int = MAX_DATA_SIZE_1M, check_reply_text: bool = True) -> None:
         self.sock = sock
@@ -85,9 +88,9 @@ class MtaClient:
         #: called for each PROGRESS / modification as it arrives (the manager relays them at once)
         self.on_progress = None
         self.on_modification = None
-        #: the reply being read: its letter, the modifications and progress count so far
+        #: the reply being read: its letter, the modifications (a list once there is one) and progress count so far
         self._letter = ""
-        self._modifications: list[Reply] = []
+        self._modifications: list[Reply] | tuple = ()
         self._progress = 0
         #: the socket's descriptor when it is a real socket that can be waited on (None: no socket)
         self.fileno: int | None = None
@@ -242,7 +245,7 @@ class MtaClient:
 
     def _start_reading(self, letter: str) -> None:
         self._letter = letter
-        self._modifications = []
+        self._modifications = ()  # most replies come without any: no list made for them
         self._progress = 0
 
     def _take(self):
@@ -273,7 +276,10 @@ class MtaClient:
                 if self.on_progress is not None:
                     self.on_progress()
             else:
-                self._modifications.append(reply)
+                if self._modifications:
+                    self._modifications.append(reply)
+                else:
+                    self._modifications = [reply]
                 if self.on_modification is not None:
                     self.on_modification(reply)
 

@@ -5,6 +5,10 @@ freed heap pages (greenlet stack copies, receive buffers, per-session objects) f
 returns what sits at the very top of the heap. ``malloc_trim(0)`` returns every whole free page.
 Sessions whose objects form reference cycles are only freed by a full collection, so one runs
 first: a burst's garbage would otherwise hold its memory until the collector's next full pass.
+Python's type attribute cache is emptied before it: it keeps a reference to each attribute name it
+was last asked for, and names made afresh for one lookup (gevent's event loop makes a ``"stop"``
+string each time a one-shot timer fires) would otherwise stay scattered through the small-object
+arenas the burst filled, each pinning a whole arena (1 MiB) that could be given back.
 It runs off the per-packet path: when the number of sessions in progress drops to zero after a
 burst (at least :data:`BURST` at once since the last run), a moment later, and at most once per
 ``interval`` seconds (D-12: no work merely because the process went idle after each session).
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import sys
 import time
 from collections.abc import Callable
 
@@ -41,6 +46,10 @@ def _malloc_trim() -> Callable[[int], int] | None:
     function.argtypes = [ctypes.c_size_t]
     function.restype = ctypes.c_int
     return function
+
+
+#: empties the type attribute cache (Python 3.13 names it ``_clear_internal_caches``; the older name is deprecated)
+_clear_type_cache: Callable[[], None] = getattr(sys, "_clear_internal_caches", None) or sys._clear_type_cache
 
 
 class GiveBack:
@@ -89,6 +98,7 @@ class GiveBack:
             return
         started = self._last = self._clock()
         self.high_water = 0
+        _clear_type_cache()
         gc.collect()
         collected = self._clock()
         self._trim(0)

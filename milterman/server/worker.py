@@ -15,6 +15,7 @@ touching its heartbeat file.
 from __future__ import annotations
 
 import errno
+from array import array
 import gc
 import importlib.util
 import json
@@ -163,7 +164,7 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
     # A pool even without a limit: stopping waits for the pool's sessions (graceful SIGTERM).
     # At max_connections the server stops accepting until a session ends (D-6, M-ACC-1).
     pool = Pool(settings.max_connections if settings.max_connections > 0 else None)
-    sessions = [0]
+    sessions = array("q", (0,))  # a machine number: the count made by the last session of a burst keeps no arena
     # freed memory goes back to the system when a burst of sessions is over (not per session, D-12)
     give_back = GiveBack(lambda delay, function: gevent.spawn_later(delay, function), logger=logger)
 

@@ -9,6 +9,7 @@ then closed.
 from __future__ import annotations
 
 import socket
+import sys
 import time
 
 import pytest
@@ -94,3 +95,24 @@ def test_give_back_waits_for_the_interval_and_for_sessions_to_end():
     assert give_back.runs == 1
     give_back.ended()  # this burst's end schedules it again
     assert len(scheduled) == 1
+
+
+def test_give_back_empties_the_type_attribute_cache():
+    """A name made afresh for one attribute lookup (gevent's loop makes a ``"stop"`` each time a one-shot
+    timer fires) is kept by Python's type attribute cache and pins the small-object arena it was made in;
+    the give-back drops those references, so the burst's arenas can go back to the system."""
+
+    class Watched:
+        def stop(self) -> None:
+            pass
+
+    name = "".join(["st", "op"])  # not interned: a string of its own, like one made by C code per call
+    assert name is not "stop"  # noqa: F632 (identity is the point)
+    before = sys.getrefcount(name)
+    getattr(Watched(), name)
+    assert sys.getrefcount(name) > before  # the cache holds it
+    give_back = GiveBack(lambda delay, function: None, burst=1)
+    if give_back._trim is None:
+        pytest.skip("this C library has no malloc_trim")
+    give_back._run()
+    assert sys.getrefcount(name) == before
