@@ -93,9 +93,14 @@ class MtaClient:
         self.fileno: int | None = None
         self._readable = None
         fileno = getattr(sock, "fileno", None)
+        #: the tries without waiting: a gevent socket's own methods at timeout 0 only add a call around the
+        #: system socket's (they raise BlockingIOError just the same), so that one is called directly
+        self._send = self._recv_into = None
         if fileno is not None:
             self.fileno = fileno()
             sock.settimeout(0.0)  # once: every read and write is tried without waiting (D-13 sockets stay put)
+            system = getattr(sock, "_sock", sock)
+            self._send, self._recv_into = system.send, system.recv_into
 
     @classmethod
     def open(cls, spec: ConnectionSpec, offer: Negotiate, *, timeouts: Timeouts | None = None,
@@ -196,7 +201,7 @@ class MtaClient:
         """One write of ``data``, or of ``pieces`` (large ones, body chunks, leave as they are without
         being joined into one copy); what the socket does not take at once is waited for."""
         try:
-            sent = self.sock.send(data) if pieces is None else self.sock.sendmsg(pieces)
+            sent = (self._send or self.sock.send)(data) if pieces is None else self.sock.sendmsg(pieces)
         except BlockingIOError:
             sent = 0
         except OSError as error:
@@ -255,7 +260,7 @@ class MtaClient:
             reply = decoder.next_message()
             if reply is None:
                 try:
-                    size = self.sock.recv_into(_RECEIVE_BUFFER)
+                    size = (self._recv_into or self.sock.recv_into)(_RECEIVE_BUFFER)
                 except BlockingIOError:
                     return None
                 except OSError as error:
@@ -285,9 +290,9 @@ class MtaClient:
         borrowing the gevent socket's own watcher made libev re-register the descriptor more often)."""
         watcher = self._readable
         if watcher is None:
-            from gevent import get_hub
+            import gevent  # a plain import: ``from gevent import`` costs a Python-level call each time
 
-            watcher = self._readable = get_hub().loop.io(self.fileno, 1)
+            watcher = self._readable = gevent.get_hub().loop.io(self.fileno, 1)
         return watcher
 
     def close(self, send_quit: bool = True) -> None:
@@ -345,11 +350,11 @@ def collect_all(clients: list[MtaClient], letter: str) -> list:
 def _wait(waiting: dict, results: list, started: float) -> None:
     """Wait in this greenlet for every socket in ``waiting`` (index → client) until its final
     reply, failure or deadline; the outcomes go into ``results``."""
-    from gevent import get_hub, getcurrent
+    import gevent  # a plain import: ``from gevent import`` costs a Python-level call each time
 
-    hub = get_hub()
+    hub = gevent.get_hub()
     loop = hub.loop
-    switch = getcurrent().switch
+    switch = gevent.getcurrent().switch
     for index, client in waiting.items():
         client._watcher().start(switch, index)
     timer = None
