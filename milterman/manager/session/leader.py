@@ -55,6 +55,10 @@ class Leader(MilterHandler):
         self.facts = Facts(session.id, session.macros, manager)
         self.pipeline = MessagePipeline(self, session, manager)
         self._macro_packets: dict[str, tuple[dict, bytes]] = {}
+        #: the MTA's macro store (one per MTA connection, kept across ``K``), read per stage without the
+        #: session's property chain; its ``packet`` gives a stage's packet as the MTA sent it
+        self._macro_store = session.macros
+        self._mta_packet = getattr(self._macro_store, "packet", None)
         #: counted in sessions_processing once children are started: the handler made at ``K`` may
         #: never be used nor closed (D-4)
         self._in_progress = False
@@ -94,7 +98,7 @@ class Leader(MilterHandler):
     # ================================================================ macros (M-MAC-2)
 
     def stage_macros(self, letter: str) -> dict[str, str] | None:
-        return self.session.macros.stage(letter) or None
+        return self._macro_store.stage(letter) or None
 
     def encoded_macros(self, letter: str, macros: dict[str, str] | None) -> bytes | None:
         """The stage's macro packet, encoded once for every child that asked for no macro list.
@@ -118,7 +122,7 @@ class Leader(MilterHandler):
         """The stage's macro packet as the MTA sent it, header included, passed on untouched (forward
         once): a child that filters macros or gets macros from a rule is sent its own packet anyway
         (:meth:`Child.begin`). ``None`` when the MTA sent none for the stage."""
-        packet = getattr(self.session.macros, "packet", None)
+        packet = self._mta_packet
         return packet(letter) if packet is not None else None
 
     # ================================================================ parallel stages (M-ENV-*)

@@ -21,6 +21,7 @@ from ...protocol import (CONTINUE, END_OF_HEADER, AddHeader, AddRcpt, AddRcptWit
                          Quarantine, ReplaceBody, Reply, Skip)
 from ...protocol.stages import STAGE_NAMES
 from ..child import ChildFailure
+from ..disconnect import NO_WATCH
 from ..message import POSTFIX, SENDMAIL, Message, describe, header_edits
 from ..status import Combined, Status, status_of
 
@@ -47,6 +48,9 @@ class MessagePipeline:
         self.status = Combined()
         self._body_replacer: Child | None = None
         self._body_error: OSError | None = None
+        #: stage letter → (macros, encoded packet) for the MTA command in progress: the MTA's macros do not
+        #: change while one of its commands is handled, so each stage's are looked up once, not per child step
+        self._stage_macros: dict[str, tuple] = {}
 
     @property
     def mta_options(self):
@@ -88,14 +92,17 @@ class MessagePipeline:
     # ================================================================ the MTA's message commands
 
     def header(self, command: Header) -> Reply:
+        self._stage_macros = {}
         self.message.headers.append(command.name, command.value)
         return self._advance("L")
 
     def end_of_header(self, command) -> Reply:
+        self._stage_macros = {}
         self.message.end_of_header = True
         return self._advance("N")
 
     def body(self, command: Body) -> Reply:
+        self._stage_macros = {}
         try:
             self.message.body.append(command.chunk)
             return self._advance("B", command.chunk)
@@ -104,6 +111,7 @@ class MessagePipeline:
 
     def end_of_message(self, command: EndOfMessage) -> Reply:
         """M-MSG-3…5: every waiting child in turn, then the modifications and the combined status."""
+        self._stage_macros = {}
         message = self.message
         message.end_of_message_chunk = command.chunk
         message.headers.begin_edits(self._mta_kind())  # the MTA's own entries, for its rules (D-16)
@@ -219,18 +227,25 @@ class MessagePipeline:
         if letter != "E" and not child.will_send(letter):
             return None
         port = self.port
-        macros = port.stage_macros(letter)
-        encoded = port.encoded_macros(letter, macros)
+        stage = self._stage_macros.get(letter)
+        if stage is None:
+            macros = port.stage_macros(letter)
+            stage = self._stage_macros[letter] = (macros, port.encoded_macros(letter, macros))
+        macros, encoded = stage
         if letter == "E":
             child.client.on_modification = lambda modification: self._modification(child, modification)
             child.client.on_progress = self._relay_progress
+        watch = port.watch
         try:
-            with port.watch:
+            if watch is NO_WATCH:
                 response = child.exchange(command, macros, encoded)
+            else:
+                with watch:
+                    response = child.exchange(command, macros, encoded)
         except ChildFailure as error:
             return self._pipeline_failure(child, str(error))
         finally:
-            if child.client is not None:
+            if letter == "E" and child.client is not None:  # only end of message set them
                 child.client.on_modification = None
                 child.client.on_progress = None
         if response is None:
