@@ -162,26 +162,29 @@ class MtaClient:
         collects the replies still gives each its own timeout.
         """
         expects_reply = self.state.send(command)
-        pending = self._pending
         letter = command.LETTER
-        if packet is not None:
-            pending.append(packet)
-            self._pending_size += len(packet)
-        elif letter == "B":
+        if packet is None and letter == "B":
             chunk = command.chunk
+            pending = self._pending
             pending.append(_BODY_HEADER.pack(len(chunk) + 1, 0x42))
             pending.append(chunk)
             self._pending_size += len(chunk) + 5
+            if expects_reply or self._pending_size >= _PENDING_LIMIT:
+                self.flush()
         else:
-            data = command.encode()
-            pending.append(data)
-            self._pending_size += len(data)
+            if packet is None:
+                packet = command.encode()
+            if expects_reply and not self._pending:
+                self._write(packet)  # the usual case: nothing queued, one packet, one write
+            else:
+                self._pending.append(packet)
+                self._pending_size += len(packet)
+                if expects_reply or letter in _FLUSHING or self._pending_size >= _PENDING_LIMIT:
+                    self.flush()
         if expects_reply:
-            self.flush()
-            self._timeout = self.timeouts.end_of_message if letter == "E" else self.timeouts.reading
-            self._deadline = time.monotonic() + self._timeout
-        elif letter in _FLUSHING or self._pending_size >= _PENDING_LIMIT:
-            self.flush()
+            timeouts = self.timeouts
+            self._timeout = timeout = timeouts.end_of_message if letter == "E" else timeouts.reading
+            self._deadline = time.monotonic() + timeout
         return expects_reply
 
     def flush(self) -> None:
@@ -227,7 +230,9 @@ class MtaClient:
     def collect(self, letter: str) -> Response:
         """Read until the final reply to the command begun last; PROGRESS restarts the timer (P-SM-12)."""
         started = time.monotonic()
-        self._start_reading(letter)
+        self._letter = letter
+        self._modifications = []
+        self._progress = 0
         try:
             response = self._take()
         except BaseException:
@@ -245,19 +250,14 @@ class MtaClient:
 
     # ------------------------------------------------------------------ reading without waiting
 
-    def _start_reading(self, letter: str) -> None:
-        self._letter = letter
-        self._modifications = []
-        self._progress = 0
-
     def _take(self):
         """Every complete packet buffered so far, then one read attempt at a time until the socket
         is empty: the final reply, or ``None`` when more must be waited for. Raises
         :class:`MilterIOError` or :class:`ProtocolError`."""
         decoder = self.decoder
         state = self.state
+        reply = decoder.next_message()
         while True:
-            reply = decoder.next_message()
             if reply is None:
                 try:
                     size = (self._recv_into or self.sock.recv_into)(_RECEIVE_BUFFER)
@@ -269,6 +269,7 @@ class MtaClient:
                     decoder.feed_eof()
                     raise MilterIOError("closed", "connection closed by the milter")
                 decoder.feed(_RECEIVE_VIEW[:size])
+                reply = decoder.next_message()
                 continue
             if state.receive(reply):
                 return Response(reply, self._modifications, self._progress)
@@ -281,6 +282,7 @@ class MtaClient:
                 self._modifications.append(reply)
                 if self.on_modification is not None:
                     self.on_modification(reply)
+            reply = decoder.next_message()
 
     def _timed_out(self) -> MilterIOError:
         return MilterIOError("end-of-message timeout" if self._letter == "E" else "reading timeout")
@@ -325,14 +327,18 @@ def collect_all(clients: list[MtaClient], letter: str) -> list:
     results: list = [None] * len(clients)
     waiting: dict[int, MtaClient] = {}
     started = time.monotonic()
-    for index, client in enumerate(clients):
+    index = 0
+    for client in clients:
         if getattr(client, "fileno", None) is None:  # no socket (in process, or a test double)
             try:
                 results[index] = client.collect(letter)
             except (MilterIOError, ProtocolError) as error:
                 results[index] = error
+            index += 1
             continue
-        client._start_reading(letter)
+        client._letter = letter
+        client._modifications = []
+        client._progress = 0
         try:
             outcome = client._take()
         except (MilterIOError, ProtocolError) as error:
@@ -342,6 +348,7 @@ def collect_all(clients: list[MtaClient], letter: str) -> list:
         else:
             results[index] = outcome
             client.waited += time.monotonic() - started
+        index += 1
     if waiting:
         _wait(waiting, results, started)
     return results
