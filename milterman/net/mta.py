@@ -75,6 +75,9 @@ class MtaClient:
         self.sock = sock
         self.timeouts = timeouts or Timeouts()
         self.state = MtaState(offer, strict=strict)
+        #: ``will_send(letter)``: should the event go to this milter now; the state's own method (asked per
+        #: command and child, so no call of ours around it)
+        self.will_send = self.state.will_send
         self.decoder = ReplyDecoder(max_data_size=max_data_size, strict=strict, check_reply_text=check_reply_text)
         self._pending: list = []
         self._pending_size = 0
@@ -125,9 +128,6 @@ class MtaClient:
         assert self.state.options is not None
         return self.state.options
 
-    def will_send(self, letter: str) -> bool:
-        return self.state.will_send(letter)
-
     def queue_macros(self, stage: str, macros: dict[str, str] | list[tuple[str, str]]) -> None:
         """Queue a macro packet for ``stage``, filtered by the milter's macro-list request (P-NEG-14)."""
         packet = macro_packet(self.state.options, stage, macros)
@@ -140,7 +140,7 @@ class MtaClient:
         """Queue an already encoded macro packet when this milter asked for no list at ``stage`` (the
         manager encodes the MTA's macros once for every child); ``False``: use :meth:`queue_macros`."""
         options = self.state.options
-        if options is not None and options.macro_request(stage) is not None:
+        if options is not None and options.macro_lists and options.macro_request(stage) is not None:
             return False
         self._pending.append(packet)
         self._pending_size += len(packet)

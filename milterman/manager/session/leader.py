@@ -461,7 +461,7 @@ class Leader(MilterHandler):
     def stopped(self, child: Child, letter: str, command) -> bool:
         """Is the child stopped here: by a rule (C-RULE-2, checked first, C-RULE-6) or one of its
         applicable conditions (M-AC-2)?"""
-        if letter == self.rule_stage and child.name in self.rule_stopped:
+        if self.rule_stopped and letter == self.rule_stage and child.name in self.rule_stopped:
             child.stage = STAGE_NAMES[letter]  # its last stage is the one it was stopped at
             return True
         conditions = child.definition.conditions

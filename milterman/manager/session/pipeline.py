@@ -174,22 +174,23 @@ class MessagePipeline:
         """
         message = self.message
         port = self.port
-        mta_options = self.mta_options
-        mta_leading_space = bool(mta_options and mta_options.header_leading_space)
-        child_leading_space = bool(child.options and child.options.header_leading_space)
-        strip_space = mta_leading_space and not child_leading_space
         headers = message.headers.items
-        while child.sent_headers < len(headers):
-            name, value = headers[child.sent_headers]
-            child.sent_headers += 1
-            if strip_space and value[:1] == " ":
-                value = value[1:]
-            header = Header(name, value)
-            if port.stopped(child, "L", header):
-                return self._leave(child, "stop")
-            outcome = self._step(child, header)
-            if outcome is not None:
-                return outcome
+        if child.sent_headers < len(headers):
+            mta_options = self.mta_options
+            mta_leading_space = bool(mta_options and mta_options.header_leading_space)
+            child_leading_space = bool(child.options and child.options.header_leading_space)
+            strip_space = mta_leading_space and not child_leading_space
+            while child.sent_headers < len(headers):
+                name, value = headers[child.sent_headers]
+                child.sent_headers += 1
+                if strip_space and value[:1] == " ":
+                    value = value[1:]
+                header = Header(name, value)
+                if port.stopped(child, "L", header):
+                    return self._leave(child, "stop")
+                outcome = self._step(child, header)
+                if outcome is not None:
+                    return outcome
         if message.end_of_header and not child.sent_end_of_header:
             child.sent_end_of_header = True
             if port.stopped(child, "N", END_OF_HEADER):
