@@ -91,8 +91,17 @@ class MacroStore:
         """The newest value of ``name`` (with or without braces)."""
         name = strip_braces(name)
         packets = self._packets
+        needle = None
         for stage in _NEWEST_FIRST:
-            if stage in packets:
+            packet = packets.get(stage)
+            if packet is not None:
+                wire = getattr(packet, "wire", None)
+                if wire is not None and stage not in self._values:
+                    # a packet not read yet is read only when the name's octets are in it at all
+                    if needle is None:
+                        needle = name.encode("utf-8", "surrogateescape")
+                    if needle not in wire:
+                        continue
                 values = self.stage(stage)
                 if name in values:
                     return values[name]
