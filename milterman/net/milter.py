@@ -80,9 +80,9 @@ class IdleWatch:
 
 def watch_idle(limit: float) -> IdleWatch:
     """An :class:`IdleWatch` for the calling greenlet."""
-    from gevent import get_hub, getcurrent
+    import gevent  # a plain import: ``from gevent import`` costs a Python-level call each time
 
-    return IdleWatch(limit, get_hub().loop, getcurrent())
+    return IdleWatch(limit, gevent.get_hub().loop, gevent.getcurrent())
 
 
 def next_id() -> int:

@@ -30,6 +30,10 @@ from .pipeline import MessagePipeline
 
 #: stages where the MTA must not get discard (P-RPL-6)
 _NO_DISCARD = frozenset(stage.letter for stage in STAGES if not stage.discard_allowed)
+#: (MTA offer, the children's settled options) → (stages read, macros read, the request to the MTA): one MTA
+#: sends the same offer on every connection and the children settle on shared Options objects, so the
+#: request (a pure function of them, D-2) is computed once, not per session
+_REQUESTS: dict[tuple, tuple] = {}
 
 
 class Leader(MilterHandler):
@@ -64,6 +68,8 @@ class Leader(MilterHandler):
         self._in_progress = False
         #: entered around every wait for children: the disconnect check (M-ERR-8)
         self.watch = manager.watch(self)
+        #: how the reply-code check names this session in the log (M-RC-2), made once
+        self._reply_context = f"[{session.id}] [manager]"
 
     # ================================================================ negotiation (D-2)
 
@@ -71,8 +77,18 @@ class Leader(MilterHandler):
         self.offer = offer
         self.last_stage = "negotiate"
         self._start_children(offer)
-        alive = [child.options for child in self.children if child.negotiated and not child.quitted]
-        return mta_request(offer, alive, self.manager.stages_read, self.manager.macros_read)
+        alive = tuple(child.options for child in self.children if child.negotiated and not child.quitted)
+        manager = self.manager
+        stages_read, macros_read = manager.stages_read, manager.macros_read
+        key = (offer, alive)
+        known = _REQUESTS.get(key)
+        if known is not None and known[0] is stages_read and known[1] is macros_read:
+            return known[2]
+        wanted = mta_request(offer, alive, stages_read, macros_read)
+        if len(_REQUESTS) >= 64:
+            _REQUESTS.clear()
+        _REQUESTS[key] = (stages_read, macros_read, wanted)
+        return wanted
 
     def _start_children(self, offer: Negotiate) -> None:
         """Connect and negotiate every enabled child at once (M-SES-2, M-SES-3); failures count per D-14."""
@@ -149,7 +165,7 @@ class Leader(MilterHandler):
     def reply(self, combined: Combined) -> Reply:
         """The MTA's reply from ``combined`` (P-RPL-6: no discard at connect, helo, unknown), recorded for the
         session's end line."""
-        reply = combined.reply(self.logger, f"[{self.session.id}] [manager]")
+        reply = combined.reply(self.logger, self._reply_context)
         if isinstance(reply, Discard) and self.session.current in _NO_DISCARD:
             reply = CONTINUE  # P-RPL-6: discard is meaningless there; children were already quitted
         self.last_status = status_of(reply).nick
