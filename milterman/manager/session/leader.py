@@ -13,6 +13,7 @@ manager rule chain (B7) runs first for every MTA command; conditions and rules r
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from ...log import DEBUG, STATISTICS
 from ...net import MilterHandler, MilterSession, Wanted
@@ -30,6 +31,35 @@ from .pipeline import MessagePipeline
 
 #: stages where the MTA must not get discard (P-RPL-6)
 _NO_DISCARD = frozenset(stage.letter for stage in STAGES if not stage.discard_allowed)
+class StageMacros(Mapping):
+    """One stage's macros in the MTA's macro store, read on first use (never empty)."""
+
+    __slots__ = ("_store", "_letter", "_values")
+
+    def __init__(self, store, letter: str) -> None:
+        self._store = store
+        self._letter = letter
+        self._values: dict[str, str] | None = None
+
+    def _read(self) -> dict[str, str]:
+        values = self._values
+        if values is None:
+            values = self._values = self._store.stage(self._letter)
+        return values
+
+    def __bool__(self) -> bool:
+        return True  # made only for a stage with values (MacroStore.has_values)
+
+    def __getitem__(self, name: str) -> str:
+        return self._read()[name]
+
+    def __iter__(self):
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+
 #: (MTA offer, the children's settled options) → (stages read, macros read, the request to the MTA): one MTA
 #: sends the same offer on every connection and the children settle on shared Options objects, so the
 #: request (a pure function of them, D-2) is computed once, not per session
@@ -113,8 +143,13 @@ class Leader(MilterHandler):
 
     # ================================================================ macros (M-MAC-2)
 
-    def stage_macros(self, letter: str) -> dict[str, str] | None:
-        return self._macro_store.stage(letter) or None
+    def stage_macros(self, letter: str) -> Mapping[str, str] | None:
+        """The stage's MTA macros, read from the MTA's packet only when a child needs the values (most
+        children take the packet as the MTA sent it: forward once, parse lazily); ``None`` when none."""
+        store = self._macro_store
+        if not store.has_values(letter):
+            return None
+        return StageMacros(store, letter)
 
     def encoded_macros(self, letter: str, macros: dict[str, str] | None) -> bytes | None:
         """The stage's macro packet, encoded once for every child that asked for no macro list.
