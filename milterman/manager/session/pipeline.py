@@ -51,6 +51,8 @@ class MessagePipeline:
         #: stage letter → (macros, encoded packet) for the MTA command in progress: the MTA's macros do not
         #: change while one of its commands is handled, so each stage's are looked up once, not per child step
         self._stage_macros: dict[str, tuple] = {}
+        #: a child changed the headers since the last snapshot (H0): only then is there a header diff to send
+        self._headers_edited = False
 
     @property
     def mta_options(self):
@@ -116,6 +118,7 @@ class MessagePipeline:
         message.end_of_message_chunk = command.chunk
         message.headers.begin_edits(self._mta_kind())  # the MTA's own entries, for its rules (D-16)
         message.original_headers = message.headers.snapshot()  # H0 (M-MSG-3)
+        self._headers_edited = False
         try:
             while self.waiting:
                 child = self.waiting[0]
@@ -340,6 +343,7 @@ class MessagePipeline:
             if mta_leading_space and value and not (child.options and child.options.header_leading_space):
                 if value[:1] != " ":
                     value = " " + value  # M-MSG-10
+            self._headers_edited = True
             if isinstance(modification, AddHeader):
                 message.headers.add(modification.name, value)
             elif isinstance(modification, InsertHeader):
@@ -387,7 +391,8 @@ class MessagePipeline:
             pieces = body.passed_on(size) if self._mta_kind() == POSTFIX else body.pieces(size)
             for piece in pieces if len(body) else [b""]:
                 self._to_mta(ReplaceBody(piece))
-        for edit in header_edits(message.original_headers, message.headers):
+        edited = self._headers_edited  # unedited headers have no diff against their snapshot (M-EOM-3)
+        for edit in header_edits(message.original_headers, message.headers) if edited else ():
             self._to_mta(edit)
             if self.logger.enabled(STATISTICS) and edit.value:
                 self.logger.statistics(f"[session][header][add]({self.session.id}): <{edit.name}>=<{edit.value}>")
@@ -398,7 +403,9 @@ class MessagePipeline:
         message.body_replaced = False
         message.change_from = None
         message.quarantine_reason = None
-        message.original_headers = message.headers.snapshot()
+        if edited:
+            message.original_headers = message.headers.snapshot()
+            self._headers_edited = False
 
     def _header_statistics(self, child: Child, modification) -> None:
         if self.logger.enabled(STATISTICS):
