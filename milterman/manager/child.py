@@ -206,8 +206,8 @@ class Child:
             if extra:
                 macros = {**(macros or {}), **extra}
                 encoded = None
-        if self._unproven is not None:
-            self._unproven.append((command, macros, encoded))
+        if self._unproven is not None:  # kept to be sent again: the values as they are now, not read later
+            self._unproven.append((command, dict(macros) if macros else macros, encoded))
         client = self.client
         try:
             if macros and (encoded is None or not client.queue_encoded_macros(letter, encoded)):
