@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from .errors import FramingError, MalformedPacket
 from .flags import MAX_DATA_SIZE_1M
-from .messages import COMMAND_TYPES, REPLY_TYPES, Body, Command, Message, ReceivedMacro, Reply, ReplyCode, _Empty
+from .messages import COMMAND_TYPES, REPLY_TYPES, Body, Command, Message, ReceivedMacro, ReplyCode, _Empty
 
 _LENGTH = struct.Struct(">I")
 
