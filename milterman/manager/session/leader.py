@@ -59,6 +59,12 @@ class StageMacros(Mapping):
     def __len__(self) -> int:
         return len(self._read())
 
+    def items(self):  # the dict's own views: a reader iterates them without a call per macro
+        return self._read().items()
+
+    def keys(self):
+        return self._read().keys()
+
 
 #: (MTA offer, the children's settled options) → (stages read, macros read, the request to the MTA): one MTA
 #: sends the same offer on every connection and the children settle on shared Options objects, so the
