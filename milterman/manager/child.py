@@ -201,19 +201,21 @@ class Child:
         """
         letter = command.LETTER
         self.stage = STAGE_NAMES.get(letter, self.stage)
-        extra = self.macros_extra.get(letter)
-        if extra:
-            macros = {**(macros or {}), **extra}
-            encoded = None
-        if self._unproven is not None:
-            self._unproven.append((command, macros, encoded))
+        if self.macros_extra:  # most children never get macros from a rule: no lookup for them
+            extra = self.macros_extra.get(letter)
+            if extra:
+                macros = {**(macros or {}), **extra}
+                encoded = None
+        if self._unproven is not None:  # kept to be sent again: the values as they are now, not read later
+            self._unproven.append((command, dict(macros) if macros else macros, encoded))
+        client = self.client
         try:
-            if macros and (encoded is None or not self.client.queue_encoded_macros(letter, encoded)):
-                self.client.queue_macros(letter, macros)
+            if macros and (encoded is None or not client.queue_encoded_macros(letter, encoded)):
+                client.queue_macros(letter, macros)
             self.begun = time.monotonic()
-            if packet is not None and getattr(self.client, "fileno", None) is not None:
-                return self.client.begin(command, packet)
-            return self.client.begin(command)
+            if packet is not None and getattr(client, "fileno", None) is not None:
+                return client.begin(command, packet)
+            return client.begin(command)
         except (MilterIOError, ProtocolError) as error:
             if self._unproven is not None:
                 return self._afresh(error)

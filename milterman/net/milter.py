@@ -80,9 +80,9 @@ class IdleWatch:
 
 def watch_idle(limit: float) -> IdleWatch:
     """An :class:`IdleWatch` for the calling greenlet."""
-    from gevent import get_hub, getcurrent
+    import gevent  # a plain import: ``from gevent import`` costs a Python-level call each time
 
-    return IdleWatch(limit, get_hub().loop, getcurrent())
+    return IdleWatch(limit, gevent.get_hub().loop, gevent.getcurrent())
 
 
 def next_id() -> int:
@@ -248,6 +248,8 @@ class MilterSession(ModificationCalls):
         #: the MTA's negotiation offer (a handler made after QUIT_NC needs it again, D-4)
         self.offer: Negotiate | None = None
         self._handler_used = True
+        #: a gevent socket's system socket ``send`` (non-blocking), tried first by :meth:`flush`; else None
+        self._send = None
         #: the letter of the command being handled (the macro context of P-MAC)
         self.current: str | None = None
         from gevent.lock import Semaphore
@@ -329,7 +331,17 @@ class MilterSession(ModificationCalls):
         if not connection.outgoing:
             return
         with self._write_lock:
-            send_all(self.sock, connection.data_to_send())
+            data = connection.data_to_send()
+            send = self._send
+            if send is None:
+                send_all(self.sock, data)
+                return
+            try:
+                sent = send(data)  # the system socket's send: gevent's adds a call and a timeout check
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                self.sock.sendall(memoryview(data)[sent:])  # the MTA is not reading: wait in the hub
 
     # ----------------------------------------------------------------- the loop
 
@@ -343,7 +355,10 @@ class MilterSession(ModificationCalls):
         sock = self.sock
         watch = None
         try:
-            if self.idle_timeout is not None and _is_gevent_socket(sock):
+            gevent_socket = _is_gevent_socket(sock)
+            if gevent_socket:
+                self._send = sock._sock.send  # gevent's socket wraps a non-blocking system socket
+            if self.idle_timeout is not None and gevent_socket:
                 sock.settimeout(None)  # no gevent Timeout per read: one timer for the whole session
                 watch = watch_idle(self.idle_timeout)
             else:

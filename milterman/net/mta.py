@@ -78,6 +78,9 @@ class MtaClient:
         self.sock = sock
         self.timeouts = timeouts or Timeouts()
         self.state = MtaState(offer, strict=strict)
+        #: ``will_send(letter)``: should the event go to this milter now; the state's own method (asked per
+        #: command and child, so no call of ours around it)
+        self.will_send = self.state.will_send
         self.decoder = ReplyDecoder(max_data_size=max_data_size, strict=strict, check_reply_text=check_reply_text)
         self._pending: list = []
         self._pending_size = 0
@@ -96,9 +99,14 @@ class MtaClient:
         self.fileno: int | None = None
         self._readable = None
         fileno = getattr(sock, "fileno", None)
+        #: the tries without waiting: a gevent socket's own methods at timeout 0 only add a call around the
+        #: system socket's (they raise BlockingIOError just the same), so that one is called directly
+        self._send = self._recv_into = None
         if fileno is not None:
             self.fileno = fileno()
             sock.settimeout(0.0)  # once: every read and write is tried without waiting (D-13 sockets stay put)
+            system = getattr(sock, "_sock", sock)
+            self._send, self._recv_into = system.send, system.recv_into
 
     @classmethod
     def open(cls, spec: ConnectionSpec, offer: Negotiate, *, timeouts: Timeouts | None = None,
@@ -123,9 +131,6 @@ class MtaClient:
         assert self.state.options is not None
         return self.state.options
 
-    def will_send(self, letter: str) -> bool:
-        return self.state.will_send(letter)
-
     def queue_macros(self, stage: str, macros: dict[str, str] | list[tuple[str, str]]) -> None:
         """Queue a macro packet for ``stage``, filtered by the milter's macro-list request (P-NEG-14)."""
         packet = macro_packet(self.state.options, stage, macros)
@@ -138,7 +143,7 @@ class MtaClient:
         """Queue an already encoded macro packet when this milter asked for no list at ``stage`` (the
         manager encodes the MTA's macros once for every child); ``False``: use :meth:`queue_macros`."""
         options = self.state.options
-        if options is not None and options.macro_request(stage) is not None:
+        if options is not None and options.macro_lists and options.macro_request(stage) is not None:
             return False
         self._pending.append(packet)
         self._pending_size += len(packet)
@@ -160,26 +165,29 @@ class MtaClient:
         collects the replies still gives each its own timeout.
         """
         expects_reply = self.state.send(command)
-        pending = self._pending
         letter = command.LETTER
-        if packet is not None:
-            pending.append(packet)
-            self._pending_size += len(packet)
-        elif letter == "B":
+        if packet is None and letter == "B":
             chunk = command.chunk
+            pending = self._pending
             pending.append(_BODY_HEADER.pack(len(chunk) + 1, 0x42))
             pending.append(chunk)
             self._pending_size += len(chunk) + 5
+            if expects_reply or self._pending_size >= _PENDING_LIMIT:
+                self.flush()
         else:
-            data = command.encode()
-            pending.append(data)
-            self._pending_size += len(data)
+            if packet is None:
+                packet = command.encode()
+            if expects_reply and not self._pending:
+                self._write(packet)  # the usual case: nothing queued, one packet, one write
+            else:
+                self._pending.append(packet)
+                self._pending_size += len(packet)
+                if expects_reply or letter in _FLUSHING or self._pending_size >= _PENDING_LIMIT:
+                    self.flush()
         if expects_reply:
-            self.flush()
-            self._timeout = self.timeouts.end_of_message if letter == "E" else self.timeouts.reading
-            self._deadline = time.monotonic() + self._timeout
-        elif letter in _FLUSHING or self._pending_size >= _PENDING_LIMIT:
-            self.flush()
+            timeouts = self.timeouts
+            self._timeout = timeout = timeouts.end_of_message if letter == "E" else timeouts.reading
+            self._deadline = time.monotonic() + timeout
         return expects_reply
 
     def flush(self) -> None:
@@ -199,7 +207,7 @@ class MtaClient:
         """One write of ``data``, or of ``pieces`` (large ones, body chunks, leave as they are without
         being joined into one copy); what the socket does not take at once is waited for."""
         try:
-            sent = self.sock.send(data) if pieces is None else self.sock.sendmsg(pieces)
+            sent = (self._send or self.sock.send)(data) if pieces is None else self.sock.sendmsg(pieces)
         except BlockingIOError:
             sent = 0
         except OSError as error:
@@ -225,7 +233,9 @@ class MtaClient:
     def collect(self, letter: str) -> Response:
         """Read until the final reply to the command begun last; PROGRESS restarts the timer (P-SM-12)."""
         started = time.monotonic()
-        self._start_reading(letter)
+        self._letter = letter
+        self._modifications = ()  # most replies come without any: no list made for them
+        self._progress = 0
         try:
             response = self._take()
         except BaseException:
@@ -243,22 +253,17 @@ class MtaClient:
 
     # ------------------------------------------------------------------ reading without waiting
 
-    def _start_reading(self, letter: str) -> None:
-        self._letter = letter
-        self._modifications = ()  # most replies come without any: no list made for them
-        self._progress = 0
-
     def _take(self):
         """Every complete packet buffered so far, then one read attempt at a time until the socket
         is empty: the final reply, or ``None`` when more must be waited for. Raises
         :class:`MilterIOError` or :class:`ProtocolError`."""
         decoder = self.decoder
         state = self.state
+        reply = decoder.next_message()
         while True:
-            reply = decoder.next_message()
             if reply is None:
                 try:
-                    size = self.sock.recv_into(_RECEIVE_BUFFER)
+                    size = (self._recv_into or self.sock.recv_into)(_RECEIVE_BUFFER)
                 except BlockingIOError:
                     return None
                 except OSError as error:
@@ -267,6 +272,7 @@ class MtaClient:
                     decoder.feed_eof()
                     raise MilterIOError("closed", "connection closed by the milter")
                 decoder.feed(_RECEIVE_VIEW[:size])
+                reply = decoder.next_message()
                 continue
             if state.receive(reply):
                 return Response(reply, self._modifications, self._progress)
@@ -282,6 +288,7 @@ class MtaClient:
                     self._modifications = [reply]
                 if self.on_modification is not None:
                     self.on_modification(reply)
+            reply = decoder.next_message()
 
     def _timed_out(self) -> MilterIOError:
         return MilterIOError("end-of-message timeout" if self._letter == "E" else "reading timeout")
@@ -291,9 +298,9 @@ class MtaClient:
         borrowing the gevent socket's own watcher made libev re-register the descriptor more often)."""
         watcher = self._readable
         if watcher is None:
-            from gevent import get_hub
+            import gevent  # a plain import: ``from gevent import`` costs a Python-level call each time
 
-            watcher = self._readable = get_hub().loop.io(self.fileno, 1)
+            watcher = self._readable = gevent.get_hub().loop.io(self.fileno, 1)
         return watcher
 
     def close(self, send_quit: bool = True) -> None:
@@ -326,14 +333,18 @@ def collect_all(clients: list[MtaClient], letter: str) -> list:
     results: list = [None] * len(clients)
     waiting: dict[int, MtaClient] = {}
     started = time.monotonic()
-    for index, client in enumerate(clients):
+    index = 0
+    for client in clients:
         if getattr(client, "fileno", None) is None:  # no socket (in process, or a test double)
             try:
                 results[index] = client.collect(letter)
             except (MilterIOError, ProtocolError) as error:
                 results[index] = error
+            index += 1
             continue
-        client._start_reading(letter)
+        client._letter = letter
+        client._modifications = ()
+        client._progress = 0
         try:
             outcome = client._take()
         except (MilterIOError, ProtocolError) as error:
@@ -343,6 +354,7 @@ def collect_all(clients: list[MtaClient], letter: str) -> list:
         else:
             results[index] = outcome
             client.waited += time.monotonic() - started
+        index += 1
     if waiting:
         _wait(waiting, results, started)
     return results
@@ -351,11 +363,11 @@ def collect_all(clients: list[MtaClient], letter: str) -> list:
 def _wait(waiting: dict, results: list, started: float) -> None:
     """Wait in this greenlet for every socket in ``waiting`` (index → client) until its final
     reply, failure or deadline; the outcomes go into ``results``."""
-    from gevent import get_hub, getcurrent
+    import gevent  # a plain import: ``from gevent import`` costs a Python-level call each time
 
-    hub = get_hub()
+    hub = gevent.get_hub()
     loop = hub.loop
-    switch = getcurrent().switch
+    switch = gevent.getcurrent().switch
     for index, client in waiting.items():
         client._watcher().start(switch, index)
     timer = None

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from .errors import FramingError, MalformedPacket
 from .flags import MAX_DATA_SIZE_1M
-from .messages import COMMAND_TYPES, REPLY_TYPES, Body, Command, Message, ReceivedMacro, Reply, ReplyCode
+from .messages import COMMAND_TYPES, REPLY_TYPES, Body, Command, Message, ReceivedMacro, ReplyCode, _Empty
 
 _LENGTH = struct.Struct(">I")
 
@@ -23,6 +23,19 @@ class _UncheckedReplyCode:
 
 
 _UNCHECKED_REPLY_TYPES = {**REPLY_TYPES, "y": _UncheckedReplyCode}
+
+
+_EMPTY_INSTANCES: dict[int, tuple[dict, dict[str, Message]]] = {}
+
+
+def _empty_instances(types: dict[str, type[Message]]) -> dict[str, Message]:
+    """The payload-less types of ``types`` by letter, as their instance (what their ``from_payload`` gives for
+    no data); computed once per table."""
+    known = _EMPTY_INSTANCES.get(id(types))
+    if known is None or known[0] is not types:
+        known = _EMPTY_INSTANCES[id(types)] = (types, {letter: kind.INSTANCE for letter, kind in types.items()
+                                                       if issubclass(kind, _Empty)})
+    return known[1]
 
 
 def encode(message: Message) -> bytes:
@@ -39,13 +52,15 @@ class Decoder:
     libmilter-compatible (lenient) payload reading.
     """
 
-    __slots__ = ("_buffer", "_position", "_types", "max_data_size", "strict", "_eof")
+    __slots__ = ("_buffer", "_position", "_types", "max_data_size", "strict", "_eof", "_empty")
 
     def __init__(self, types: dict[str, type[Message]], *, max_data_size: int = MAX_DATA_SIZE_1M,
                  strict: bool = True) -> None:
         self._buffer = bytearray()
         self._position = 0
         self._types = types
+        #: letter → the one instance of a payload-less type: such a packet is read without a call
+        self._empty = _empty_instances(types)
         self.max_data_size = max_data_size
         self.strict = strict
         self._eof = False
@@ -73,15 +88,26 @@ class Decoder:
         """The next complete message, or ``None`` until more bytes arrive."""
         buffer = self._buffer
         position = self._position
-        available = len(buffer) - position
-        if available < 4:
+        size = len(buffer)
+        if size - position < 4:
             return None
-        length = self._length(buffer, position)
-        if available < 4 + length:
+        length = _LENGTH.unpack_from(buffer, position)[0]
+        if length == 0 or length > self.max_data_size or length >= 0x80000000:  # the limits: _length names them
+            length = self._length(buffer, position)
+        end = position + 4 + length
+        if end > size:
             return None
         letter = chr(buffer[position + 4])
-        payload = bytes(buffer[position + 5:position + 4 + length])
-        self._consume(position + 4 + length)
+        payload = bytes(buffer[position + 5:end]) if length > 1 else b""
+        if end == size:  # the usual case: the buffer held this one packet (what _consume does for it)
+            buffer.clear()
+            self._position = 0
+        else:
+            self._consume(end)
+        if length == 1:
+            empty = self._empty.get(letter)
+            if empty is not None:  # no payload: a reply like continue is its type's one instance
+                return empty
         message_type = self._types.get(letter)
         if message_type is None:
             raise MalformedPacket(f"unknown command letter {letter!r} (0x{ord(letter):02x})", "P-BAD-5")
@@ -216,8 +242,7 @@ class ReplyDecoder(Decoder):
         types = REPLY_TYPES if check_reply_text else _UNCHECKED_REPLY_TYPES
         super().__init__(types, max_data_size=max_data_size, strict=strict)
 
-    def next_message(self) -> Reply | None:  # type: ignore[override]
-        return super().next_message()  # type: ignore[return-value]
+    # next_message is Decoder's own (a Reply or None): no override, one call less per read
 
 
 def decode_one(data: bytes, types: dict[str, type[Message]], *, strict: bool = True) -> Message:

@@ -87,12 +87,35 @@ class MacroStore:
             values = self._values[letter] = dict(packet.macros)
         return values
 
+    def has_values(self, letter: str) -> bool:
+        """Whether :meth:`stage` would give any value for ``letter``, without reading a packet that was not
+        read yet: a received packet holds a name/value pair exactly when it has two NULs after its stage."""
+        values = self._values.get(letter)
+        if values is not None:
+            return bool(values)
+        packet = self._packets.get(letter)
+        if packet is None:
+            return False
+        wire = getattr(packet, "wire", None)
+        if wire is None:
+            return bool(packet.macros)
+        return wire.count(b"\0", 6) >= 2
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """The newest value of ``name`` (with or without braces)."""
         name = strip_braces(name)
         packets = self._packets
+        needle = None
         for stage in _NEWEST_FIRST:
-            if stage in packets:
+            packet = packets.get(stage)
+            if packet is not None:
+                wire = getattr(packet, "wire", None)
+                if wire is not None and stage not in self._values:
+                    # a packet not read yet is read only when the name's octets are in it at all
+                    if needle is None:
+                        needle = name.encode("utf-8", "surrogateescape")
+                    if needle not in wire:
+                        continue
                 values = self.stage(stage)
                 if name in values:
                     return values[name]

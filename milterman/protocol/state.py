@@ -381,6 +381,14 @@ class MtaState(_Grammar):
         milter must be failed (P-BAD-31 … P-BAD-45).
         """
         awaiting = self.awaiting
+        if reply is _CONTINUE and awaiting is not None and awaiting != "O":
+            # the common answer: what the checks and _final below do for it, without them (P-SM-6)
+            self.awaiting = None
+            if awaiting == "E":
+                self.message_step = 0
+            if self.message_step == 0:
+                self.skipped = _NOTHING_SKIPPED
+            return True
         if awaiting is None:
             raise UnexpectedMessage(f"reply {reply.LETTER!r} while no reply is awaited", "P-BAD-45")
         if awaiting == "O":

@@ -18,6 +18,7 @@ from ...protocol import CONTINUE, Discard, Negotiate, Reply, Skip
 from ...protocol.stages import BY_LETTER, STAGE_NAMES
 from ..child import Child, ChildFailure
 from ..context import ManagerContext
+from ..disconnect import NO_WATCH
 from ..inprocess import make_child
 from ..status import Combined, Status, status_of
 from .negotiation import child_offer
@@ -198,8 +199,13 @@ def _collect_all(port: SessionPort, pending: list[Child], letter: str) -> list:
     """Every pending child's reply (or ChildFailure), waited for together in this greenlet: each
     child is held to its own deadline, and a reply already waiting is taken even after that
     deadline (M-ERR-2)."""
-    with port.watch:
-        outcomes = collect_all([child.client for child in pending], letter)
+    clients = [child.client for child in pending]
+    watch = port.watch
+    if watch is NO_WATCH:
+        outcomes = collect_all(clients, letter)
+    else:
+        with watch:
+            outcomes = collect_all(clients, letter)
     results = []
     for child, outcome in zip(pending, outcomes, strict=True):
         try:

@@ -13,6 +13,7 @@ manager rule chain (B7) runs first for every MTA command; conditions and rules r
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from ...log import DEBUG, STATISTICS
 from ...net import MilterHandler, MilterSession, Wanted
@@ -30,6 +31,45 @@ from .pipeline import MessagePipeline
 
 #: stages where the MTA must not get discard (P-RPL-6)
 _NO_DISCARD = frozenset(stage.letter for stage in STAGES if not stage.discard_allowed)
+class StageMacros(Mapping):
+    """One stage's macros in the MTA's macro store, read on first use (never empty)."""
+
+    __slots__ = ("_store", "_letter", "_values")
+
+    def __init__(self, store, letter: str) -> None:
+        self._store = store
+        self._letter = letter
+        self._values: dict[str, str] | None = None
+
+    def _read(self) -> dict[str, str]:
+        values = self._values
+        if values is None:
+            values = self._values = self._store.stage(self._letter)
+        return values
+
+    def __bool__(self) -> bool:
+        return True  # made only for a stage with values (MacroStore.has_values)
+
+    def __getitem__(self, name: str) -> str:
+        return self._read()[name]
+
+    def __iter__(self):
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+    def items(self):  # the dict's own views: a reader iterates them without a call per macro
+        return self._read().items()
+
+    def keys(self):
+        return self._read().keys()
+
+
+#: (MTA offer, the children's settled options) → (stages read, macros read, the request to the MTA): one MTA
+#: sends the same offer on every connection and the children settle on shared Options objects, so the
+#: request (a pure function of them, D-2) is computed once, not per session
+_REQUESTS: dict[tuple, tuple] = {}
 
 
 class Leader(MilterHandler):
@@ -55,11 +95,17 @@ class Leader(MilterHandler):
         self.facts = Facts(session.id, session.macros, manager)
         self.pipeline = MessagePipeline(self, session, manager)
         self._macro_packets: dict[str, tuple[dict, bytes]] = {}
+        #: the MTA's macro store (one per MTA connection, kept across ``K``), read per stage without the
+        #: session's property chain; its ``packet`` gives a stage's packet as the MTA sent it
+        self._macro_store = session.macros
+        self._mta_packet = getattr(self._macro_store, "packet", None)
         #: counted in sessions_processing once children are started: the handler made at ``K`` may
         #: never be used nor closed (D-4)
         self._in_progress = False
         #: entered around every wait for children: the disconnect check (M-ERR-8)
         self.watch = manager.watch(self)
+        #: how the reply-code check names this session in the log (M-RC-2), made once
+        self._reply_context = f"[{session.id}] [manager]"
 
     # ================================================================ negotiation (D-2)
 
@@ -67,8 +113,18 @@ class Leader(MilterHandler):
         self.offer = offer
         self.last_stage = "negotiate"
         self._start_children(offer)
-        alive = [child.options for child in self.children if child.negotiated and not child.quitted]
-        return mta_request(offer, alive, self.manager.stages_read, self.manager.macros_read)
+        alive = tuple(child.options for child in self.children if child.negotiated and not child.quitted)
+        manager = self.manager
+        stages_read, macros_read = manager.stages_read, manager.macros_read
+        key = (offer, alive)
+        known = _REQUESTS.get(key)
+        if known is not None and known[0] is stages_read and known[1] is macros_read:
+            return known[2]
+        wanted = mta_request(offer, alive, stages_read, macros_read)
+        if len(_REQUESTS) >= 64:
+            _REQUESTS.clear()
+        _REQUESTS[key] = (stages_read, macros_read, wanted)
+        return wanted
 
     def _start_children(self, offer: Negotiate) -> None:
         """Connect and negotiate every enabled child at once (M-SES-2, M-SES-3); failures count per D-14."""
@@ -93,8 +149,13 @@ class Leader(MilterHandler):
 
     # ================================================================ macros (M-MAC-2)
 
-    def stage_macros(self, letter: str) -> dict[str, str] | None:
-        return self.session.macros.stage(letter) or None
+    def stage_macros(self, letter: str) -> Mapping[str, str] | None:
+        """The stage's MTA macros, read from the MTA's packet only when a child needs the values (most
+        children take the packet as the MTA sent it: forward once, parse lazily); ``None`` when none."""
+        store = self._macro_store
+        if not store.has_values(letter):
+            return None
+        return StageMacros(store, letter)
 
     def encoded_macros(self, letter: str, macros: dict[str, str] | None) -> bytes | None:
         """The stage's macro packet, encoded once for every child that asked for no macro list.
@@ -118,7 +179,7 @@ class Leader(MilterHandler):
         """The stage's macro packet as the MTA sent it, header included, passed on untouched (forward
         once): a child that filters macros or gets macros from a rule is sent its own packet anyway
         (:meth:`Child.begin`). ``None`` when the MTA sent none for the stage."""
-        packet = getattr(self.session.macros, "packet", None)
+        packet = self._mta_packet
         return packet(letter) if packet is not None else None
 
     # ================================================================ parallel stages (M-ENV-*)
@@ -145,7 +206,7 @@ class Leader(MilterHandler):
     def reply(self, combined: Combined) -> Reply:
         """The MTA's reply from ``combined`` (P-RPL-6: no discard at connect, helo, unknown), recorded for the
         session's end line."""
-        reply = combined.reply(self.logger, f"[{self.session.id}] [manager]")
+        reply = combined.reply(self.logger, self._reply_context)
         if isinstance(reply, Discard) and self.session.current in _NO_DISCARD:
             reply = CONTINUE  # P-RPL-6: discard is meaningless there; children were already quitted
         self.last_status = status_of(reply).nick
@@ -457,7 +518,7 @@ class Leader(MilterHandler):
     def stopped(self, child: Child, letter: str, command) -> bool:
         """Is the child stopped here: by a rule (C-RULE-2, checked first, C-RULE-6) or one of its
         applicable conditions (M-AC-2)?"""
-        if letter == self.rule_stage and child.name in self.rule_stopped:
+        if self.rule_stopped and letter == self.rule_stage and child.name in self.rule_stopped:
             child.stage = STAGE_NAMES[letter]  # its last stage is the one it was stopped at
             return True
         conditions = child.definition.conditions

@@ -21,6 +21,7 @@ from ...protocol import (CONTINUE, END_OF_HEADER, AddHeader, AddRcpt, AddRcptWit
                          Quarantine, ReplaceBody, Reply, Skip)
 from ...protocol.stages import STAGE_NAMES
 from ..child import ChildFailure
+from ..disconnect import NO_WATCH
 from ..message import POSTFIX, SENDMAIL, Message, describe, header_edits
 from ..status import Combined, Status, status_of
 
@@ -47,6 +48,11 @@ class MessagePipeline:
         self.status = Combined()
         self._body_replacer: Child | None = None
         self._body_error: OSError | None = None
+        #: stage letter → (macros, encoded packet) for the MTA command in progress: the MTA's macros do not
+        #: change while one of its commands is handled, so each stage's are looked up once, not per child step
+        self._stage_macros: dict[str, tuple] = {}
+        #: a child changed the headers since the last snapshot (H0): only then is there a header diff to send
+        self._headers_edited = False
 
     @property
     def mta_options(self):
@@ -88,14 +94,17 @@ class MessagePipeline:
     # ================================================================ the MTA's message commands
 
     def header(self, command: Header) -> Reply:
+        self._stage_macros = {}
         self.message.headers.append(command.name, command.value)
         return self._advance("L")
 
     def end_of_header(self, command) -> Reply:
+        self._stage_macros = {}
         self.message.end_of_header = True
         return self._advance("N")
 
     def body(self, command: Body) -> Reply:
+        self._stage_macros = {}
         try:
             self.message.body.append(command.chunk)
             return self._advance("B", command.chunk)
@@ -104,10 +113,12 @@ class MessagePipeline:
 
     def end_of_message(self, command: EndOfMessage) -> Reply:
         """M-MSG-3…5: every waiting child in turn, then the modifications and the combined status."""
+        self._stage_macros = {}
         message = self.message
         message.end_of_message_chunk = command.chunk
         message.headers.begin_edits(self._mta_kind())  # the MTA's own entries, for its rules (D-16)
         message.original_headers = message.headers.snapshot()  # H0 (M-MSG-3)
+        self._headers_edited = False
         try:
             while self.waiting:
                 child = self.waiting[0]
@@ -166,22 +177,23 @@ class MessagePipeline:
         """
         message = self.message
         port = self.port
-        mta_options = self.mta_options
-        mta_leading_space = bool(mta_options and mta_options.header_leading_space)
-        child_leading_space = bool(child.options and child.options.header_leading_space)
-        strip_space = mta_leading_space and not child_leading_space
         headers = message.headers.items
-        while child.sent_headers < len(headers):
-            name, value = headers[child.sent_headers]
-            child.sent_headers += 1
-            if strip_space and value[:1] == " ":
-                value = value[1:]
-            header = Header(name, value)
-            if port.stopped(child, "L", header):
-                return self._leave(child, "stop")
-            outcome = self._step(child, header)
-            if outcome is not None:
-                return outcome
+        if child.sent_headers < len(headers):
+            mta_options = self.mta_options
+            mta_leading_space = bool(mta_options and mta_options.header_leading_space)
+            child_leading_space = bool(child.options and child.options.header_leading_space)
+            strip_space = mta_leading_space and not child_leading_space
+            while child.sent_headers < len(headers):
+                name, value = headers[child.sent_headers]
+                child.sent_headers += 1
+                if strip_space and value[:1] == " ":
+                    value = value[1:]
+                header = Header(name, value)
+                if port.stopped(child, "L", header):
+                    return self._leave(child, "stop")
+                outcome = self._step(child, header)
+                if outcome is not None:
+                    return outcome
         if message.end_of_header and not child.sent_end_of_header:
             child.sent_end_of_header = True
             if port.stopped(child, "N", END_OF_HEADER):
@@ -219,18 +231,25 @@ class MessagePipeline:
         if letter != "E" and not child.will_send(letter):
             return None
         port = self.port
-        macros = port.stage_macros(letter)
-        encoded = port.encoded_macros(letter, macros)
+        stage = self._stage_macros.get(letter)
+        if stage is None:
+            macros = port.stage_macros(letter)
+            stage = self._stage_macros[letter] = (macros, port.encoded_macros(letter, macros))
+        macros, encoded = stage
         if letter == "E":
             child.client.on_modification = lambda modification: self._modification(child, modification)
             child.client.on_progress = self._relay_progress
+        watch = port.watch
         try:
-            with port.watch:
+            if watch is NO_WATCH:
                 response = child.exchange(command, macros, encoded)
+            else:
+                with watch:
+                    response = child.exchange(command, macros, encoded)
         except ChildFailure as error:
             return self._pipeline_failure(child, str(error))
         finally:
-            if child.client is not None:
+            if letter == "E" and child.client is not None:  # only end of message set them
                 child.client.on_modification = None
                 child.client.on_progress = None
         if response is None:
@@ -324,6 +343,7 @@ class MessagePipeline:
             if mta_leading_space and value and not (child.options and child.options.header_leading_space):
                 if value[:1] != " ":
                     value = " " + value  # M-MSG-10
+            self._headers_edited = True
             if isinstance(modification, AddHeader):
                 message.headers.add(modification.name, value)
             elif isinstance(modification, InsertHeader):
@@ -371,7 +391,8 @@ class MessagePipeline:
             pieces = body.passed_on(size) if self._mta_kind() == POSTFIX else body.pieces(size)
             for piece in pieces if len(body) else [b""]:
                 self._to_mta(ReplaceBody(piece))
-        for edit in header_edits(message.original_headers, message.headers):
+        edited = self._headers_edited  # unedited headers have no diff against their snapshot (M-EOM-3)
+        for edit in header_edits(message.original_headers, message.headers) if edited else ():
             self._to_mta(edit)
             if self.logger.enabled(STATISTICS) and edit.value:
                 self.logger.statistics(f"[session][header][add]({self.session.id}): <{edit.name}>=<{edit.value}>")
@@ -382,7 +403,9 @@ class MessagePipeline:
         message.body_replaced = False
         message.change_from = None
         message.quarantine_reason = None
-        message.original_headers = message.headers.snapshot()
+        if edited:
+            message.original_headers = message.headers.snapshot()
+            self._headers_edited = False
 
     def _header_statistics(self, child: Child, modification) -> None:
         if self.logger.enabled(STATISTICS):
