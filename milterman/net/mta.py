@@ -71,7 +71,8 @@ class MtaClient:
     """
 
     __slots__ = ("sock", "timeouts", "state", "decoder", "_pending", "_pending_size", "_deadline", "_timeout", "waited",
-                 "on_progress", "on_modification", "_letter", "_modifications", "_progress", "fileno", "_readable")
+                 "on_progress", "on_modification", "_letter", "_modifications", "_progress", "fileno", "_readable",
+                 "_send", "_recv_into", "will_send")
 
     def __init__(self, sock, offer: Negotiate, *, timeouts: Timeouts | None = None, strict: bool = True,
                  max_data_size: int = MAX_DATA_SIZE_1M, check_reply_text: bool = True) -> None:
