@@ -8,6 +8,7 @@ then closed.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -76,7 +77,8 @@ def test_give_back_waits_for_the_interval_and_for_sessions_to_end():
     scheduled: list[tuple[float, object]] = []
     give_back = GiveBack(lambda delay, function: scheduled.append((delay, function)), burst=2, interval=5.0,
                          settle=0.2, clock=lambda: now[0])
-    if give_back._trim is None:
+    if give_back._trim is None:  # Debian's glibc has it: under CI a missing one is a failure, not a skip
+        assert os.environ.get("CI") != "true", "this C library has no malloc_trim"
         pytest.skip("this C library has no malloc_trim")
     for _ in range(3):
         give_back.started()
@@ -112,7 +114,8 @@ def test_give_back_empties_the_type_attribute_cache():
     getattr(Watched(), name)
     assert sys.getrefcount(name) > before  # the cache holds it
     give_back = GiveBack(lambda delay, function: None, burst=1)
-    if give_back._trim is None:
+    if give_back._trim is None:  # Debian's glibc has it: under CI a missing one is a failure, not a skip
+        assert os.environ.get("CI") != "true", "this C library has no malloc_trim"
         pytest.skip("this C library has no malloc_trim")
     give_back._run()
     assert sys.getrefcount(name) == before
