@@ -32,7 +32,7 @@ from ..net import MilterIOError, Response, Timeouts
 from ..net.milter import ModificationCalls, next_id
 from ..protocol import (CONTINUE, QUIT, Command,
                         Continue, LocalProtocolError, MacroStore, MtaState, Negotiate,
-                        Options, ProtocolError, ReplaceBody, Reply, answer_offer, strip_braces)
+                        Options, ProtocolError, Reply, answer_offer, strip_braces)
 from ..protocol.stages import BY_LETTER, HANDLER_METHODS
 from ..protocol.state import NEGOTIATED, check_final_reply
 from .api import Milter
@@ -128,8 +128,6 @@ class InProcessClient(ModificationCalls):
         self._response: Response | None = None
         self._changes: list[Reply] = []
         self._progressed = 0
-        self._body_replaced = False
-        self._changed_after_body = False
         #: one loop timer per timeout value, armed around each run of the milter (cheaper than a Timeout each time)
         self._timers: dict[float, object] = {}
         self._timer = None
@@ -250,8 +248,6 @@ class InProcessClient(ModificationCalls):
             if method is not None:
                 if letter in "CHMR":
                     self.macros.command_arrived(letter)  # the later stages' macros are gone (P-MAC-6)
-                elif letter == "E":
-                    self._body_replaced = self._changed_after_body = False
                 if in_message and (letter == "M" or letter == "H"):
                     adapter.abort()  # a new MAIL or HELO inside a message implies an abort (P-SM-8)
                 if letter == "E" and command.chunk:  # type: ignore[attr-defined]
@@ -324,15 +320,7 @@ class InProcessClient(ModificationCalls):
 
     def _modify(self, modification: Reply) -> None:
         """A modification, refused as a socket milter's side refuses it (P-MOD-2, P-MOD-11)."""
-        if not self.state.options.action_bits & modification.ACTION:
-            raise LocalProtocolError(f"{type(modification).__name__} needs an action that was not negotiated",
-                                     "P-MOD-2")
-        if isinstance(modification, ReplaceBody):
-            if self._changed_after_body:
-                raise LocalProtocolError("replace-body packets must be consecutive", "P-MOD-11")
-            self._body_replaced = True
-        elif self._body_replaced:
-            self._changed_after_body = True
+        self.state.check_modification(modification)
         self._changes.append(modification)
 
     def progress(self) -> None:

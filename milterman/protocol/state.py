@@ -157,6 +157,12 @@ class _Grammar:
         elif self._body_replaced:
             self._modified_after_body = True
 
+    def check_modification(self, reply: Modification) -> None:
+        """Refuse a modification our own milter code asks for at the end of message it is answering, as the
+        milter side of a socket would (P-MOD-2, P-MOD-11); used where a milter runs without a socket."""
+        assert self.options is not None
+        self._modification(reply, self.awaiting or "", self.options, local=True)
+
     def _final(self, awaiting: str, reply: Reply) -> bool:
         """Account for the final reply to ``awaiting`` (P-SM-6); ``True`` when it ended the connection."""
         self.awaiting = None

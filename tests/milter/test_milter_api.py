@@ -14,8 +14,8 @@ from milterman.milter import (ACCEPT, CONTINUE, SKIP, TEMPFAIL, Milter, MilterDe
                               MilterUsageError, check_milter_class, reply)
 from milterman.milter.inprocess import InProcessClient
 from milterman.net import MilterIOError, Timeouts
-from milterman.protocol import (ABORT, DATA, END_OF_HEADER, END_OF_MESSAGE, QUIT, Body, Connect, Family, Header,
-                                Helo, Mail, Negotiate, Rcpt, Step)
+from milterman.protocol import (ABORT, DATA, END_OF_HEADER, END_OF_MESSAGE, QUIT, Action, Body, Connect, Family,
+                                Header, Helo, Mail, Negotiate, ProtocolError, Rcpt, Step)
 from milterman.testing import run_milter, serve_milter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
@@ -136,6 +136,55 @@ def test_changes_outside_end_of_message_are_refused():
 
     with pytest.raises(MilterUsageError, match="only allowed in end_of_message"):
         run_milter(Early)
+
+
+def _in_process_end_of_message(cls, offer):
+    """Run ``cls`` in process over one message; the error its end of message raises (reraise: as the milter's)."""
+    client = InProcessClient.start(cls, offer, reraise=True)
+    client.negotiate()
+    for command in (Mail("<s@x>"), Rcpt("<r@x>")):
+        if client.will_send(command.LETTER):
+            client.send(command)
+    try:
+        client.send(END_OF_MESSAGE)
+    finally:
+        client.close(send_quit=False)
+
+
+def test_in_process_an_action_the_mta_did_not_offer_is_refused():
+    """P-MOD-2: a modification whose action was not negotiated fails as on the milter side of a socket."""
+    class Adder(Milter):
+        def end_of_message(self):
+            self.add_header("X-Added", "1")
+            return CONTINUE
+
+    offer = Negotiate(6, int(Action.ALL) & ~int(Action.ADD_HEADERS), 0x1FFFFF)
+    with pytest.raises(ProtocolError, match=r"AddHeader needs an action that was not negotiated") as error:
+        _in_process_end_of_message(Adder, offer)
+    assert error.value.rule == "P-MOD-2"
+
+
+def test_in_process_replace_body_packets_must_be_consecutive():
+    """P-MOD-11: replace-body, another change, replace-body again is refused in process too."""
+    class Splitter(Milter):
+        def end_of_message(self):
+            self.replace_body(b"one")
+            self.add_header("X-Between", "1")
+            self.replace_body(b"two")
+            return CONTINUE
+
+    with pytest.raises(ProtocolError, match="replace-body packets must be consecutive") as error:
+        _in_process_end_of_message(Splitter, OFFER)
+    assert error.value.rule == "P-MOD-11"
+
+    class Consecutive(Milter):  # each end of message starts afresh: two messages, each replacing twice
+        def end_of_message(self):
+            self.replace_body(b"one")
+            self.replace_body(b"two")
+            self.add_header("X-After", "1")
+            return CONTINUE
+
+    _in_process_end_of_message(Consecutive, OFFER)
 
 
 @pytest.mark.parametrize("result", [None, "CONTINUE", [CONTINUE], Header("a", "b")])
