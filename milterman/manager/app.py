@@ -362,7 +362,7 @@ def build_context(configuration, logger: Logger = default_logger, launcher=None,
 
     from ..config.entry_points import resolve as resolve_entry_point
     from .context import ManagerContext
-    from .disconnect import build_check
+    from .disconnect import CONNECTION_MACROS, build_check
 
     from .conditions import build
 
@@ -371,6 +371,9 @@ def build_context(configuration, logger: Logger = default_logger, launcher=None,
     manager = configuration.manager
     disconnect = build_check(manager.connection_check_interval, manager.connection_checkers,
                              status_named(manager.fallback_status_at_disconnect), resolve_entry_point)
+    if disconnect is not None:  # the check reads the connect command and its macros, whatever the children skip
+        stages_read = stages_read | {"C"}
+        macros_read = {**macros_read, "C": tuple(dict.fromkeys((*macros_read.get("C", ()), *CONNECTION_MACROS)))}
     recorder = recorder if recorder is not None else Recorder()
     return ManagerContext(
         definitions=child_definitions(configuration, conditions_per_milter, launcher, logger, recorder),

@@ -174,10 +174,14 @@ def netstat_connected(facts: ConnectionFacts, tables: TcpTables) -> bool:
     return True
 
 
+#: the connect-stage macros the check reads: asked of the MTA when the check is on, as a condition's are (D-2)
+CONNECTION_MACROS = ("daemon_addr", "if_addr", "daemon_port", "client_addr", "client_port", "v", "j")
+
+
 def connection_facts(session, connect_command) -> ConnectionFacts:
     """The facts of a leader's session: the connect command, the macros, the milter socket's peer."""
     macros = {}
-    for name in ("daemon_addr", "if_addr", "daemon_port", "client_addr", "client_port", "v", "j"):
+    for name in CONNECTION_MACROS:
         value = session.macros.get(name)
         if value is not None:
             macros[name] = value

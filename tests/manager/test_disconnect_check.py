@@ -125,3 +125,53 @@ def test_without_checkers_the_tarpit_is_not_cut_M_ERR_8(env, smtp):
     assert mta.read_reply(timeout=5) == [TEMPFAIL]  # the child's own reading timeout (M-ERR-2)
     assert "[session][disconnected]" not in env.manager.output
     mta.quit()
+
+
+TARPIT_IN_PROCESS = """
+import gevent
+
+from milterman.milter import CONTINUE, Milter
+
+
+class Tarpit(Milter):
+    def envelope_recipient(self, recipient, parameters):
+        gevent.sleep(30)  # a greylisting milter in the worker that keeps the client waiting
+        return CONTINUE
+"""
+
+
+def test_an_in_process_child_that_tarpits_is_cut_when_the_client_leaves_M_ERR_8(env, smtp):
+    """The check covers an in-process child too, whose envelope callback runs while the stage is begun."""
+    (env.dir / "tarpit_site.py").write_text(TARPIT_IN_PROCESS)
+    env.start([{"name": "greylist", "python": "tarpit_site:Tarpit", "reading_timeout": 60.0,
+                "fallback_status": "accept"}],
+              manager={"connection_check_interval": 1, "connection_checkers": ["netstat"],
+                       "fallback_status_at_disconnect": "temporary-failure"}, log={"level": "all"})
+    mta = start_session(env, smtp)
+    # the child skips connect, but the check reads it: the manager asks the MTA for it (D-2)
+    assert "C" in mta.options.sent
+    mta.send(Rcpt("<rcpt@example.org>"))
+    assert mta.silence(2.5) == []  # the client is still there: the callback goes on
+    smtp.client.close()
+    closed = time.monotonic()
+    assert mta.read_reply(timeout=10) == [TEMPFAIL]
+    waited = time.monotonic() - closed
+    assert waited < 3.0, f"answered {waited:.2f} s after the client left (interval 1 s)"
+    assert DISCONNECTED.search(env.manager.wait_output("[session][disconnected]"))
+    mta.quit()
+
+
+@pytest.mark.parametrize("checkers, asked", [('["netstat"]', True), ("[]", False)])
+def test_the_check_asks_the_mta_for_connect_and_its_macros_D_2(checkers, asked):
+    """With a checker on, connect and the macros the check reads count as read, as a condition's do (D-2);
+    without one nothing is added."""
+    from milterman.config import load_string
+    from milterman.manager.app import build_context
+    from milterman.manager.disconnect import CONNECTION_MACROS
+
+    configuration = load_string('version = 1\n[log]\nuse_syslog = false\n[manager]\nconnection_check_interval = 1\n'
+                                f'connection_checkers = {checkers}\n[[milter]]\nname = "a"\n'
+                                'connection_spec = "unix:/nonexistent/a.sock"\n')
+    context = build_context(configuration)
+    assert ("C" in context.stages_read) is asked
+    assert (set(context.macros_read.get("C", ())) >= set(CONNECTION_MACROS)) is asked

@@ -132,7 +132,33 @@ OUTCOMES = {letter: Outcome(ends, BY_LETTER[letter].discard_allowed) for letter,
 
 def fan_out(port: SessionPort, command, targets: list[Child], combined: Combined) -> None:
     """Send ``command`` to every target, then collect each reply against its own deadline (M-ENV-2);
-    each answer is counted in ``combined`` and applied to its child by :data:`OUTCOMES`."""
+    each answer is counted in ``combined`` and applied to its child by :data:`OUTCOMES`.
+
+    The disconnect check (M-ERR-8) covers both halves: an in-process child answers while it is begun.
+    """
+    watch = port.watch
+    if watch is NO_WATCH:
+        answers = _send_and_collect(port, command, targets, combined)
+    else:
+        with watch:
+            answers = _send_and_collect(port, command, targets, combined)
+    letter = command.LETTER
+    for child, response in answers:
+        if isinstance(response, ChildFailure):
+            port.expire(child, str(response), combined)
+            continue
+        if response.modifications or isinstance(response.final, Skip):
+            odd = response.modifications[0] if response.modifications else response.final
+            port.expire(child, f"{STAGE_NAMES[letter]}: unexpected {type(odd).__name__} outside end of "
+                               f"message (M-ENV-4)", combined)
+            continue
+        _account(port, child, response.final, combined, command)
+
+
+def _send_and_collect(port: SessionPort, command, targets: list[Child], combined: Combined) -> zip:
+    """``command`` begun at every target that takes it, then each owed answer (or ChildFailure), waited for
+    together in this greenlet: each child is held to its own deadline, and a reply already waiting is
+    taken even after that deadline (M-ERR-2)."""
     letter = command.LETTER
     macros = port.stage_macros(letter)
     encoded = port.encoded_macros(letter, macros)
@@ -149,16 +175,14 @@ def fan_out(port: SessionPort, command, targets: list[Child], combined: Combined
                 _account(port, child, CONTINUE, combined, command)  # its own no-reply bit: don't wait (D-2)
         except ChildFailure as error:
             port.expire(child, str(error), combined)
-    for child, response in zip(pending, _collect_all(port, pending, letter), strict=True):
-        if isinstance(response, ChildFailure):
-            port.expire(child, str(response), combined)
-            continue
-        if response.modifications or isinstance(response.final, Skip):
-            odd = response.modifications[0] if response.modifications else response.final
-            port.expire(child, f"{STAGE_NAMES[letter]}: unexpected {type(odd).__name__} outside end of "
-                               f"message (M-ENV-4)", combined)
-            continue
-        _account(port, child, response.final, combined, command)
+    outcomes = collect_all([child.client for child in pending], letter)
+    results = []
+    for child, outcome in zip(pending, outcomes, strict=True):
+        try:
+            results.append(child.collected(letter, outcome))
+        except ChildFailure as failure:
+            results.append(failure)
+    return zip(pending, results, strict=True)
 
 
 def _account(port: SessionPort, child: Child, reply: Reply, combined: Combined, command) -> None:
@@ -193,23 +217,3 @@ def _account(port: SessionPort, child: Child, reply: Reply, combined: Combined, 
         child.end_status = real.nick
         child.quit()
         port.milter_end(child)
-
-
-def _collect_all(port: SessionPort, pending: list[Child], letter: str) -> list:
-    """Every pending child's reply (or ChildFailure), waited for together in this greenlet: each
-    child is held to its own deadline, and a reply already waiting is taken even after that
-    deadline (M-ERR-2)."""
-    clients = [child.client for child in pending]
-    watch = port.watch
-    if watch is NO_WATCH:
-        outcomes = collect_all(clients, letter)
-    else:
-        with watch:
-            outcomes = collect_all(clients, letter)
-    results = []
-    for child, outcome in zip(pending, outcomes, strict=True):
-        try:
-            results.append(child.collected(letter, outcome))
-        except ChildFailure as failure:
-            results.append(failure)
-    return results
