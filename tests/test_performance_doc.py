@@ -1,4 +1,4 @@
-"""doc/performance.md: its tracemalloc hook works as printed, and it stands for what make bench prints.
+"""doc/performance.md: its tracemalloc hook and its sampler work as printed, and it stands for what make bench prints.
 
 The hook example (a ``started`` and a ``maintained`` function in ``[hooks]``) is taken from the page,
 run in a real manager with a real milter-test-client child, and must log the growth report at the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,43 @@ def test_the_tracemalloc_hook_of_the_page_reports_at_each_maintenance(tmp_path):
     report = text.partition("tracemalloc after 20 sessions:\n")[2]
     assert re.search(r"size=[\d.]+ [KMG]?i?B \([+-]", report), report[:500]
     assert "tracemalloc.py" not in report.split("\n[", 1)[0]  # the page's filter leaves tracemalloc's own out
+
+
+def test_the_sampler_of_the_page_reports_where_the_cpu_time_went(tmp_path):
+    """The page's ``sample.py`` run as printed: started by SIGUSR2 after a warm-up, it writes the shares of
+    the sampled Python functions at exit, and the manager's own code is among them."""
+    [sampler] = [block for block in blocks("python") if "ITIMER_PROF" in block]
+    (tmp_path / "sample.py").write_text(sampler)
+    (tmp_path / "milter-manager.toml").write_text(
+        f'version = 1\n[manager]\nconnection_spec = "unix:{tmp_path}/manager.sock"\n'
+        f'[log]\nuse_syslog = false\nlevel = "error"\n'
+        f'[[milter]]\nname = "child"\nconnection_spec = "unix:{tmp_path}/child.sock"\n')
+    child = subprocess.Popen([sys.executable, "-m", "milterman.cli.test_client", "--no-report-request", "-q",
+                              "-s", f"unix:{tmp_path}/child.sock"], cwd="/")
+    manager = None
+    try:
+        wait_for_path(str(tmp_path / "child.sock"), child)
+        manager = subprocess.Popen([sys.executable, str(tmp_path / "sample.py"), "-c", str(tmp_path), "--no-detect",
+                                    "--n-workers", "0", "--no-daemon"], cwd="/", stderr=subprocess.PIPE, text=True)
+        wait_for_path(str(tmp_path / "manager.sock"), manager)
+
+        def drive(sessions: int) -> None:
+            driven = subprocess.run([sys.executable, "-m", "milterman.cli.test_server", "-s",
+                                     f"unix:{tmp_path}/manager.sock", "--n-sessions", str(sessions),
+                                     "--concurrency", "10"], capture_output=True, text=True, timeout=120, cwd="/")
+            assert driven.returncode == 0 and f"pass: {sessions}" in driven.stdout, driven.stdout + driven.stderr
+
+        drive(20)
+        manager.send_signal(signal.SIGUSR2)
+        drive(300)
+    finally:
+        if manager is not None:
+            stop(manager)
+        stop(child)
+    shares = re.findall(r"^ *([\d.]+) %  (\S+):(\S+)$", manager.stderr.read(), re.M)
+    manager.stderr.close()
+    assert 0 < len(shares) <= 40 and 0 < sum(float(share) for share, _, _ in shares) <= 100.5, shares  # the top 40
+    assert any("/milterman/" in path for _, path, _ in shares), shares
 
 
 def test_the_page_names_every_part_and_option_of_the_bench():
