@@ -65,9 +65,12 @@ class MtaClient:
 
     Writes are batched: macros queue until their command is sent, a command the milter does not
     answer (its no-reply bits, ``A``) waits for the next one that it answers, and all leave in one
-    write. The socket is non-blocking from the start (its timeout set once): a read is tried
-    first, and only when nothing is there does the caller wait on the socket (:func:`collect_all`
-    waits on several at once) against the per-phase deadline; PROGRESS restarts it (P-SM-12).
+    write. The socket is non-blocking from the start (a plain system socket from :meth:`open`,
+    with no gevent wrapper and no watcher until one is needed): a read is tried first, and only
+    when nothing is there does the caller wait on the socket (:func:`collect_all` waits on several
+    at once, on one read watcher per connection made the first time) against the per-phase
+    deadline; PROGRESS restarts it (P-SM-12). A write the socket does not take whole waits on a
+    watcher of its own within the writing timeout.
     """
 
     __slots__ = ("sock", "timeouts", "state", "decoder", "_pending", "_pending_size", "_deadline", "_timeout", "waited",
@@ -100,12 +103,13 @@ class MtaClient:
         self.fileno: int | None = None
         self._readable = None
         fileno = getattr(sock, "fileno", None)
-        #: the tries without waiting: a gevent socket's own methods at timeout 0 only add a call around the
-        #: system socket's (they raise BlockingIOError just the same), so that one is called directly
+        #: the tries without waiting: the system socket's own methods (a gevent socket, which tests pass, only
+        #: adds a call around them at timeout 0; a child's connection is a plain socket already, net.connect)
         self._send = self._recv_into = None
         if fileno is not None:
             self.fileno = fileno()
-            sock.settimeout(0.0)  # once: every read and write is tried without waiting (D-13 sockets stay put)
+            if sock.gettimeout() != 0.0:  # once: every read and write is tried without waiting
+                sock.settimeout(0.0)
             system = getattr(sock, "_sock", sock)
             self._send, self._recv_into = system.send, system.recv_into
 
@@ -219,17 +223,30 @@ class MtaClient:
             self._write_waiting(memoryview(data)[sent:])
 
     def _write_waiting(self, rest) -> None:
-        """The socket is full: wait for it within the writing timeout (rare: a milter not reading)."""
-        sock = self.sock
-        sock.settimeout(self.timeouts.writing)
+        """The socket is full: write the rest as it takes it, waiting in this greenlet on a write watcher
+        of its own, all of it within the writing timeout (rare: a milter not reading; M-ERR-2)."""
+        import gevent
+
+        hub = gevent.get_hub()
+        writable = hub.loop.io(self.fileno, 2)
+        timer = gevent.Timeout(self.timeouts.writing)  # one deadline for the whole rest, as sendall's
+        timer.start()
+        send = self._send
         try:
-            sock.sendall(rest)
-        except TimeoutError:
+            while rest:
+                try:
+                    rest = rest[send(rest):]
+                except BlockingIOError:
+                    hub.wait(writable)
+        except gevent.Timeout as expired:
+            if expired is not timer:
+                raise
             raise MilterIOError("writing timeout") from None
         except OSError as error:
             raise MilterIOError("io", f"write failed: {error.strerror or error}") from None
         finally:
-            sock.settimeout(0.0)
+            timer.close()
+            writable.close()
 
     def collect(self, letter: str) -> Response:
         """Read until the final reply to the command begun last; PROGRESS restarts the timer (P-SM-12)."""
@@ -295,8 +312,8 @@ class MtaClient:
         return MilterIOError("end-of-message timeout" if self._letter == "E" else "reading timeout")
 
     def _watcher(self):
-        """The socket's read watcher in the event loop, made once per connection and closed with it (measured:
-        borrowing the gevent socket's own watcher made libev re-register the descriptor more often)."""
+        """The socket's read watcher in the event loop, made the first time a read must wait (many connections
+        never wait: the child's answer is already there) and closed with the connection."""
         watcher = self._readable
         if watcher is None:
             import gevent  # a plain import: ``from gevent import`` costs a Python-level call each time
