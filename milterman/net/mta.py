@@ -75,7 +75,7 @@ class MtaClient:
 
     __slots__ = ("sock", "timeouts", "state", "decoder", "_pending", "_pending_size", "_deadline", "_timeout", "waited",
                  "on_progress", "on_modification", "_letter", "_modifications", "_progress", "fileno", "_readable",
-                 "_send", "_recv_into", "will_send")
+                 "will_send")
 
     def __init__(self, sock, offer: Negotiate, *, timeouts: Timeouts | None = None, strict: bool = True,
                  max_data_size: int = MAX_DATA_SIZE_1M, check_reply_text: bool = True) -> None:
@@ -103,15 +103,12 @@ class MtaClient:
         self.fileno: int | None = None
         self._readable = None
         fileno = getattr(sock, "fileno", None)
-        #: the tries without waiting: the system socket's own methods (a gevent socket, which tests pass, only
-        #: adds a call around them at timeout 0; a child's connection is a plain socket already, net.connect)
-        self._send = self._recv_into = None
         if fileno is not None:
             self.fileno = fileno()
-            if sock.gettimeout() != 0.0:  # once: every read and write is tried without waiting
+            # once: every read and write is tried without waiting (a connection from :meth:`open` is a plain
+            # socket born non-blocking: its own send and recv_into are called, with no bound copies kept)
+            if sock.gettimeout() != 0.0:
                 sock.settimeout(0.0)
-            system = getattr(sock, "_sock", sock)
-            self._send, self._recv_into = system.send, system.recv_into
 
     @classmethod
     def open(cls, spec: ConnectionSpec, offer: Negotiate, *, timeouts: Timeouts | None = None,
@@ -212,7 +209,7 @@ class MtaClient:
         """One write of ``data``, or of ``pieces`` (large ones, body chunks, leave as they are without
         being joined into one copy); what the socket does not take at once is waited for."""
         try:
-            sent = (self._send or self.sock.send)(data) if pieces is None else self.sock.sendmsg(pieces)
+            sent = self.sock.send(data) if pieces is None else self.sock.sendmsg(pieces)
         except BlockingIOError:
             sent = 0
         except OSError as error:
@@ -231,7 +228,7 @@ class MtaClient:
         writable = hub.loop.io(self.fileno, 2)
         timer = gevent.Timeout(self.timeouts.writing)  # one deadline for the whole rest, as sendall's
         timer.start()
-        send = self._send
+        send = self.sock.send
         try:
             while rest:
                 try:
@@ -281,7 +278,7 @@ class MtaClient:
         while True:
             if reply is None:
                 try:
-                    size = (self._recv_into or self.sock.recv_into)(_RECEIVE_BUFFER)
+                    size = self.sock.recv_into(_RECEIVE_BUFFER)
                 except BlockingIOError:
                     return None
                 except OSError as error:
