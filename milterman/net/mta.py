@@ -65,14 +65,17 @@ class MtaClient:
 
     Writes are batched: macros queue until their command is sent, a command the milter does not
     answer (its no-reply bits, ``A``) waits for the next one that it answers, and all leave in one
-    write. The socket is non-blocking from the start (its timeout set once): a read is tried
-    first, and only when nothing is there does the caller wait on the socket (:func:`collect_all`
-    waits on several at once) against the per-phase deadline; PROGRESS restarts it (P-SM-12).
+    write. The socket is non-blocking from the start (a plain system socket from :meth:`open`,
+    with no gevent wrapper and no watcher until one is needed): a read is tried first, and only
+    when nothing is there does the caller wait on the socket (:func:`collect_all` waits on several
+    at once, on one read watcher per connection made the first time) against the per-phase
+    deadline; PROGRESS restarts it (P-SM-12). A write the socket does not take whole waits on a
+    watcher of its own within the writing timeout.
     """
 
     __slots__ = ("sock", "timeouts", "state", "decoder", "_pending", "_pending_size", "_deadline", "_timeout", "waited",
                  "on_progress", "on_modification", "_letter", "_modifications", "_progress", "fileno", "_readable",
-                 "_send", "_recv_into", "will_send")
+                 "will_send")
 
     def __init__(self, sock, offer: Negotiate, *, timeouts: Timeouts | None = None, strict: bool = True,
                  max_data_size: int = MAX_DATA_SIZE_1M, check_reply_text: bool = True) -> None:
@@ -100,14 +103,12 @@ class MtaClient:
         self.fileno: int | None = None
         self._readable = None
         fileno = getattr(sock, "fileno", None)
-        #: the tries without waiting: a gevent socket's own methods at timeout 0 only add a call around the
-        #: system socket's (they raise BlockingIOError just the same), so that one is called directly
-        self._send = self._recv_into = None
         if fileno is not None:
             self.fileno = fileno()
-            sock.settimeout(0.0)  # once: every read and write is tried without waiting (D-13 sockets stay put)
-            system = getattr(sock, "_sock", sock)
-            self._send, self._recv_into = system.send, system.recv_into
+            # once: every read and write is tried without waiting (a connection from :meth:`open` is a plain
+            # socket born non-blocking: its own send and recv_into are called, with no bound copies kept)
+            if sock.gettimeout() != 0.0:
+                sock.settimeout(0.0)
 
     @classmethod
     def open(cls, spec: ConnectionSpec, offer: Negotiate, *, timeouts: Timeouts | None = None,
@@ -208,7 +209,7 @@ class MtaClient:
         """One write of ``data``, or of ``pieces`` (large ones, body chunks, leave as they are without
         being joined into one copy); what the socket does not take at once is waited for."""
         try:
-            sent = (self._send or self.sock.send)(data) if pieces is None else self.sock.sendmsg(pieces)
+            sent = self.sock.send(data) if pieces is None else self.sock.sendmsg(pieces)
         except BlockingIOError:
             sent = 0
         except OSError as error:
@@ -219,17 +220,30 @@ class MtaClient:
             self._write_waiting(memoryview(data)[sent:])
 
     def _write_waiting(self, rest) -> None:
-        """The socket is full: wait for it within the writing timeout (rare: a milter not reading)."""
-        sock = self.sock
-        sock.settimeout(self.timeouts.writing)
+        """The socket is full: write the rest as it takes it, waiting in this greenlet on a write watcher
+        of its own, all of it within the writing timeout (rare: a milter not reading; M-ERR-2)."""
+        import gevent
+
+        hub = gevent.get_hub()
+        writable = hub.loop.io(self.fileno, 2)
+        timer = gevent.Timeout(self.timeouts.writing)  # one deadline for the whole rest, as sendall's
+        timer.start()
+        send = self.sock.send
         try:
-            sock.sendall(rest)
-        except TimeoutError:
+            while rest:
+                try:
+                    rest = rest[send(rest):]
+                except BlockingIOError:
+                    hub.wait(writable)
+        except gevent.Timeout as expired:
+            if expired is not timer:
+                raise
             raise MilterIOError("writing timeout") from None
         except OSError as error:
             raise MilterIOError("io", f"write failed: {error.strerror or error}") from None
         finally:
-            sock.settimeout(0.0)
+            timer.close()
+            writable.close()
 
     def collect(self, letter: str) -> Response:
         """Read until the final reply to the command begun last; PROGRESS restarts the timer (P-SM-12)."""
@@ -264,7 +278,7 @@ class MtaClient:
         while True:
             if reply is None:
                 try:
-                    size = (self._recv_into or self.sock.recv_into)(_RECEIVE_BUFFER)
+                    size = self.sock.recv_into(_RECEIVE_BUFFER)
                 except BlockingIOError:
                     return None
                 except OSError as error:
@@ -295,8 +309,8 @@ class MtaClient:
         return MilterIOError("end-of-message timeout" if self._letter == "E" else "reading timeout")
 
     def _watcher(self):
-        """The socket's read watcher in the event loop, made once per connection and closed with it (measured:
-        borrowing the gevent socket's own watcher made libev re-register the descriptor more often)."""
+        """The socket's read watcher in the event loop, made the first time a read must wait (many connections
+        never wait: the child's answer is already there) and closed with the connection."""
         watcher = self._readable
         if watcher is None:
             import gevent  # a plain import: ``from gevent import`` costs a Python-level call each time

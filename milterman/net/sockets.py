@@ -130,40 +130,43 @@ def send_all(sock, data: bytes) -> None:
         sock.sendall(memoryview(data)[sent:])
 
 
-def connect(spec: ConnectionSpec, timeout: float | None = None):
-    """Open a gevent socket to ``spec`` within ``timeout`` seconds, TCP_NODELAY set (D-13).
+def connect(spec: ConnectionSpec, timeout: float | None = None) -> socket.socket:
+    """Open a plain non-blocking system socket to ``spec`` within ``timeout`` seconds, TCP_NODELAY set
+    on TCP (D-13). The socket stays non-blocking (``gettimeout()`` is 0.0): its user reads and
+    writes without waiting and waits on the descriptor itself (:class:`milterman.net.MtaClient`).
 
     A host name is looked up now, through gevent's resolver (the serving process goes on
     meanwhile); a name that does not resolve is an ``OSError`` naming it, like a refused connect.
 
-    Few system calls (a connection per child per session when it cannot be kept): the socket is
-    made non-blocking and close-on-exec by ``socket()`` itself, TCP_NODELAY is set before the
-    connect, and a connect that completes at once (a unix socket, nearly always) is neither
-    waited for nor checked again; one in progress is waited for once, then its result read
-    once (``SO_ERROR``), instead of gevent's check, connect, wait, check, connect. A unix
-    connection costs socket, connect and gevent's own ioctl and two fcntl (its watchers).
+    Few system calls and no gevent wrapper (a connection per child per session when it cannot be
+    kept; a gevent socket costs an ioctl, two watchers and their two fcntl checks): ``socket()``
+    makes the socket non-blocking and close-on-exec itself, TCP_NODELAY is set before the connect,
+    and a connect that completes at once (a unix socket, nearly always) is neither waited for nor
+    checked again. One in progress (TCP) is waited for once in the calling greenlet, then its
+    result read once (``SO_ERROR``). A unix connection costs ``socket`` and ``connect``.
     """
-    import gevent
-    from gevent import socket as gsocket
-
     if spec.needs_lookup:
+        import gevent
+        from gevent import socket as gsocket
+
         try:
             with gevent.Timeout(timeout, TimeoutError):
                 spec = resolve(spec, gsocket.getaddrinfo)
         except SpecError as error:
             raise OSError(errno.EHOSTUNREACH, str(error)) from None
     family = spec.socket_family
-    sock = gsocket.socket(family, _NONBLOCKING_STREAM)
+    sock = socket.socket(family, _NONBLOCKING_STREAM)
     try:
         if family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(0.0)  # gevent's connect is then the plain system call
         try:
             sock.connect(spec.sockaddr)
         except BlockingIOError as error:
             if error.errno != errno.EINPROGRESS:
                 _connect_when_room(sock, spec.sockaddr, timeout)
             else:
+                from gevent import socket as gsocket
+
                 gsocket.wait_write(sock.fileno(), timeout, TimeoutError("timed out"))
                 result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if result:
@@ -171,7 +174,6 @@ def connect(spec: ConnectionSpec, timeout: float | None = None):
     except BaseException:
         sock.close()
         raise
-    sock.settimeout(timeout)
     return sock
 
 
@@ -202,7 +204,8 @@ def peer_state(sock) -> str | None:
     """None when the peer of an idle connection is connected and silent (one non-blocking peek);
     else what is wrong: ``closed``, ``sending unexpected data`` or the socket error."""
     timeout = sock.gettimeout()
-    sock.settimeout(0.0)
+    if timeout != 0.0:  # a plain non-blocking socket (a child's) needs no switch, and so no ioctl either way
+        sock.settimeout(0.0)
     try:
         data = sock.recv(1, socket.MSG_PEEK)
     except BlockingIOError:
@@ -210,5 +213,6 @@ def peer_state(sock) -> str | None:
     except OSError as error:
         return f"broken ({error.strerror or error})"
     finally:
-        sock.settimeout(timeout)
+        if timeout != 0.0:
+            sock.settimeout(timeout)
     return "sending unexpected data" if data else "closed"
