@@ -33,6 +33,10 @@ from .sockets import send_all
 _ids = itertools.count(1)
 #: the most one read takes from the MTA
 RECEIVE_SIZE = 262144
+#: gevent's getcurrent and :func:`.runners.run`, set by the first MilterSession.start (this module imports no
+#: gevent: the master imports it)
+_getcurrent: Callable = None  # type: ignore[assignment]
+_run: Callable = None  # type: ignore[assignment]
 
 
 def _is_gevent_socket(sock) -> bool:
@@ -416,9 +420,12 @@ class MilterSession(ModificationCalls):
         sock = self.sock
         if not _is_gevent_socket(sock):
             return self.run()
+        global _getcurrent, _run
         import gevent
 
-        self._runner = gevent.getcurrent()
+        from . import runners
+
+        _getcurrent, _run = gevent.getcurrent, runners.run
         loop = gevent.get_hub().loop
         try:
             self._send = sock._sock.send  # gevent's socket wraps a non-blocking system socket
@@ -434,9 +441,17 @@ class MilterSession(ModificationCalls):
         return self if self._step() else self.commands_received > 0
 
     def _step(self) -> bool:
-        """Handle what the MTA sent until its socket has nothing more to read; whether the session waits."""
+        """Handle what the MTA sent until its socket has nothing more to read; whether the session waits.
+
+        Called by :meth:`start`, then by the loop through :func:`.runners.run` in a runner each time the
+        waiting session's socket becomes readable.
+        """
+        self._reader.stop()
+        self._runner = _getcurrent()
         parked = False
         try:
+            if self._watch is not None:
+                self._watch.since = None
             recv = self._recv
             receive_data = self.connection.receive_data
             while not self.closed:
@@ -446,7 +461,7 @@ class MilterSession(ModificationCalls):
                     self._runner = None
                     if self._watch is not None:
                         self._watch.since = monotonic()
-                    self._reader.start(self._readable)
+                    self._reader.start(_run, MilterSession._step, self)
                     parked = True
                     return True
                 receive_data(data)
@@ -461,21 +476,10 @@ class MilterSession(ModificationCalls):
                 self._end()
         return False
 
-    def _readable(self) -> None:
-        """The MTA wrote (a loop callback): the next step, in a runner."""
-        from .runners import run
-
-        self._reader.stop()
-        if self._watch is not None:
-            self._watch.since = None
-        run(_resume, self)
-
     def _expired(self) -> None:
         """The idle limit passed while parked (a loop callback): finish the session in a runner."""
-        from .runners import run
-
         self._reader.stop()
-        run(_time_out, self)
+        _run(_time_out, self)
 
     def stop(self) -> None:
         """End the session (the server stops): a parked one is finished, a working one's step interrupted."""
@@ -578,14 +582,6 @@ class MilterSession(ModificationCalls):
             pass
 
 
-def _resume(session: MilterSession) -> None:
-    """A parked session's next step (in a runner)."""
-    import gevent
-
-    session._runner = gevent.getcurrent()
-    session._step()
-
-
 def _time_out(session: MilterSession) -> None:
     """A parked session that hit its idle limit (in a runner): logged and finished, as :meth:`MilterSession.run` does."""
     session._log_idle()
@@ -598,10 +594,8 @@ def _stop_now(session: MilterSession) -> None:
         return
     runner = session._runner
     if runner is None:
-        from .runners import run
-
         session._reader.stop()
-        run(MilterSession._end, session)
+        _run(MilterSession._end, session)
     else:
         from greenlet import GreenletExit
 

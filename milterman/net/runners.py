@@ -20,8 +20,6 @@ from greenlet import GreenletExit, greenlet
 KEEP_IDLE = 32
 
 _idle: list = []
-#: runners doing a step now (a stop interrupts those still at work when its time is up)
-busy: set = set()
 
 
 def _loop(function: Callable[[object], object], argument: object) -> None:
@@ -29,14 +27,12 @@ def _loop(function: Callable[[object], object], argument: object) -> None:
     hub = get_hub()
     me = getcurrent()
     while True:
-        busy.add(me)
         try:
             function(argument)
         except GreenletExit:
             pass  # a stop ended the step's session (it finished it on the way out)
         except BaseException:
             hub.handle_error(function, *sys.exc_info())
-        busy.discard(me)
         function = argument = None
         if len(_idle) >= KEEP_IDLE:
             return
@@ -52,21 +48,13 @@ def _loop(function: Callable[[object], object], argument: object) -> None:
 
 
 def run(function: Callable[[object], object], argument: object) -> None:
-    """Run ``function(argument)`` in an idle runner (or a new one) now; called in the hub (a loop callback).
-
-    From any other greenlet use :func:`run_soon`: a runner that waits goes back to the hub, not to the
-    greenlet that switched to it.
+    """Run ``function(argument)`` in an idle runner (or a new one) now; called in the hub (a loop callback):
+    a runner that waits goes back to the hub, not to the greenlet that switched to it.
     """
     if _idle:
         _idle.pop().switch((function, argument))
     else:
         greenlet(_loop, get_hub()).switch(function, argument)
-
-
-def run_soon(function: Callable[[object], object], argument: object) -> None:
-    """:func:`run` at the next turn of the loop (from any greenlet)."""
-    get_hub().loop.run_callback(run, function, argument)
-
 
 
 def release_idle() -> None:
