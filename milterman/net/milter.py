@@ -361,7 +361,6 @@ class MilterSession(ModificationCalls):
         Returns whether the MTA sent at least one command: a connection that is opened and
         closed (a readiness probe) is no milter session and is not counted for maintenance.
         """
-        log = self.logger
         sock = self.sock
         watch = None
         try:
@@ -583,7 +582,7 @@ class MilterSession(ModificationCalls):
 
 
 def _time_out(session: MilterSession) -> None:
-    """A parked session that hit its idle limit (in a runner): logged and finished, as :meth:`MilterSession.run` does."""
+    """A parked session that hit its idle limit (in a runner): logged and finished, as ``run`` does."""
     session._log_idle()
     session._end()
 
