@@ -17,7 +17,7 @@ from gevent import get_hub, getcurrent
 from greenlet import GreenletExit, greenlet
 
 #: idle runners kept for the next steps; more end when their step is over
-KEEP_IDLE = 32
+KEEP_IDLE = 8
 
 _idle: list = []
 
