@@ -75,8 +75,8 @@ class MilterRunApplication(Application):
         factory = handler_factory(cls)
         packet_buffer_size = self.packet_buffer_size
 
-        def handle(sock, address) -> bool:
-            return MilterSession(sock, factory, packet_buffer_size=packet_buffer_size).run()
+        def handle(sock, address) -> "bool | MilterSession":
+            return MilterSession(sock, factory, packet_buffer_size=packet_buffer_size).start()
 
         return handle
 

@@ -76,8 +76,8 @@ class TestClientApplication(Application):
         # which otherwise walk it again and again while sessions allocate.
         gc.freeze()
 
-        def handle(sock, address) -> bool:
-            return MilterSession(sock, client.handler_factory, packet_buffer_size=settings.packet_buffer_size).run()
+        def handle(sock, address) -> "bool | MilterSession":
+            return MilterSession(sock, client.handler_factory, packet_buffer_size=settings.packet_buffer_size).start()
 
         return handle
 

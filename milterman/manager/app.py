@@ -223,8 +223,8 @@ class ManagerApplication(Application):
         def leader(session) -> Leader:  # one factory, not a closure made per session
             return Leader(session, context)
 
-        def handle(sock, address) -> bool:
-            return MilterSession(sock, leader, packet_buffer_size=packet_buffer_size).run()
+        def handle(sock, address) -> "bool | MilterSession":
+            return MilterSession(sock, leader, packet_buffer_size=packet_buffer_size).start()
 
         return handle
 

@@ -33,6 +33,10 @@ from .sockets import send_all
 _ids = itertools.count(1)
 #: the most one read takes from the MTA
 RECEIVE_SIZE = 262144
+#: gevent's getcurrent and :func:`.runners.run`, set by the first MilterSession.start (this module imports no
+#: gevent: the master imports it)
+_getcurrent: Callable = None  # type: ignore[assignment]
+_run: Callable = None  # type: ignore[assignment]
 
 
 def _is_gevent_socket(sock) -> bool:
@@ -47,16 +51,17 @@ class IdleWatch:
     """The idle limit of one session as a single loop timer, instead of a gevent Timeout per read.
 
     ``since`` is set while the session waits for the MTA (``None`` while it works); when the timer
-    fires and the wait has lasted ``limit`` seconds, :class:`TimeoutError` is thrown into the waiting
-    greenlet, as a socket timeout would raise it; otherwise it is armed again for what is left.
+    fires and the wait has lasted ``limit`` seconds, ``expired`` is called in the hub (a blocking
+    session's: throw :class:`TimeoutError` into the waiting greenlet, as a socket timeout would raise
+    it); otherwise it is armed again for what is left.
     """
 
-    __slots__ = ("limit", "since", "_greenlet", "_loop", "_timer")
+    __slots__ = ("limit", "since", "_expired", "_loop", "_timer")
 
-    def __init__(self, limit: float, loop, greenlet) -> None:
+    def __init__(self, limit: float, loop, expired: Callable[[], None]) -> None:
         self.limit = limit
         self.since: float | None = None
-        self._greenlet = greenlet
+        self._expired = expired
         self._loop = loop
         self._timer = None
         self._arm(limit)
@@ -72,17 +77,22 @@ class IdleWatch:
             self._timer.close()
             self._arm(left)
         else:
-            self._greenlet.throw(TimeoutError(f"no data for {self.limit:g} s"))
+            self._expired()
 
     def stop(self) -> None:
         self._timer.close()
 
 
 def watch_idle(limit: float) -> IdleWatch:
-    """An :class:`IdleWatch` for the calling greenlet."""
+    """An :class:`IdleWatch` that throws :class:`TimeoutError` into the calling greenlet."""
     import gevent  # a plain import: ``from gevent import`` costs a Python-level call each time
 
-    return IdleWatch(limit, gevent.get_hub().loop, gevent.getcurrent())
+    greenlet = gevent.getcurrent()
+
+    def expired() -> None:
+        greenlet.throw(TimeoutError(f"no data for {limit:g} s"))
+
+    return IdleWatch(limit, gevent.get_hub().loop, expired)
 
 
 def next_id() -> int:
@@ -346,12 +356,11 @@ class MilterSession(ModificationCalls):
     # ----------------------------------------------------------------- the loop
 
     def run(self) -> bool:
-        """Serve until QUIT, EOF, an idle timeout or a protocol error; never raises.
+        """Serve until QUIT, EOF, an idle timeout or a protocol error, in this greenlet; never raises.
 
         Returns whether the MTA sent at least one command: a connection that is opened and
         closed (a readiness probe) is no milter session and is not counted for maintenance.
         """
-        log = self.logger
         sock = self.sock
         watch = None
         try:
@@ -374,28 +383,137 @@ class MilterSession(ModificationCalls):
                         data = recv(RECEIVE_SIZE)
                         watch.since = None
                 except TimeoutError:
-                    log.error(f"[{self.id}] [milter][error][timeout] no command for {self.idle_timeout:g} s")
+                    self._log_idle()
                     break
                 receive_data(data)
                 if not data:
                     break
                 self._handle_available()
                 self.flush()
-        except RemoteProtocolError as error:
-            self._protocol_error(error)
-        except ProtocolError as error:  # a handler asked for something the protocol forbids
-            log.error(f"[{self.id}] [milter][error][local] {error}")
-        except OSError as error:
-            if log.enabled(DEBUG):
-                log.debug(f"[{self.id}] [milter][error][io] {error}")
-        except Exception as error:  # a handler bug must not take the worker down
-            log.error(f"[{self.id}] [milter][error][internal] {error!r}: "
-                      f"{traceback.format_exc().strip().splitlines()[-3:]}")
+        except Exception as error:
+            self._report(error)
         finally:
             if watch is not None:
                 watch.stop()
             self._finish()
         return self.commands_received > 0
+
+    # ----------------------------------------------------------------- parked between commands
+
+    #: called with (session, whether the MTA sent a command) when a session :meth:`start` returned ends
+    on_end: Callable[["MilterSession", bool], None] | None = None
+    #: the greenlet doing this session's step; None while it waits for the MTA (parked) or before start
+    _runner = None
+    _reader = None
+    _watch: IdleWatch | None = None
+    _done = False
+
+    def start(self) -> "bool | MilterSession":
+        """Serve in this greenlet until the MTA has nothing more to read, then wait without a greenlet.
+
+        A waiting session is a loop watcher on its socket (no greenlet per held connection); each
+        batch the MTA sends is handled in a runner greenlet (:mod:`.runners`). Returns what
+        :meth:`run` returns when the session is over already, else the session itself, which calls
+        :attr:`on_end` when it ends. A socket that is not gevent's is served by :meth:`run`.
+        """
+        sock = self.sock
+        if not _is_gevent_socket(sock):
+            return self.run()
+        global _getcurrent, _run
+        import gevent
+
+        from . import runners
+
+        _getcurrent, _run = gevent.getcurrent, runners.run
+        loop = gevent.get_hub().loop
+        try:
+            self._send = sock._sock.send  # gevent's socket wraps a non-blocking system socket
+            self._recv = sock._sock.recv
+            sock.settimeout(None)  # a reply the MTA does not read waits in the hub (flush)
+            self._reader = loop.io(sock.fileno(), 1)
+            if self.idle_timeout is not None:
+                self._watch = IdleWatch(self.idle_timeout, loop, self._expired)
+        except Exception as error:
+            self._report(error)
+            self._end()
+            return self.commands_received > 0
+        return self if self._step() else self.commands_received > 0
+
+    def _step(self) -> bool:
+        """Handle what the MTA sent until its socket has nothing more to read; whether the session waits.
+
+        Called by :meth:`start`, then by the loop through :func:`.runners.run` in a runner each time the
+        waiting session's socket becomes readable.
+        """
+        self._reader.stop()
+        self._runner = _getcurrent()
+        parked = False
+        try:
+            if self._watch is not None:
+                self._watch.since = None
+            recv = self._recv
+            receive_data = self.connection.receive_data
+            while not self.closed:
+                try:
+                    data = recv(RECEIVE_SIZE)
+                except BlockingIOError:
+                    self._runner = None
+                    if self._watch is not None:
+                        self._watch.since = monotonic()
+                    self._reader.start(_run, MilterSession._step, self)
+                    parked = True
+                    return True
+                receive_data(data)
+                if not data:
+                    break
+                self._handle_available()
+                self.flush()
+        except Exception as error:
+            self._report(error)
+        finally:
+            if not parked:
+                self._end()
+        return False
+
+    def _expired(self) -> None:
+        """The idle limit passed while parked (a loop callback): finish the session in a runner."""
+        self._reader.stop()
+        _run(_time_out, self)
+
+    def stop(self) -> None:
+        """End the session (the server stops): a parked one is finished, a working one's step interrupted."""
+        import gevent
+
+        gevent.get_hub().loop.run_callback(_stop_now, self)
+
+    def _end(self) -> None:
+        """The session is over: release its watchers, finish it, and tell :attr:`on_end`."""
+        self._done = True
+        self._runner = None
+        if self._reader is not None:
+            self._reader.close()
+        if self._watch is not None:
+            self._watch.stop()
+        self._finish()
+        if self.on_end is not None:
+            self.on_end(self, self.commands_received > 0)
+
+    def _log_idle(self) -> None:
+        self.logger.error(f"[{self.id}] [milter][error][timeout] no command for {self.idle_timeout:g} s")
+
+    def _report(self, error: Exception) -> None:
+        """Log why serving stopped (called in an ``except`` clause); a remote protocol error may get a last reply."""
+        log = self.logger
+        if isinstance(error, RemoteProtocolError):
+            self._protocol_error(error)
+        elif isinstance(error, ProtocolError):  # a handler asked for something the protocol forbids
+            log.error(f"[{self.id}] [milter][error][local] {error}")
+        elif isinstance(error, OSError):
+            if log.enabled(DEBUG):
+                log.debug(f"[{self.id}] [milter][error][io] {error}")
+        else:  # a handler bug must not take the worker down
+            log.error(f"[{self.id}] [milter][error][internal] {error!r}: "
+                      f"{traceback.format_exc().strip().splitlines()[-3:]}")
 
     def _handle_available(self) -> None:
         state = self.state
@@ -461,3 +579,23 @@ class MilterSession(ModificationCalls):
             self.sock.close()
         except OSError:
             pass
+
+
+def _time_out(session: MilterSession) -> None:
+    """A parked session that hit its idle limit (in a runner): logged and finished, as ``run`` does."""
+    session._log_idle()
+    session._end()
+
+
+def _stop_now(session: MilterSession) -> None:
+    """(a loop callback) Finish a parked session in a runner, or interrupt the step of a working one."""
+    if session._done:
+        return
+    runner = session._runner
+    if runner is None:
+        session._reader.stop()
+        _run(MilterSession._end, session)
+    else:
+        from greenlet import GreenletExit
+
+        runner.throw(GreenletExit)

@@ -116,10 +116,30 @@ def _server_class():
     import gevent
     from gevent.server import StreamServer
 
+    from ..net import runners
+
     class Server(StreamServer):
         logger: Logger = default_logger
         suspend_time = 1.0
         _in_episode = False
+        #: the sessions in progress (see serve) and the most at once (0: no limit, D-6, M-ACC-1)
+        live: set = set()
+        limit = 0
+        #: accepting paused because the limit was reached (resumed when a session ends)
+        paused_full = False
+
+        def full(self) -> bool:
+            if self.limit and len(self.live) >= self.limit:
+                self.paused_full = True
+                return True
+            return False
+
+        def do_handle(self, *args) -> None:
+            """The accepted connection's first step runs in a runner greenlet, not a greenlet spawned for it."""
+            runners.run(self._handle_args, args)
+
+        def _handle_args(self, args) -> None:
+            self._handle(*args)
 
         def do_read(self):
             try:
@@ -145,6 +165,14 @@ def _server_class():
     return Server
 
 
+def _released(function: Callable[[], None]) -> None:
+    """The give-back after a burst, once the idle runner greenlets made during it are gone."""
+    from ..net import runners
+
+    runners.release_idle()
+    function()
+
+
 def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
           settings: ServeSettings | None = None, logger: Logger = default_logger,
           on_ready: Callable[[], None] | None = None, on_hangup: Callable[[], None] | None = None,
@@ -152,36 +180,60 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
           heartbeat_fd: int | None = None, master_fd: int | None = None) -> int:
     """Serve ``listener`` until told to stop; return the exit status (0).
 
-    ``handle(sock, address)`` runs in its own greenlet for each accepted connection.
+    ``handle(sock, address)`` runs in a runner greenlet for each accepted connection; it returns whether
+    the MTA sent a command, or a session that goes on without a greenlet (``MilterSession.start``).
     """
     import gevent
     from gevent import socket as gsocket
     from gevent.event import Event
-    from gevent.pool import Pool
+    from greenlet import GreenletExit, greenlet
     settings = settings or ServeSettings()
     _Server = _server_class()
     sock = gsocket.socket(listener.family, listener.type, listener.proto, fileno=os.dup(listener.fileno()))
-    # A pool even without a limit: stopping waits for the pool's sessions (graceful SIGTERM).
-    # At max_connections the server stops accepting until a session ends (D-6, M-ACC-1).
-    pool = Pool(settings.max_connections if settings.max_connections > 0 else None)
+    # The sessions in progress: the greenlet running ``handle`` while it runs, then, when ``handle``
+    # hands back a session waiting for its MTA without a greenlet, that session until it ends. Stopping
+    # waits for them (graceful SIGTERM); at max_connections the server stops accepting until one ends
+    # (D-6, M-ACC-1).
+    live: set = set()
+    drained = Event()
     sessions = array("q", (0,))  # a machine number: the count made by the last session of a burst keeps no arena
     # freed memory goes back to the system when a burst of sessions is over (not per session, D-12)
-    give_back = GiveBack(lambda delay, function: gevent.spawn_later(delay, function), logger=logger)
+    give_back = GiveBack(lambda delay, function: gevent.spawn_later(delay, _released, function), logger=logger)
 
     def counted(client, address) -> None:
         """Maintenance counts milter sessions: ``handle`` returns false for a connection that never
-        sent a command (a readiness probe), which is not counted (M-MNT-1)."""
-        session = False
+        sent a command (a readiness probe), which is not counted (M-MNT-1). A session ``handle``
+        returns (it waits for its MTA) is counted when it ends."""
+        me = gevent.getcurrent()
+        live.add(me)
         give_back.started()
+        result = False
         try:
-            session = handle(client, address) is not False
+            result = handle(client, address)
         finally:
-            give_back.ended()
-            if session:
-                sessions[0] += 1
-                interval = settings.maintenance_interval
-                if interval and sessions[0] % interval == 0:
-                    maintain()
+            live.discard(me)
+            if result is None or type(result) is bool:
+                client.close()
+                ended(None, result is not False)
+            else:
+                live.add(result)
+                result.on_end = ended
+
+    def ended(session, counts: bool) -> None:
+        """A session is over (``session``: one that waited without a greenlet)."""
+        if session is not None:
+            live.discard(session)
+        give_back.ended()
+        if counts:
+            sessions[0] += 1
+            interval = settings.maintenance_interval
+            if interval and sessions[0] % interval == 0:
+                maintain()
+        if server.paused_full and len(live) < server.limit:
+            server.paused_full = False
+            server._start_accepting_if_started()
+        if stopping and not live:
+            drained.set()
 
     def maintain() -> None:
         """Maintenance on a session count, never merely because the process went idle (D-12, M-MNT-1).
@@ -197,15 +249,35 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
         if settings.maintained is not None:
             settings.maintained(sessions[0])
 
-    server = _Server(sock, counted, spawn=pool)
+    server = _Server(sock, counted, spawn=None)
     server.logger = logger
     server.suspend_time = settings.suspend_time_on_unacceptable
+    server.live = live
+    server.limit = max(settings.max_connections, 0)
     stopped = Event()
     stopping: list[bool] = []
 
+    def interrupt(runner) -> None:
+        """(a loop callback) End the ``handle`` a runner still runs."""
+        if runner in live:
+            runner.throw(GreenletExit)
+
+    def end_sessions() -> None:
+        """Finish the sessions that wait for their MTA, interrupt those at work (children get QUIT)."""
+        for entry in list(live):
+            if isinstance(entry, greenlet):
+                server.loop.run_callback(interrupt, entry)
+            else:
+                entry.stop()
+
     def finish(timeout: float) -> None:
         try:
-            server.stop(timeout)
+            server.close()
+            if live and timeout > 0:
+                drained.wait(timeout)
+            if live:
+                end_sessions()
+                drained.wait(1)
         finally:
             stopped.set()
 
@@ -213,7 +285,7 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
         if stopping:
             if not graceful and stopping[0]:
                 stopping[0] = False
-                pool.kill(block=False)
+                end_sessions()
             return
         stopping.append(graceful)
         logger.info(f"[server][stop] {'graceful' if graceful else 'fast'} stop: {reason}")
