@@ -42,6 +42,8 @@ def _loop(function: Callable[[object], object], argument: object) -> None:
                 work = hub.switch()
             except GreenletExit:
                 return  # let go of (release_idle)
+            except BaseException:  # an interrupt meant for a wait that is over: nothing to interrupt here,
+                continue  # and raised on, it would reach the hub (the runner's parent) and stop the loop
             if type(work) is tuple:  # anything else is a wake-up meant for a wait that is over
                 function, argument = work
                 break

@@ -142,3 +142,28 @@ def test_stop_finishes_a_waiting_session():
     finally:
         ours.close()
         theirs.close()
+
+
+def test_an_interrupt_that_reaches_an_idle_runner_is_dropped():
+    """A throw meant for a wait that is over can land on a runner that went idle meanwhile: the runner stays
+    idle and usable, and nothing reaches the hub."""
+    import gevent
+
+    from milterman.net import runners
+
+    done: list[str] = []
+
+    def step(name: str) -> None:
+        done.append(name)
+
+    hub = gevent.get_hub()
+    hub.loop.run_callback(runners.run, step, "first")
+    gevent.sleep(0.01)
+    assert done == ["first"] and runners._idle
+    idle = runners._idle[-1]
+    hub.loop.run_callback(idle.throw, TimeoutError("stale"))
+    gevent.sleep(0.01)
+    assert not idle.dead and idle in runners._idle
+    hub.loop.run_callback(runners.run, step, "second")
+    gevent.sleep(0.01)
+    assert done == ["first", "second"]
