@@ -198,6 +198,42 @@ def header_edits(original: list[tuple[Entry, str, str | None, bool]], final: Hea
     order, each placed right after its predecessor. The MTA's list is simulated along the way, so every
     index is the one that MTA resolves to the intended entry.
     """
+    appended = _appended_edits(original, final)
+    if appended is not None:
+        return appended
+    return _diff_edits(original, final)
+
+
+def _appended_edits(original: list[tuple[Entry, str, str | None, bool]], final: Headers) -> list[Reply] | None:
+    """The edits when children only added headers after the MTA's list (the common case: a tag header), in one
+    pass and without simulating the list: the same edits :func:`_diff_edits` finds then. None: anything else."""
+    entries = final.entries
+    count = len(original)
+    if len(entries) < count:
+        return None
+    for (entry, name, value, user), now in zip(original, entries[:count], strict=True):
+        if now is not entry or entry.value != value or entry.name != name or entry.user != user:
+            return None
+    # ``h`` lands at the end in Postfix; in Sendmail only when no entry of that name (header or slot) is there
+    names = None if final.kind == POSTFIX else {entry.name.lower() for entry in entries[:count]}
+    edits: list[Reply] = []
+    length = count
+    for entry in entries[count:]:
+        if entry.value is None:
+            continue
+        lowered = entry.name.lower()
+        if names is None or lowered not in names:
+            edits.append(AddHeader(entry.name, entry.value))
+        else:
+            edits.append(InsertHeader(max(length - 1, 0), entry.name, entry.value))
+        if names is not None:
+            names.add(lowered)
+        length += 1
+    return edits
+
+
+def _diff_edits(original: list[tuple[Entry, str, str | None, bool]], final: Headers) -> list[Reply]:
+    """:func:`header_edits` for any change: the MTA's list simulated edit by edit."""
     kind = final.kind or SENDMAIL
     mta = Headers(kind=None)
     mta.kind = kind
