@@ -373,7 +373,6 @@ class MilterSession(ModificationCalls):
             else:
                 sock.settimeout(self.idle_timeout)
             recv = sock.recv
-            receive_data = self.connection.receive_data
             while not self.closed:
                 try:
                     if watch is None:
@@ -385,11 +384,8 @@ class MilterSession(ModificationCalls):
                 except TimeoutError:
                     self._log_idle()
                     break
-                receive_data(data)
-                if not data:
+                if not self._take(data):
                     break
-                self._handle_available()
-                self.flush()
         except Exception as error:
             self._report(error)
         finally:
@@ -452,7 +448,6 @@ class MilterSession(ModificationCalls):
             if self._watch is not None:
                 self._watch.since = None
             recv = self._recv
-            receive_data = self.connection.receive_data
             while not self.closed:
                 try:
                     data = recv(RECEIVE_SIZE)
@@ -463,17 +458,23 @@ class MilterSession(ModificationCalls):
                     self._reader.start(_run, MilterSession._step, self)
                     parked = True
                     return True
-                receive_data(data)
-                if not data:
+                if not self._take(data):
                     break
-                self._handle_available()
-                self.flush()
         except Exception as error:
             self._report(error)
         finally:
             if not parked:
                 self._end()
         return False
+
+    def _take(self, data: bytes) -> bool:
+        """One read from the MTA: its commands handled and the replies written; False at its end (EOF)."""
+        self.connection.receive_data(data)
+        if not data:
+            return False
+        self._handle_available()
+        self.flush()
+        return True
 
     def _expired(self) -> None:
         """The idle limit passed while parked (a loop callback): finish the session in a runner."""
