@@ -13,6 +13,13 @@ It runs off the per-packet path: when the number of sessions in progress drops t
 burst (at least :data:`BURST` at once since the last run), a moment later, and at most once per
 ``interval`` seconds (D-12: no work merely because the process went idle after each session).
 
+A second pass follows the first some seconds later (``again``) if the process is still without
+sessions. A small-object arena goes back only once its last block is freed, and after the first
+pass the burst's arenas still hold a few blocks; what the process does meanwhile (timers, the
+interpreter's free lists of dicts, tuples and floats refilled from those arenas' partly used pools)
+keeps them in use. Measured on the manager with 1000 sessions held then closed (n_workers 0), the
+second collection frees 2-3 more arenas (2-3 MB of the 6-7 MB the first pass leaves).
+
 Only the standard library (ctypes) is used, so the module may be imported anywhere; the caller
 passes the way to run something later (gevent's ``spawn_later`` in a serving process).
 """
@@ -32,6 +39,8 @@ from ..log import logger as default_logger
 BURST = 8
 #: seconds between two give-backs at most
 INTERVAL = 5.0
+#: seconds after a give-back before the second pass (None: no second pass)
+AGAIN = 5.0
 #: seconds the process must stay without sessions before memory is given back (the last
 #: session's greenlet and objects are freed by then)
 SETTLE = 0.2
@@ -57,12 +66,13 @@ class GiveBack:
 
     def __init__(self, later: Callable[[float, Callable[[], None]], object], *, logger: Logger = default_logger,
                  burst: int = BURST, interval: float = INTERVAL, settle: float = SETTLE,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 again: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._later = later
         self.logger = logger
         self.burst = burst
         self.interval = interval
         self.settle = settle
+        self.again = again
         self._clock = clock
         self._trim = _malloc_trim()
         if self._trim is None and logger.enabled(DEBUG):
@@ -96,14 +106,25 @@ class GiveBack:
         self._scheduled = False
         if self.in_progress or self._trim is None:
             return
-        started = self._last = self._clock()
         self.high_water = 0
+        self._give_back("")
+        if self.again is not None:
+            self._later(self.again, self._run_again)
+
+    def _run_again(self) -> None:
+        """The second pass, if no session came since (otherwise the end of the next burst gives back)."""
+        if self.in_progress or self._scheduled:
+            return
+        self._give_back(" again")
+
+    def _give_back(self, again: str) -> None:
+        started = self._last = self._clock()
         _clear_type_cache()
         gc.collect()
         collected = self._clock()
         self._trim(0)
         self.runs += 1
         if self.logger.enabled(DEBUG):
-            self.logger.debug(f"[server][memory][give-back] heap memory given back after a burst ({self.runs} so "
-                              f"far; collection {(collected - started) * 1000:.1f} ms, trim "
+            self.logger.debug(f"[server][memory][give-back] heap memory given back{again} after a burst ({self.runs} "
+                              f"so far; collection {(collected - started) * 1000:.1f} ms, trim "
                               f"{(self._clock() - collected) * 1000:.1f} ms)")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from ..log import STATISTICS, Logger
 from ..log import logger as default_logger
 from . import memory
-from .giveback import GiveBack
+from .giveback import AGAIN, GiveBack
 from .metrics import process_facts
 
 EVENT_LOOP_BACKENDS = {"default": "libev-cext", "libev": "libev-cext", "libuv": "libuv-cffi"}
@@ -198,7 +198,8 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
     drained = Event()
     sessions = array("q", (0,))  # a machine number: the count made by the last session of a burst keeps no arena
     # freed memory goes back to the system when a burst of sessions is over (not per session, D-12)
-    give_back = GiveBack(lambda delay, function: gevent.spawn_later(delay, _released, function), logger=logger)
+    give_back = GiveBack(lambda delay, function: gevent.spawn_later(delay, _released, function), logger=logger,
+                         again=AGAIN)
 
     def counted(client, address) -> None:
         """Maintenance counts milter sessions: ``handle`` returns false for a connection that never
