@@ -121,20 +121,30 @@ def test_give_back_empties_the_type_attribute_cache():
     assert sys.getrefcount(name) == before
 
 
+def recording_give_back(**options) -> tuple[GiveBack, list[tuple[float, object]]]:
+    """A GiveBack whose scheduled runs are recorded (delay, function) instead of run later."""
+    scheduled: list[tuple[float, object]] = []
+    give_back = GiveBack(lambda delay, function: scheduled.append((delay, function)), **options)
+    if give_back._trim is None:  # Debian's glibc has it: under CI a missing one is a failure, not a skip
+        assert os.environ.get("CI") != "true", "this C library has no malloc_trim"
+        pytest.skip("this C library has no malloc_trim")
+    return give_back, scheduled
+
+
+def sessions_through(give_back: GiveBack, count: int) -> None:
+    """``count`` sessions in progress at once, then all ended."""
+    for _ in range(count):
+        give_back.started()
+    for _ in range(count):
+        give_back.ended()
+
+
 def test_a_second_pass_follows_a_burst_while_no_session_comes():
     """After a burst's give-back a second pass runs ``again`` seconds later if no session is in progress
     then: blocks freed meanwhile (timers, the interpreter's free lists refilled from the burst's arenas)
     let more arenas go. It never repeats by itself, and a session in progress skips it."""
-    scheduled: list[tuple[float, object]] = []
-    give_back = GiveBack(lambda delay, function: scheduled.append((delay, function)), burst=2, interval=5.0,
-                         settle=0.2, again=5.0)
-    if give_back._trim is None:  # Debian's glibc has it: under CI a missing one is a failure, not a skip
-        assert os.environ.get("CI") != "true", "this C library has no malloc_trim"
-        pytest.skip("this C library has no malloc_trim")
-    for _ in range(2):
-        give_back.started()
-    for _ in range(2):
-        give_back.ended()
+    give_back, scheduled = recording_give_back(burst=2, interval=5.0, settle=0.2, again=5.0)
+    sessions_through(give_back, 2)
     scheduled.pop()[1]()
     assert give_back.runs == 1
     delay, again = scheduled.pop()
@@ -142,10 +152,7 @@ def test_a_second_pass_follows_a_burst_while_no_session_comes():
     again()
     assert give_back.runs == 2
     assert scheduled == []  # the second pass schedules nothing
-    for _ in range(2):
-        give_back.started()
-    for _ in range(2):
-        give_back.ended()
+    sessions_through(give_back, 2)
     scheduled.pop()[1]()
     assert give_back.runs == 3
     give_back.started()  # a session in progress when the second pass is due: skipped
@@ -155,13 +162,8 @@ def test_a_second_pass_follows_a_burst_while_no_session_comes():
 
 
 def test_without_again_there_is_no_second_pass():
-    scheduled: list[tuple[float, object]] = []
-    give_back = GiveBack(lambda delay, function: scheduled.append((delay, function)), burst=1, settle=0.2)
-    if give_back._trim is None:
-        assert os.environ.get("CI") != "true", "this C library has no malloc_trim"
-        pytest.skip("this C library has no malloc_trim")
-    give_back.started()
-    give_back.ended()
+    give_back, scheduled = recording_give_back(burst=1, settle=0.2)
+    sessions_through(give_back, 1)
     scheduled.pop()[1]()
     assert give_back.runs == 1
     assert scheduled == []
