@@ -66,8 +66,12 @@ class GiveBack:
 
     def __init__(self, later: Callable[[float, Callable[[], None]], object], *, logger: Logger = default_logger,
                  burst: int = BURST, interval: float = INTERVAL, settle: float = SETTLE,
-                 again: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 again: float | None = None, before: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``before`` runs just ahead of each give-back (the caller frees what only it can, such as idle
+        greenlets), never when the give-back is skipped because sessions came back."""
         self._later = later
+        self._before = before
         self.logger = logger
         self.burst = burst
         self.interval = interval
@@ -118,6 +122,8 @@ class GiveBack:
         self._give_back(" again")
 
     def _give_back(self, again: str) -> None:
+        if self._before is not None:
+            self._before()
         started = self._last = self._clock()
         _clear_type_cache()
         gc.collect()

@@ -165,14 +165,6 @@ def _server_class():
     return Server
 
 
-def _released(function: Callable[[], None]) -> None:
-    """The give-back after a burst, once the idle runner greenlets made during it are gone."""
-    from ..net import runners
-
-    runners.release_idle()
-    function()
-
-
 def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
           settings: ServeSettings | None = None, logger: Logger = default_logger,
           on_ready: Callable[[], None] | None = None, on_hangup: Callable[[], None] | None = None,
@@ -198,8 +190,10 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
     drained = Event()
     sessions = array("q", (0,))  # a machine number: the count made by the last session of a burst keeps no arena
     # freed memory goes back to the system when a burst of sessions is over (not per session, D-12)
-    give_back = GiveBack(lambda delay, function: gevent.spawn_later(delay, _released, function), logger=logger,
-                         again=AGAIN)
+    from ..net import runners
+
+    # the idle runner greenlets made during the burst go first: their stacks are part of what is given back
+    give_back = GiveBack(gevent.spawn_later, logger=logger, again=AGAIN, before=runners.release_idle)
 
     def counted(client, address) -> None:
         """Maintenance counts milter sessions: ``handle`` returns false for a connection that never
@@ -300,19 +294,26 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
             publish(heartbeat_fd, {"sessions": sessions[0], "process": process_facts(), **settings.statistics()})
 
     def heartbeat() -> None:
+        """Beat for the master once per interval on one timer made once: a wait that made a new timeout each
+        time would leave small objects in the arenas a burst's give-back could otherwise return."""
         parent = os.getppid()
         mode = 0
-        while not stopped.is_set():
-            if heartbeat_fd is not None:
-                mode ^= 1
-                try:
-                    os.fchmod(heartbeat_fd, mode)
-                    report()
-                except (OSError, ValueError):
-                    pass
-            if master_fd is not None and os.getppid() != parent:
-                stop(True, "the master process is gone")
-            stopped.wait(settings.heartbeat_interval)
+        hub = gevent.get_hub()
+        tick = hub.loop.timer(settings.heartbeat_interval, settings.heartbeat_interval)
+        try:
+            while not stopped.is_set():
+                if heartbeat_fd is not None:
+                    mode ^= 1
+                    try:
+                        os.fchmod(heartbeat_fd, mode)
+                        report()
+                    except (OSError, ValueError):
+                        pass
+                if master_fd is not None and os.getppid() != parent:
+                    stop(True, "the master process is gone")
+                hub.wait(tick)
+        finally:
+            tick.close()
 
     def watch_master() -> None:
         """The master holds the other end of this pipe; EOF means it died (D-5)."""
@@ -340,7 +341,8 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
     told_to_stop = bool(signal.sigpending() & {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
     # handlers in place: deliver what arrived while a new worker was starting (blocked since the fork)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SERVE_SIGNALS)
-    helpers = [gevent.spawn(heartbeat)]
+    # serving in the master (no heartbeat file, no master to watch): nothing to beat for
+    helpers = [gevent.spawn(heartbeat)] if heartbeat_fd is not None or master_fd is not None else []
     if master_fd is not None:
         helpers.append(gevent.spawn(watch_master))
     # What exists now (modules, the configuration, gevent's hub) lives as long as the process: kept out

@@ -175,3 +175,34 @@ def test_serving_process_gives_back_again_after_a_burst(start_client):
     burst(str(server.socket_path), BURST + 4)
     server.wait_log(r"\[server\]\[memory\]\[give-back\] heap memory given back again after a burst", timeout=20)
     assert server.log().count(GIVE_BACK_LINE) == 2
+
+
+def test_what_goes_first_runs_only_with_a_give_back():
+    """``before`` (the serving process frees its idle runner greenlets there) runs ahead of each give-back
+    and not when a run is skipped because a session came back: that session may need a runner."""
+    calls: list[int] = []
+    give_back, scheduled = recording_give_back(burst=2, settle=0.2, again=5.0,
+                                               before=lambda: calls.append(give_back.runs))
+    sessions_through(give_back, 2)
+    give_back.started()  # back before the run is due
+    scheduled.pop()[1]()
+    assert calls == [] and give_back.runs == 0
+    give_back.ended()
+    scheduled.pop()[1]()
+    assert calls == [0]  # before the trim of the first run
+    scheduled.pop()[1]()  # the second pass
+    assert calls == [0, 1]
+
+
+def test_a_serving_process_without_a_master_has_no_heartbeat(start_client):
+    """n_workers 0: no heartbeat file and no master to watch, so no greenlet wakes every second (its
+    timeouts would pin the arenas a burst's give-back frees). Seen from outside: an idle serving process
+    uses no CPU over seconds."""
+    import psutil
+
+    server = start_client(n_workers=0)
+    process = psutil.Process(server.master_pid)
+    time.sleep(0.5)
+    before = process.num_ctx_switches().voluntary
+    time.sleep(3.0)
+    assert process.num_ctx_switches().voluntary - before <= 1
