@@ -229,7 +229,9 @@ def build_check(interval: float, names: tuple[str, ...], status, resolve: Callab
 
 
 class Watch:
-    """One session's watcher: a greenlet that checks every interval while the leader waits.
+    """One session's watcher: a repeating timer that, each interval while the leader waits, asks the
+    checkers in a greenlet of their own (a checker may wait on I/O); between checks the session holds
+    no greenlet for it.
 
     The leader enters the watch (``with watch:``) around each wait for children; when a checker says
     the client has gone, :class:`ClientDisconnected` is raised in the waiting greenlet (never outside
@@ -243,7 +245,10 @@ class Watch:
         self.session_id = session_id
         self.waiting = 0
         self.target = None
-        self.greenlet = None
+        #: the libev timer, made at the first wait and repeating until :meth:`close`
+        self.timer = None
+        #: the greenlet asking the checkers, while it runs
+        self.checking = None
         self.fired = False
 
     def __enter__(self) -> Watch:
@@ -251,8 +256,10 @@ class Watch:
 
         self.waiting += 1
         self.target = gevent.getcurrent()
-        if self.greenlet is None and not self.fired:
-            self.greenlet = gevent.spawn(self._run)
+        if self.timer is None:
+            interval = self.check.interval
+            self.timer = gevent.get_hub().loop.timer(interval, interval)
+            self.timer.start(self._tick)
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -268,15 +275,22 @@ class Watch:
                 self.logger.error(f"[{self.session_id}] [manager][connection-check][error] {error!r}")
         return True
 
+    def _tick(self) -> None:
+        """(a loop callback) An interval passed: while the leader waits, have the checkers asked."""
+        if self.waiting and self.checking is None and not self.fired:
+            import gevent
+
+            self.checking = gevent.spawn(self._run)
+
     def _run(self) -> None:
         import gevent
 
-        while True:
-            gevent.sleep(self.check.interval)
+        try:
             if self.waiting and not self._connected():
                 self.fired = True
                 gevent.get_hub().loop.run_callback(self._raise)
-                return
+        finally:
+            self.checking = None
 
     def _raise(self) -> None:
         target = self.target
@@ -284,12 +298,14 @@ class Watch:
             target.throw(ClientDisconnected())
         else:  # the wait ended meanwhile: check again at the next one
             self.fired = False
-            self.greenlet = None
 
     def close(self) -> None:
-        greenlet, self.greenlet = self.greenlet, None
-        if greenlet is not None and not greenlet.dead:
-            greenlet.kill(block=False)
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.close()
+        checking, self.checking = self.checking, None
+        if checking is not None and not checking.dead:
+            checking.kill(block=False)
 
 
 class NoWatch:

@@ -16,6 +16,8 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from manager_harness import OFFER, clean_env, letters, wait_until
 
 PROBE = Path(__file__).resolve().parents[1] / "support" / "greenlet_probe"
@@ -51,9 +53,12 @@ def closed_by_manager(mta, timeout: float = 10.0) -> bool:
     return mta.sock.recv(4096) == b""
 
 
-def test_held_sessions_hold_no_greenlet(env):
+@pytest.mark.parametrize("manager", [{}, {"connection_check_interval": 1, "connection_checkers": ["netstat"]}],
+                         ids=["plain", "disconnect-check-M_ERR_8"])
+def test_held_sessions_hold_no_greenlet(env, manager):
+    """With the disconnect check on as well: between its checks a session holds a timer, no greenlet."""
     child = env.milter("c1")
-    env.start([{"name": "c1"}], env=probed_env(env.dir))
+    env.start([{"name": "c1"}], env=probed_env(env.dir), manager=manager)
     hold(env, 3)[0].quit()  # the first sessions made what lives as long as the process
     before = greenlets(env.dir)
     held = hold(env, HELD)
