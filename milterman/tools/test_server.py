@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from ..net import MilterIOError, MtaClient
-from ..protocol import unescape_percent
+from ..protocol import Negotiate, unescape_percent
 # the engine shared with milterman.testing (re-exported: the command and its tests use these names)
 from ..testing.engine import (DEFAULT_BODY, MailFileError, Message, ParsedMail, ServerSettings,  # noqa: F401
                               apply_modifications, build_transaction, connect_command, extract_address,
                               make_offer, normalize_address, parse_mail)
-from ..testing.transaction import Transaction, TransactionResult, play_transaction
+from ..testing.transaction import PreparedTransaction, Transaction, TransactionResult, play_transaction, \
+    prepare_transaction
 
 BAR_WIDTH = 39
 RED = "\x1b[01;31m"
@@ -33,11 +34,15 @@ class ConnectFailure(Exception):
     """The milter could not be reached; the message is what the tool prints (exit 1)."""
 
 
-def run_session(settings: ServerSettings, transaction: Transaction | None = None) -> TransactionResult:
-    """Connect and play one session; :class:`ConnectFailure` when no connection was made."""
+def run_session(settings: ServerSettings, transaction: Transaction | PreparedTransaction | None = None,
+                offer: Negotiate | None = None) -> TransactionResult:
+    """Connect and play one session; :class:`ConnectFailure` when no connection was made.
+
+    Load mode passes the transaction prepared and the offer made once for all its sessions."""
     transaction = transaction or build_transaction(settings)
     try:
-        client = MtaClient.open(settings.spec, make_offer(settings.negotiate_version), timeouts=settings.timeouts)
+        client = MtaClient.open(settings.spec, offer or make_offer(settings.negotiate_version),
+                                timeouts=settings.timeouts)
     except MilterIOError as error:
         if error.kind == "connection timeout":
             raise ConnectFailure(f"Failed to connect to {settings.spec}: connection timeout") from None
@@ -206,18 +211,22 @@ class LoadReport:
 
 def run_load(settings: ServerSettings, n_sessions: int, concurrency: int, *, out: TextIO,
              report: str | None, print_blocks: bool) -> int:
-    """Run ``n_sessions`` sessions, ``concurrency`` at a time, in greenlets; exit status per the manual."""
+    """Run ``n_sessions`` sessions, ``concurrency`` at a time, in greenlets; exit status per the manual.
+
+    The transaction is built and encoded once for all sessions."""
     import gevent
     from gevent.pool import Pool
 
     transaction = build_transaction(settings)
+    prepared = prepare_transaction(transaction)
+    offer = make_offer(settings.negotiate_version)
     load = LoadReport()
     pool = Pool(max(1, concurrency))
 
     def one(number: int) -> None:
         started = time.monotonic()
         try:
-            result = run_session(settings, transaction)
+            result = run_session(settings, prepared, offer)
         except ConnectFailure as error:
             load.connect_failures += 1
             load.sessions.append({"session": number, "status": "connect-failure", "error": str(error),
