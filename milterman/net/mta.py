@@ -266,6 +266,25 @@ class MtaClient:
             self.waited += time.monotonic() - started
         return response
 
+    def collect_waiting(self, letter: str) -> Response:
+        """:meth:`collect` that waits for the socket before its first read, when nothing is buffered.
+
+        For a milter in another process that was written to just now (the test server's load
+        mode): its reply is hardly ever there yet, and the read tried first only fails (a
+        system call and an exception per command). Same replies, timeouts and errors as
+        :meth:`collect`."""
+        if self.fileno is None or self.decoder.pending_bytes:
+            return self.collect(letter)
+        self._letter = letter
+        self._modifications = ()
+        self._progress = 0
+        results = [None]
+        _wait({0: self}, results, time.monotonic())
+        response = results[0]
+        if isinstance(response, Exception):
+            raise response
+        return response
+
     # ------------------------------------------------------------------ reading without waiting
 
     def _take(self):

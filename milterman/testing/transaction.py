@@ -153,6 +153,8 @@ def play_transaction(client: MtaClient | InProcessClient,
     will_send = client.will_send
     begin = client.begin
     encoded = isinstance(client, MtaClient)  # a socket client writes the packet made once
+    # and waits for a reply before reading: the milter, in another process, has hardly ever answered yet
+    collect = client.collect_waiting if encoded else client.collect
 
     def step(prepared_step: PreparedStep) -> Reply | None:
         letter = prepared_step.letter
@@ -165,7 +167,7 @@ def play_transaction(client: MtaClient | InProcessClient,
         command = prepared_step.command
         if not (begin(command, prepared_step.packet) if encoded else begin(command)):
             return None
-        response = client.collect(letter)
+        response = collect(letter)
         result.responses.append((command, response))
         if response.modifications:
             for modification in response.modifications:

@@ -222,3 +222,24 @@ def test_one_encoding_for_every_milter_and_a_relayed_body_chunk_intact():
     first_peer.answer([(0, CONTINUE)])
     assert isinstance(first.collect("B").final, Continue)
     close((first, first_peer), (second, second_peer))
+
+
+def test_P_SM_12_collect_waiting_waits_before_reading_with_collects_deadlines_and_outcome():
+    """The test server's collect (no read tried before the wait): the reply, its PROGRESS and
+    modifications as collect gives them; PROGRESS restarts the deadline; a silent milter times out."""
+    client, peer = negotiated(Timeouts(reading=0.3, end_of_message=0.3))
+    answered(client, peer, CONNECT, Mail("<a@example.org>"))
+    assert client.begin(END_OF_MESSAGE)
+    job = gevent.spawn(peer.answer, [(0.2, PROGRESS), (0.2, AddHeader("X-A", "1")), (0, CONTINUE)])
+    started = time.monotonic()
+    response = client.collect_waiting("E")
+    assert 0.35 <= time.monotonic() - started < 1.5  # past the 0.3 s timeout thanks to PROGRESS
+    assert isinstance(response.final, Continue) and response.progress == 1
+    assert response.modifications == [AddHeader("X-A", "1")]
+    assert not client._readable.active
+    job.join(timeout=2)
+    assert client.begin(Mail("<b@example.org>"))
+    with pytest.raises(MilterIOError) as failure:
+        client.collect_waiting("M")
+    assert failure.value.kind == "reading timeout" and not client._readable.active
+    close((client, peer))
