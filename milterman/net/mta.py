@@ -127,9 +127,14 @@ class MtaClient:
     def options(self) -> Options | None:
         return self.state.options
 
-    def negotiate(self) -> Options:
-        """Send our offer and validate the milter's answer (P-NEG-9)."""
-        self.send(self.state.offer)
+    def negotiate(self, *, wait_first: bool = False) -> Options:
+        """Send our offer and validate the milter's answer (P-NEG-9); ``wait_first``: the answer is
+        collected as :meth:`collect_waiting` does."""
+        if wait_first:
+            self.begin(self.state.offer)
+            self.collect_waiting("O")
+        else:
+            self.send(self.state.offer)
         assert self.state.options is not None
         return self.state.options
 

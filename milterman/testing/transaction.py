@@ -186,7 +186,7 @@ def play_transaction(client: MtaClient | InProcessClient,
 
     try:
         result.last_stage = "negotiate"
-        result.options = client.negotiate()
+        result.options = client.negotiate(wait_first=True) if encoded else client.negotiate()
         decide(step(prepared.connect))
         decide(step(prepared.helo))
         in_message = True

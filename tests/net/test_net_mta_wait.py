@@ -226,8 +226,13 @@ def test_one_encoding_for_every_milter_and_a_relayed_body_chunk_intact():
 
 def test_P_SM_12_collect_waiting_waits_before_reading_with_collects_deadlines_and_outcome():
     """The test server's collect (no read tried before the wait): the reply, its PROGRESS and
-    modifications as collect gives them; PROGRESS restarts the deadline; a silent milter times out."""
-    client, peer = negotiated(Timeouts(reading=0.3, end_of_message=0.3))
+    modifications as collect gives them; PROGRESS restarts the deadline; a silent milter times out.
+    ``negotiate(wait_first=True)`` collects the negotiation reply so (P-NEG-9)."""
+    ours, theirs = gsocket.socketpair()
+    client = MtaClient(ours, OFFER, timeouts=Timeouts(reading=0.3, end_of_message=0.3))
+    peer = Peer(theirs, protocol=int(Step.NO_REPLY_HEADER))
+    assert client.negotiate(wait_first=True).protocol_bits == int(Step.NO_REPLY_HEADER)
+    peer.read_commands(1)
     answered(client, peer, CONNECT, Mail("<a@example.org>"))
     assert client.begin(END_OF_MESSAGE)
     job = gevent.spawn(peer.answer, [(0.2, PROGRESS), (0.2, AddHeader("X-A", "1")), (0, CONTINUE)])
