@@ -248,3 +248,20 @@ def test_P_SM_12_collect_waiting_waits_before_reading_with_collects_deadlines_an
         client.collect_waiting("M")
     assert failure.value.kind == "reading timeout" and not client._readable.active
     close((client, peer))
+
+
+def test_M_ERR_8_an_interrupted_collect_waiting_leaves_no_watcher_behind():
+    client, peer = negotiated(Timeouts(reading=5.0))
+    client.begin(CONNECT)
+
+    class Interrupted(BaseException):
+        pass
+
+    waiter = gevent.spawn(client.collect_waiting, "C")
+    gevent.sleep(0.05)
+    waiter.kill(Interrupted, block=True, timeout=2)
+    assert waiter.dead and isinstance(waiter.exception, Interrupted)
+    assert not client._readable.active
+    peer.sock.sendall(CONTINUE.encode())
+    assert isinstance(client.collect_waiting("C").final, Continue)
+    close((client, peer))
