@@ -107,6 +107,7 @@ class PreparedTransaction:
 
 
 def _prepare_step(transaction: Transaction, command: Command, extra: dict[str, str] | None = None) -> PreparedStep:
+    """``command`` with its stage's macros (``extra``: a recipient's own), both encoded."""
     letter = command.LETTER
     macros = transaction.macros.get(letter, {})
     if extra:
@@ -193,7 +194,7 @@ def play_transaction(client: MtaClient | InProcessClient,
         decide(step(prepared.mail))
         remaining = 0
         last_refusal: Reply | None = None
-        for recipient, recipient_step in zip(prepared.transaction.recipients, prepared.recipients):
+        for recipient, recipient_step in zip(prepared.transaction.recipients, prepared.recipients, strict=True):
             reply = step(recipient_step)
             if isinstance(reply, (Reject, TempFail, ReplyCode)):
                 result.rejected_recipients.append(recipient)

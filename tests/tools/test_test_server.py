@@ -8,6 +8,7 @@ what the tool printed.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 
@@ -826,3 +827,20 @@ def test_TS_THR_1_failing_connect_exits_one(run_server):
     run = run_server("-s", f"inet:{port}@[127.0.0.1]", "--threads=2")
     assert run.returncode == 1
     assert run.stdout.count(f"Failed to connect to inet:{port}@[127.0.0.1]") == 2
+
+
+def test_TS_MAC_1_load_mode_sends_every_session_the_whole_transaction(milter, run_server):
+    """Load mode builds and encodes the transaction once; each session still negotiates and gets every
+    stage, with the macros its milter asked for (§1.4), and the report lists each session once."""
+    milter.script = Script(macro_lists=((0, "{daemon_name} j"), (2, "{mail_addr}")))
+    run = run_server("-s", milter.spec, "--n-sessions=4", "--concurrency=2", "--report=json")
+    assert run.returncode == 0, run.stdout
+    report = json.loads(run.lines[-1])
+    assert [session["session"] for session in report["sessions"]] == [1, 2, 3, 4]
+    assert report["totals"]["statuses"] == {"pass": 4}
+    sessions = milter.wait_sessions(4)
+    for session in sessions:
+        assert session.letters == DEFAULT_LETTERS
+        assert session.macros("C") == {"daemon_name": "milter-test-server", "j": "mail.example.com"}
+        assert session.macros("M") == {"mail_addr": "mail_addr"}
+        assert session.macros("R") == DEFAULT_MACROS["R"]
