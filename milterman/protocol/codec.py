@@ -23,6 +23,10 @@ class _UncheckedReplyCode:
 
 
 _UNCHECKED_REPLY_TYPES = {**REPLY_TYPES, "y": _UncheckedReplyCode}
+#: command byte → its message type, and the one instance of the payload-less ones (indexing: no call per packet)
+_COMMANDS_BY_CODE: tuple = tuple(COMMAND_TYPES.get(chr(code)) for code in range(256))
+_EMPTY_COMMANDS: tuple = tuple(getattr(kind, "INSTANCE", None) if kind is not None and issubclass(kind, _Empty)
+                               else None for kind in _COMMANDS_BY_CODE)
 
 
 _EMPTY_INSTANCES: dict[int, tuple[dict, dict[str, Message]]] = {}
@@ -136,12 +140,9 @@ class Decoder:
             self._position = end
 
     def __iter__(self) -> Iterator[Message]:
-        """Every complete message buffered so far."""
-        while True:
-            message = self.next_message()
-            if message is None:
-                return
-            yield message
+        """Every complete message buffered so far (a C iterator over :meth:`next_message`: no generator
+        frame resumed per message)."""
+        return iter(self.next_message, None)
 
 
 class CommandDecoder(Decoder):
@@ -162,9 +163,11 @@ class CommandDecoder(Decoder):
         self._offset = 0
 
     def feed(self, data: bytes) -> None:
-        if self._offset < len(self._block):
+        block = self._block
+        if block and self._offset < len(block):  # an empty block has nothing left: no len() for it
             self._spill()
-        if self._position < len(self._buffer):
+        buffer = self._buffer
+        if buffer and self._position < len(buffer):
             super().feed(data)
         elif data:
             self._block = bytes(data)
@@ -186,45 +189,58 @@ class CommandDecoder(Decoder):
         return len(self._block) - self._offset + len(self._buffer) - self._position
 
     def next_message(self) -> Command | None:  # type: ignore[override]
+        """The next complete command, or ``None``; one call per command (the length check of :meth:`_length`
+        and the reading of the packet are inline, the usual limits checked first)."""
         block = self._block
         if block:
-            offset = self._offset
-            if len(block) - offset >= 4:
-                end = offset + 4 + self._length(block, offset)
-                if end <= len(block):
-                    if end == len(block):
-                        self._block = b""
-                        self._offset = 0
-                    else:
-                        self._offset = end
-                    return self._command(block, offset, end)
-            if offset == len(block):
+            start = self._offset
+            size = len(block)
+            end = size + 1
+            if size - start >= 4:
+                length = _LENGTH.unpack_from(block, start)[0]
+                if length == 0 or length > self.max_data_size or length >= 0x80000000:  # _length names them
+                    length = self._length(block, start)
+                end = start + 4 + length
+            if end <= size:
+                whole = start == 0 and end == size
+                if end == size:
+                    self._block = b""
+                    self._offset = 0
+                else:
+                    self._offset = end
+            elif start == size:
                 self._block = b""
                 self._offset = 0
                 return None
-            self._spill()
-        buffer = self._buffer
-        position = self._position
-        if len(buffer) - position < 4:
-            return None
-        end = position + 4 + self._length(buffer, position)
-        if end > len(buffer):
-            return None
-        packet = bytes(memoryview(buffer)[position:end])
-        self._consume(end)
-        return self._command(packet, 0, end - position)
-
-    def _command(self, block: bytes, start: int, end: int) -> Command:
-        """The command in ``block[start:end]``; macro packets and body chunks without a copy where possible."""
+            else:
+                self._spill()
+                block = None
+        if not block:
+            buffer = self._buffer
+            if not buffer:
+                return None
+            position = self._position
+            if len(buffer) - position < 4:
+                return None
+            end = position + 4 + self._length(buffer, position)
+            if end > len(buffer):
+                return None
+            block = bytes(memoryview(buffer)[position:end])
+            self._consume(end)
+            start, end, whole = 0, end - position, True
+        # the command in block[start:end]; macro packets and body chunks without a copy where possible
         code = block[start + 4]
-        whole = start == 0 and end == len(block)
         if code == 0x44:  # D
             if end - start == 5:
                 raise MalformedPacket("macro packet without a stage letter", "P-BAD-17")
             return ReceivedMacro(block if whole else block[start:end])
-        if code == 0x42 and whole and end > 5:  # B, the whole block: the block is its wire form
+        if end - start == 5:
+            empty = _EMPTY_COMMANDS[code]
+            if empty is not None:  # no payload: DATA, EOH, ABORT, QUIT are their type's one instance
+                return empty
+        elif code == 0x42 and whole:  # B, the whole block: the block is its wire form
             return Body(block[5:], block)
-        message_type = self._types.get(chr(code))
+        message_type = _COMMANDS_BY_CODE[code]
         if message_type is None:
             raise MalformedPacket(f"unknown command letter {chr(code)!r} (0x{code:02x})", "P-BAD-5")
         return message_type.from_payload(block[start + 5:end], self.strict)  # type: ignore[attr-defined]

@@ -75,7 +75,7 @@ class MilterConnection:
             letter = command.LETTER
             in_message = state.message_step != 0
             owed = state.receive(command)
-            calls = _CALLS.get(letter)
+            calls = letter if letter in _CALLS else None
             if calls is not None and (letter == "E" or self.unwanted):
                 if letter == "E":
                     if command.chunk:  # type: ignore[attr-defined]
@@ -100,7 +100,9 @@ class MilterConnection:
     def send(self, reply: Reply) -> None:
         """Queue a reply or modification, checked against the protocol state (P-RPL-*, P-MOD-*)."""
         self.state.check_send(reply)
-        data = reply.encode()
+        data = reply.WIRE  # a payload-less reply's cached packet, without the encode() call
+        if data is None:
+            data = reply.encode()
         self.outgoing.append(data)
         self.pending_bytes += len(data)
 
