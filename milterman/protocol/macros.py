@@ -51,7 +51,9 @@ class MacroStore:
         if stage not in _RANK:
             return False
         self._packets[stage] = packet
-        self._values.pop(stage, None)
+        values = self._values
+        if stage in values:  # membership and del, not pop(): no call when the stage was not read
+            del values[stage]
         return True
 
     def define(self, stage: str, macros: tuple[tuple[str, str], ...]) -> bool:
@@ -60,12 +62,14 @@ class MacroStore:
 
     def command_arrived(self, letter: str) -> None:
         """Clear the stages later than ``letter`` (P-MAC-6); ``A`` clears the message stages."""
-        cleared = _CLEARS.get(letter)
-        if cleared and self._packets:
-            packets, values = self._packets, self._values
-            for stage in cleared:
-                if packets.pop(stage, None) is not None:
-                    values.pop(stage, None)
+        packets = self._packets
+        if packets and letter in _CLEARS:
+            values = self._values
+            for stage in _CLEARS[letter]:
+                if stage in packets:  # membership and del: no call for the stages that hold nothing
+                    del packets[stage]
+                    if stage in values:
+                        del values[stage]
 
     def clear(self) -> None:
         """Forget everything (OPTNEG, QUIT, QUIT_NC)."""
@@ -103,12 +107,13 @@ class MacroStore:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The newest value of ``name`` (with or without braces)."""
-        name = strip_braces(name)
+        if name[:1] == "{" and name[-1:] == "}" and name[2:]:  # strip_braces, inline
+            name = name[1:-1]
         packets = self._packets
         needle = None
         for stage in _NEWEST_FIRST:
-            packet = packets.get(stage)
-            if packet is not None:
+            if stage in packets:  # membership first: no call for the stages that hold nothing
+                packet = packets[stage]
                 wire = getattr(packet, "wire", None)
                 if wire is not None and stage not in self._values:
                     # a packet not read yet is read only when the name's octets are in it at all
