@@ -247,6 +247,10 @@ class MilterSession(ModificationCalls):
         self.logger = logger
         #: the protocol side of the connection: state, decoder, queued replies (no I/O)
         self.connection = MilterConnection(strict=strict, max_data_size=max_data_size)
+        #: the protocol state machine (:class:`~milterman.protocol.MilterState`), the connection's for its life
+        self.state = self.connection.state
+        #: the macro store of this connection (P-MAC-6 lookups); plain attributes: read per command
+        self.macros = self.state.macros
         self.idle_timeout = idle_timeout
         self._factory = handler_factory
         self.handler = handler_factory(self)
@@ -286,11 +290,6 @@ class MilterSession(ModificationCalls):
         self._methods = methods
 
     @property
-    def state(self):
-        """The protocol state machine (:class:`~milterman.protocol.MilterState`)."""
-        return self.connection.state
-
-    @property
     def decoder(self):
         return self.connection.decoder
 
@@ -308,11 +307,6 @@ class MilterSession(ModificationCalls):
         return self.connection.commands_received
 
     # ----------------------------------------------------------------- what handlers use
-
-    @property
-    def macros(self):
-        """The macro store of this connection (P-MAC-6 lookups)."""
-        return self.state.macros
 
     @property
     def options(self) -> Options | None:
@@ -341,7 +335,10 @@ class MilterSession(ModificationCalls):
         if not connection.outgoing:
             return
         with self._write_lock:
-            data = connection.data_to_send()
+            outgoing = connection.outgoing  # MilterConnection.data_to_send, inline (one call less per write)
+            data = b"".join(outgoing)
+            outgoing.clear()
+            connection.pending_bytes = 0
             send = self._send
             if send is None:
                 send_all(self.sock, data)
@@ -469,9 +466,10 @@ class MilterSession(ModificationCalls):
 
     def _take(self, data: bytes) -> bool:
         """One read from the MTA: its commands handled and the replies written; False at its end (EOF)."""
-        self.connection.receive_data(data)
-        if not data:
+        if not data:  # what MilterConnection.receive_data does, without its call per read
+            self.connection.decoder.feed_eof()
             return False
+        self.connection.decoder.feed(data)
         self._handle_available()
         self.flush()
         return True
@@ -519,7 +517,7 @@ class MilterSession(ModificationCalls):
     def _handle_available(self) -> None:
         state = self.state
         log = self.logger
-        tracing = log.enabled(TRACE)
+        tracing = log.mask & TRACE  # Logger.enabled, inline: checked once per read
         for command, abort, calls, owed in self.connection.events():
             if tracing:
                 log.trace(f"[{self.id}] [milter][receive] {command!r}")

@@ -179,7 +179,7 @@ class MessagePipeline:
         port = self.port
         headers = message.headers.items
         if child.sent_headers < len(headers):
-            mta_options = self.mta_options
+            mta_options = self.session.options
             mta_leading_space = bool(mta_options and mta_options.header_leading_space)
             child_leading_space = bool(child.options and child.options.header_leading_space)
             strip_space = mta_leading_space and not child_leading_space
