@@ -35,15 +35,18 @@ SENDMAIL_DEFAULTS = ("Resent-Date", "Date", "Resent-From", "From", "Full-Name", 
 
 class Entry:
     """One entry of the MTA's list. ``user``: a header of the message (not one of the MTA's own);
-    ``value is None``: an empty slot (Sendmail); ``trace``: the MTA's own Received:."""
+    ``value is None``: an empty slot (Sendmail); ``trace``: the MTA's own Received:. ``folded``: the name
+    lowercased, once (``h`` and ``m`` match names case-insensitively; a rename by ``m`` keeps the fold)."""
 
-    __slots__ = ("name", "value", "user", "trace")
+    __slots__ = ("name", "value", "user", "trace", "folded")
 
-    def __init__(self, name: str, value: str | None, user: bool = True, trace: bool = False) -> None:
+    def __init__(self, name: str, value: str | None, user: bool = True, trace: bool = False,
+                 folded: str | None = None) -> None:
         self.name = name
         self.value = value
         self.user = user
         self.trace = trace
+        self.folded = name.lower() if folded is None else folded
 
     @property
     def visible(self) -> bool:
@@ -55,13 +58,17 @@ class Entry:
         return f"<{self.name}: {self.value!r}{' ' + flags if flags else ''}>"
 
 
+#: Sendmail's hidden entries after its Received:, as (name, folded name): lowercased once
+_SENDMAIL_SLOTS = tuple((name, name.lower()) for name in SENDMAIL_DEFAULTS)
+
+
 def mta_prefix(kind: str) -> list[Entry]:
     """The entries the MTA holds before the message's first header (never shown to milters)."""
-    own = Entry("Received", "(the MTA's own)", user=False, trace=True)
+    own = Entry("Received", "(the MTA's own)", user=False, trace=True, folded="received")
     if kind == POSTFIX:
         return [own]
-    return [Entry("Return-Path", None, user=False), own,
-            *(Entry(name, None, user=False) for name in SENDMAIL_DEFAULTS)]
+    return [Entry("Return-Path", None, user=False, folded="return-path"), own,
+            *[Entry(name, None, user=False, folded=folded) for name, folded in _SENDMAIL_SLOTS]]
 
 
 class Headers:
@@ -84,7 +91,8 @@ class Headers:
     def items(self) -> list[tuple[str, str]]:
         """The (name, value) pairs a milter would be shown, in order."""
         if self._visible is None:
-            self._visible = [(entry.name, entry.value) for entry in self.entries if entry.visible]
+            self._visible = [(entry.name, entry.value) for entry in self.entries  # visible, inline
+                             if entry.user and entry.value is not None]
         return self._visible
 
     def append(self, name: str, value: str) -> None:
@@ -114,19 +122,20 @@ class Headers:
             return
         lowered = name.lower()
         for entry in self.entries:  # Sendmail first fills a default or finished-delete slot of that name
-            if not entry.user and not entry.trace and entry.name.lower() == lowered:
+            if not entry.user and not entry.trace and entry.folded == lowered:
                 entry.value = value
                 entry.user = True
                 return
-        self._sendmail_add(name, value)
+        self._sendmail_add(name, value, lowered)
 
-    def _sendmail_add(self, name: str, value: str) -> None:
-        lowered = name.lower()
+    def _sendmail_add(self, name: str, value: str, lowered: str | None = None) -> None:
+        if lowered is None:
+            lowered = name.lower()
         for position, entry in enumerate(self.entries):
-            if entry.name.lower() == lowered:
-                self.entries.insert(position, Entry(name, value))
+            if entry.folded == lowered:
+                self.entries.insert(position, Entry(name, value, folded=lowered))
                 return
-        self.entries.append(Entry(name, value))
+        self.entries.append(Entry(name, value, folded=lowered))
 
     def insert(self, index: int, name: str, value: str) -> None:
         """``i``: 0-based, counting the MTA's own Received: (Sendmail: after entry ``index``)."""
@@ -161,9 +170,9 @@ class Headers:
         lowered = name.lower()
         fallback = None
         for entry in self.entries:
-            if entry.name.lower() != lowered:
+            if entry.folded != lowered:
                 continue
-            counted = entry.visible if self.kind == POSTFIX else entry.user
+            counted = (entry.user and entry.value is not None) if self.kind == POSTFIX else entry.user
             if counted:
                 index -= 1
                 if index <= 0:
@@ -215,13 +224,13 @@ def _appended_edits(original: list[tuple[Entry, str, str | None, bool]], final: 
         if now is not entry or entry.value != value or entry.name != name or entry.user != user:
             return None
     # ``h`` lands at the end in Postfix; in Sendmail only when no entry of that name (header or slot) is there
-    names = None if final.kind == POSTFIX else {entry.name.lower() for entry in entries[:count]}
+    names = None if final.kind == POSTFIX else {entry.folded for entry in entries[:count]}
     edits: list[Reply] = []
     length = count
     for entry in entries[count:]:
         if entry.value is None:
             continue
-        lowered = entry.name.lower()
+        lowered = entry.folded
         if names is None or lowered not in names:
             edits.append(AddHeader(entry.name, entry.value))
         else:
@@ -239,7 +248,7 @@ def _diff_edits(original: list[tuple[Entry, str, str | None, bool]], final: Head
     mta.kind = kind
     twin: dict[int, Entry] = {}
     for entry, name, value, user in original:
-        copy = Entry(name, value, user, entry.trace)
+        copy = Entry(name, value, user, entry.trace, entry.folded)
         mta.entries.append(copy)
         twin[id(entry)] = copy
     edits: list[Reply] = []
@@ -284,7 +293,7 @@ def _add_lands_at(mta: Headers, name: str) -> int | None:
     if mta.kind == POSTFIX:
         return len(mta.entries)
     lowered = name.lower()
-    same = [position for position, entry in enumerate(mta.entries) if entry.name.lower() == lowered]
+    same = [position for position, entry in enumerate(mta.entries) if entry.folded == lowered]
     if any(not mta.entries[position].user and not mta.entries[position].trace for position in same):
         return None
     return same[0] if same else len(mta.entries)
@@ -292,12 +301,12 @@ def _add_lands_at(mta: Headers, name: str) -> int | None:
 
 def _number(mta: Headers, entry: Entry) -> int:
     """The ``m`` index that reaches ``entry`` in ``mta``."""
-    lowered = entry.name.lower()
+    lowered = entry.folded
     number = 0
     for candidate in mta.entries:
-        if candidate.name.lower() != lowered:
+        if candidate.folded != lowered:
             continue
-        if (candidate.visible if mta.kind == POSTFIX else candidate.user):
+        if (candidate.user and candidate.value is not None) if mta.kind == POSTFIX else candidate.user:
             number += 1
         if candidate is entry:
             return number
