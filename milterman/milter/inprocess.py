@@ -274,9 +274,10 @@ class InProcessClient(ModificationCalls):
         finally:
             self._timer.stop()
             self._timer = None
-            self.waited += time.monotonic() - started
+            ended = time.monotonic()
+            self.waited += ended - started
         if owed:
-            if time.monotonic() > self._deadline:  # computed past the timeout (it could not be cut): reply dropped
+            if ended > self._deadline:  # computed past the timeout (it could not be cut): reply dropped
                 self.finished = True
                 raise MilterIOError("end-of-message timeout" if letter == "E" else "reading timeout")
             self._response = Response(reply, changes, self._progressed)

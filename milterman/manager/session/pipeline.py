@@ -181,7 +181,8 @@ class MessagePipeline:
         if child.sent_headers < len(headers):
             mta_options = self.session.options
             mta_leading_space = bool(mta_options and mta_options.header_leading_space)
-            child_leading_space = bool(child.options and child.options.header_leading_space)
+            child_options = child.options
+            child_leading_space = bool(child_options and child_options.header_leading_space)
             strip_space = mta_leading_space and not child_leading_space
             while child.sent_headers < len(headers):
                 name, value = headers[child.sent_headers]
