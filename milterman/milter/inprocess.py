@@ -32,7 +32,7 @@ from ..net import MilterIOError, Response, Timeouts
 from ..net.milter import ModificationCalls, next_id
 from ..protocol import (CONTINUE, QUIT, Command,
                         Continue, LocalProtocolError, MacroStore, MtaState, Negotiate,
-                        Options, ProtocolError, Reply, answer_offer, strip_braces)
+                        Options, ProtocolError, ReceivedMacro, Reply, answer_offer, strip_braces)
 from ..protocol.stages import BY_LETTER, HANDLER_METHODS
 from ..protocol.state import NEGOTIATED, check_final_reply
 from .api import Milter
@@ -169,7 +169,13 @@ class InProcessClient(ModificationCalls):
             self.macros.define(stage, sorted(values.items()))
 
     def queue_encoded_macros(self, stage: str, packet: bytes) -> bool:
-        return False  # never decode what the manager encoded for the socket children: take the values
+        """The stage's packet (the MTA's, as the socket children get it) kept whole when the milter asked for
+        no list at ``stage``: read only if the milter asks for a macro, as the milter side of a socket keeps
+        it (P-MAC-6); ``False``: the milter filters this stage, :meth:`queue_macros` takes the values."""
+        requests = self._requests
+        if stage not in requests or requests[stage] is not None:
+            return False
+        return self.macros.receive(ReceivedMacro(packet))
 
     def send(self, command: Command) -> Response | None:
         """``command`` to the milter; its answer when one is owed."""
