@@ -37,14 +37,21 @@ RECEIVE_SIZE = 262144
 #: gevent: the master imports it)
 _getcurrent: Callable = None  # type: ignore[assignment]
 _run: Callable = None  # type: ignore[assignment]
+_get_hub: Callable = None  # type: ignore[assignment]
+#: gevent's socket class and Semaphore, imported by the first session (not per session)
+_gevent_socket: type | None = None
+_Semaphore: type | None = None
 
 
 def _is_gevent_socket(sock) -> bool:
     """A gevent socket waits in the hub, where one session timer can interrupt it (a plain socket in a
     thread, or a test's stand-in, keeps its own timeout)."""
-    from gevent.socket import socket as gevent_socket
+    global _gevent_socket
+    if _gevent_socket is None:
+        from gevent.socket import socket as gevent_socket
 
-    return isinstance(sock, gevent_socket)
+        _gevent_socket = gevent_socket
+    return isinstance(sock, _gevent_socket)
 
 
 class IdleWatch:
@@ -266,9 +273,12 @@ class MilterSession(ModificationCalls):
         self._send = None
         #: the letter of the command being handled (the macro context of P-MAC)
         self.current: str | None = None
-        from gevent.lock import Semaphore
+        global _Semaphore
+        if _Semaphore is None:
+            from gevent.lock import Semaphore
 
-        self._write_lock = Semaphore()
+            _Semaphore = Semaphore
+        self._write_lock = _Semaphore()
 
     def _bind_methods(self) -> None:
         """The handler's methods by the ``calls`` of :meth:`MilterConnection.events` (one lookup per command).
@@ -412,13 +422,14 @@ class MilterSession(ModificationCalls):
         sock = self.sock
         if not _is_gevent_socket(sock):
             return self.run()
-        global _getcurrent, _run
-        import gevent
+        global _getcurrent, _run, _get_hub
+        if _run is None:  # imported once, not per session (a from-import of a package module costs calls)
+            import gevent
 
-        from . import runners
+            from . import runners
 
-        _getcurrent, _run = gevent.getcurrent, runners.run
-        loop = gevent.get_hub().loop
+            _getcurrent, _run, _get_hub = gevent.getcurrent, runners.run, gevent.get_hub
+        loop = _get_hub().loop
         try:
             self._send = sock._sock.send  # gevent's socket wraps a non-blocking system socket
             self._recv = sock._sock.recv
@@ -466,10 +477,11 @@ class MilterSession(ModificationCalls):
 
     def _take(self, data: bytes) -> bool:
         """One read from the MTA: its commands handled and the replies written; False at its end (EOF)."""
+        connection = self.connection
         if not data:  # what MilterConnection.receive_data does, without its call per read
-            self.connection.decoder.feed_eof()
+            connection.decoder.feed_eof()
             return False
-        self.connection.decoder.feed(data)
+        connection.decoder.feed(data)
         self._handle_available()
         self.flush()
         return True
