@@ -140,9 +140,12 @@ class Decoder:
             self._position = end
 
     def __iter__(self) -> Iterator[Message]:
-        """Every complete message buffered so far (a C iterator over :meth:`next_message`: no generator
-        frame resumed per message)."""
-        return iter(self.next_message, None)
+        """Every complete message buffered so far."""
+        while True:
+            message = self.next_message()
+            if message is None:
+                return
+            yield message
 
 
 class CommandDecoder(Decoder):
