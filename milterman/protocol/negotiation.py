@@ -90,9 +90,10 @@ class Options:
     @property
     def max_data_size(self) -> int:
         """The negotiated packet data limit (P-FRM-3, P-NEG-12); body chunks stay at 65535."""
-        if self.protocol & Step.MDS_1M:
+        protocol = self.protocol_bits  # plain ints: IntFlag's & is three Python calls
+        if protocol & _MDS_1M:
             return MAX_DATA_SIZE_1M
-        if self.protocol & Step.MDS_256K:
+        if protocol & _MDS_256K:
             return MAX_DATA_SIZE_256K
         return MAX_DATA_SIZE_DEFAULT
 
