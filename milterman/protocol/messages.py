@@ -220,9 +220,8 @@ def _macro_pairs(rest: bytes) -> tuple[tuple[tuple[str, str], ...], str]:
     if len(strings) % 2:
         dropped = "name without a value"
         strings.pop()
-    pairs = iter(strings)
     return tuple([(name[1:-1] if name[:1] == "{" and name[-1:] == "}" and name[2:] else name, value)
-                  for name, value in zip(pairs, pairs)]), dropped
+                  for name, value in zip(strings[0::2], strings[1::2], strict=True)]), dropped
 
 
 class ReceivedMacro(Macro):
