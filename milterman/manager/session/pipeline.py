@@ -178,13 +178,14 @@ class MessagePipeline:
         message = self.message
         port = self.port
         headers = message.headers.items
-        if child.sent_headers < len(headers):
+        count = len(headers)  # the list and the body stay as they are while a child catches up (edits come at EOM)
+        if child.sent_headers < count:
             mta_options = self.session.options
             mta_leading_space = bool(mta_options and mta_options.header_leading_space)
             child_options = child.options
             child_leading_space = bool(child_options and child_options.header_leading_space)
             strip_space = mta_leading_space and not child_leading_space
-            while child.sent_headers < len(headers):
+            while child.sent_headers < count:
                 name, value = headers[child.sent_headers]
                 child.sent_headers += 1
                 if strip_space and value[:1] == " ":
@@ -203,8 +204,9 @@ class MessagePipeline:
             if outcome is not None:
                 return outcome
         body = message.body
-        if child.sent_body < len(body) and not child.skip_body:
-            if live_chunk is not None and child.sent_body == len(body) - len(live_chunk):
+        size = len(body)
+        if child.sent_body < size and not child.skip_body:
+            if live_chunk is not None and child.sent_body == size - len(live_chunk):
                 pieces = [live_chunk]
             else:
                 pieces = body.passed_on(self.manager.chunk_size)  # a replaced body as the MTA passes it (D-16)
@@ -218,7 +220,7 @@ class MessagePipeline:
                 outcome = self._step(child, chunk)
                 if outcome is not None:
                     return outcome
-            child.sent_body = len(body)
+            child.sent_body = size
         if through_eom:
             eom = EndOfMessage(message.end_of_message_chunk)
             if port.stopped(child, "E", eom):
