@@ -23,23 +23,19 @@ class _UncheckedReplyCode:
 
 
 _UNCHECKED_REPLY_TYPES = {**REPLY_TYPES, "y": _UncheckedReplyCode}
-#: command byte → its message type, and the one instance of the payload-less ones (indexing: no call per packet)
-_COMMANDS_BY_CODE: tuple = tuple(COMMAND_TYPES.get(chr(code)) for code in range(256))
-_EMPTY_COMMANDS: tuple = tuple(getattr(kind, "INSTANCE", None) if kind is not None and issubclass(kind, _Empty)
-                               else None for kind in _COMMANDS_BY_CODE)
+_CODE_TABLES: dict[int, tuple[dict, tuple, tuple]] = {}
 
 
-_EMPTY_INSTANCES: dict[int, tuple[dict, dict[str, Message]]] = {}
-
-
-def _empty_instances(types: dict[str, type[Message]]) -> dict[str, Message]:
-    """The payload-less types of ``types`` by letter, as their instance (what their ``from_payload`` gives for
-    no data); computed once per table."""
-    known = _EMPTY_INSTANCES.get(id(types))
+def _code_tables(types: dict[str, type[Message]]) -> tuple[tuple, tuple]:
+    """``types`` by command byte, and the payload-less ones' instance by command byte (what their
+    ``from_payload`` gives for no data), ``None`` elsewhere: indexed per packet, no call; made once per table."""
+    known = _CODE_TABLES.get(id(types))
     if known is None or known[0] is not types:
-        known = _EMPTY_INSTANCES[id(types)] = (types, {letter: kind.INSTANCE for letter, kind in types.items()
-                                                       if issubclass(kind, _Empty)})
-    return known[1]
+        by_code = tuple(types.get(chr(code)) for code in range(256))
+        empty = tuple(kind.INSTANCE if kind is not None and issubclass(kind, _Empty) else None  # type: ignore[attr-defined]
+                      for kind in by_code)
+        known = _CODE_TABLES[id(types)] = (types, by_code, empty)
+    return known[1], known[2]
 
 
 def encode(message: Message) -> bytes:
@@ -56,15 +52,15 @@ class Decoder:
     libmilter-compatible (lenient) payload reading.
     """
 
-    __slots__ = ("_buffer", "_position", "_types", "max_data_size", "strict", "_eof", "_empty")
+    __slots__ = ("_buffer", "_position", "_types", "max_data_size", "strict", "_eof", "_by_code", "_empty")
 
     def __init__(self, types: dict[str, type[Message]], *, max_data_size: int = MAX_DATA_SIZE_1M,
                  strict: bool = True) -> None:
         self._buffer = bytearray()
         self._position = 0
         self._types = types
-        #: letter → the one instance of a payload-less type: such a packet is read without a call
-        self._empty = _empty_instances(types)
+        #: command byte → its type, and → the one instance of a payload-less type (read without a call)
+        self._by_code, self._empty = _code_tables(types)
         self.max_data_size = max_data_size
         self.strict = strict
         self._eof = False
@@ -101,7 +97,7 @@ class Decoder:
         end = position + 4 + length
         if end > size:
             return None
-        letter = chr(buffer[position + 4])
+        code = buffer[position + 4]
         payload = bytes(buffer[position + 5:end]) if length > 1 else b""
         if end == size:  # the usual case: the buffer held this one packet (what _consume does for it)
             buffer.clear()
@@ -109,12 +105,12 @@ class Decoder:
         else:
             self._consume(end)
         if length == 1:
-            empty = self._empty.get(letter)
+            empty = self._empty[code]
             if empty is not None:  # no payload: a reply like continue is its type's one instance
                 return empty
-        message_type = self._types.get(letter)
+        message_type = self._by_code[code]
         if message_type is None:
-            raise MalformedPacket(f"unknown command letter {letter!r} (0x{ord(letter):02x})", "P-BAD-5")
+            raise MalformedPacket(f"unknown command letter {chr(code)!r} (0x{code:02x})", "P-BAD-5")
         return message_type.from_payload(payload, self.strict)  # type: ignore[attr-defined]
 
     def _length(self, data: bytes | bytearray, position: int) -> int:
@@ -238,12 +234,12 @@ class CommandDecoder(Decoder):
                 raise MalformedPacket("macro packet without a stage letter", "P-BAD-17")
             return ReceivedMacro(block if whole else block[start:end])
         if end - start == 5:
-            empty = _EMPTY_COMMANDS[code]
+            empty = self._empty[code]
             if empty is not None:  # no payload: DATA, EOH, ABORT, QUIT are their type's one instance
                 return empty
         elif code == 0x42 and whole:  # B, the whole block: the block is its wire form
             return Body(block[5:], block)
-        message_type = _COMMANDS_BY_CODE[code]
+        message_type = self._by_code[code]
         if message_type is None:
             raise MalformedPacket(f"unknown command letter {chr(code)!r} (0x{code:02x})", "P-BAD-5")
         return message_type.from_payload(block[start + 5:end], self.strict)  # type: ignore[attr-defined]
