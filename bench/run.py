@@ -186,13 +186,20 @@ def measure_python_child(directory: str, reference: str, in_process: bool, sessi
 
 
 def python_child_part(directory: str, reference: str, options) -> list[dict]:
-    """The in-process and socket rows of one example milter, alternating over ``--rounds`` (on a shared machine
-    one pair can be skewed by other load); each round's ratios and their median."""
-    pairs = [[measure_python_child(directory, reference, in_process, options.manager_sessions, options.concurrency)
-              for in_process in (True, False)] for _ in range(options.rounds)]
-    rows = [row for pair in pairs for row in pair]
-    print_table(f"\nOne Python child ({reference}), in process vs over a unix socket, {options.rounds} rounds: "
-                f"--n-sessions {options.manager_sessions} --concurrency {options.concurrency}", rows)
+    """The in-process and socket rows of one example milter over ``--python-child-rounds`` rounds, the order
+    reversed every other round (on a shared machine one pair can be skewed by other load); each round's ratios
+    and their median."""
+    pairs, rows = [], []  # rows: in the order they ran
+    for number in range(options.python_child_rounds):
+        pair = {}
+        for in_process in ((True, False) if number % 2 == 0 else (False, True)):
+            row = pair[in_process] = measure_python_child(directory, reference, in_process,
+                                                          options.manager_sessions, options.concurrency)
+            row["round"] = number
+            rows.append(row)
+        pairs.append([pair[True], pair[False]])
+    print_table(f"\nOne Python child ({reference}), in process vs over a unix socket, {options.python_child_rounds} "
+                f"rounds: --n-sessions {options.manager_sessions} --concurrency {options.concurrency}", rows)
     speeds, cpus = [], []
     for inside, socket_row in pairs:
         total = socket_row["cpu_ms_per_session"] + socket_row["helper_cpu_ms_per_session"]
@@ -564,6 +571,8 @@ def main() -> int:
     parser.add_argument("--body-sessions", type=int, default=1000, help="sessions per run of the body part")
     parser.add_argument("--body-kb", type=int, default=100, help="body size of the body part, KiB")
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--python-child-rounds", type=int, default=7,
+                        help="alternated rounds of the Python-child part (short runs: more rounds steady its median)")
     parser.add_argument("--metrics-rounds", type=int, default=3,
                         help="metrics endpoint off/on pairs, alternated (the median of each is compared)")
     parser.add_argument("--json", action="store_true", help="print every figure as one JSON object at the end")

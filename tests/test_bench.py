@@ -96,3 +96,17 @@ def test_make_bench_parts_print_every_row_with_peer_ratio_and_target(tmp_path):
     assert summary.count("not measured in this run") == 2  # the manager and memory rows: parts not run
     assert "added median latency" in summary and "<= 1.0 ms" in summary
     assert "milter-test-client CPU per session <= the C milter's" in summary
+
+
+def test_python_child_part_alternates_its_rounds(tmp_path):
+    """The in-process and socket runs of each example swap order every other round (issue 13's ratio)."""
+    run = subprocess.run([sys.executable, str(BENCH / "run.py"), "--only", "python-child", "--python-child-rounds", "2",
+                          "--manager-sessions", "20", "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    labels = [(measurement["round"], measurement["label"]) for measurement in figures["measurements"]]
+    inside, over_socket = "manager, recipient_policy in process", "manager, recipient_policy over a unix socket"
+    assert labels[:4] == [(0, inside), (0, over_socket), (1, over_socket), (1, inside)]
+    assert all(measurement["statuses"] == {"pass": 20} for measurement in figures["measurements"])
+    assert run.stdout.count("ratio in process / socket (median of 2)") == 2
