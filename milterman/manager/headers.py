@@ -91,8 +91,7 @@ class Headers:
     def items(self) -> list[tuple[str, str]]:
         """The (name, value) pairs a milter would be shown, in order."""
         if self._visible is None:
-            self._visible = [(entry.name, entry.value) for entry in self.entries  # visible, inline
-                             if entry.user and entry.value is not None]
+            self._visible = [(entry.name, entry.value) for entry in self.entries if entry.visible]
         return self._visible
 
     def append(self, name: str, value: str) -> None:
@@ -172,7 +171,7 @@ class Headers:
         for entry in self.entries:
             if entry.folded != lowered:
                 continue
-            counted = (entry.user and entry.value is not None) if self.kind == POSTFIX else entry.user
+            counted = entry.visible if self.kind == POSTFIX else entry.user
             if counted:
                 index -= 1
                 if index <= 0:
@@ -306,7 +305,7 @@ def _number(mta: Headers, entry: Entry) -> int:
     for candidate in mta.entries:
         if candidate.folded != lowered:
             continue
-        if (candidate.user and candidate.value is not None) if mta.kind == POSTFIX else candidate.user:
+        if (candidate.visible if mta.kind == POSTFIX else candidate.user):
             number += 1
         if candidate is entry:
             return number

@@ -128,13 +128,9 @@ class MtaClient:
         return self.state.options
 
     def negotiate(self, *, wait_first: bool = False) -> Options:
-        """Send our offer and validate the milter's answer (P-NEG-9); ``wait_first``: the answer is
-        collected as :meth:`collect_waiting` does."""
-        if wait_first:
-            self.begin(self.state.offer)
-            self.collect_waiting("O")
-        else:
-            self.send(self.state.offer)
+        """Send our offer and validate the milter's answer (P-NEG-9); ``wait_first`` as :meth:`collect`'s."""
+        self.begin(self.state.offer)
+        self.collect("O", wait_first=wait_first)
         assert self.state.options is not None
         return self.state.options
 
@@ -250,17 +246,23 @@ class MtaClient:
             timer.close()
             writable.close()
 
-    def collect(self, letter: str) -> Response:
-        """Read until the final reply to the command begun last; PROGRESS restarts the timer (P-SM-12)."""
+    def collect(self, letter: str, *, wait_first: bool = False) -> Response:
+        """Read until the final reply to the command begun last; PROGRESS restarts the timer (P-SM-12).
+
+        ``wait_first``: no read is tried before waiting for the socket (when nothing is buffered). For a
+        milter in another process written to just now (the test server's load mode) the reply is hardly
+        ever there yet, and that read only fails: a system call and an exception per command."""
         started = time.monotonic()
         self._letter = letter
         self._modifications = ()  # most replies come without any: no list made for them
         self._progress = 0
-        try:
-            response = self._take()
-        except BaseException:
-            self.waited += time.monotonic() - started
-            raise
+        response = None
+        if not wait_first or self.fileno is None or self.decoder.pending_bytes:
+            try:
+                response = self._take()
+            except BaseException:
+                self.waited += time.monotonic() - started
+                raise
         if response is None:
             results = [None]
             _wait({0: self}, results, started)
@@ -272,50 +274,8 @@ class MtaClient:
         return response
 
     def collect_waiting(self, letter: str) -> Response:
-        """:meth:`collect` that waits for the socket before its first read, when nothing is buffered.
-
-        For a milter in another process that was written to just now (the test server's load
-        mode): its reply is hardly ever there yet, and the read tried first only fails (a
-        system call and an exception per command). Same replies, timeouts (P-SM-12, M-ERR-2) and
-        errors as :meth:`collect`; the wait is :func:`_wait`'s for one socket, without its
-        bookkeeping for several (measured: a sixth of the test server's instructions per session)."""
-        if self.fileno is None or self.decoder.pending_bytes:
-            return self.collect(letter)
-        self._letter = letter
-        self._modifications = ()
-        self._progress = 0
-        started = time.monotonic()
-        import gevent  # a plain import: ``from gevent import`` costs a Python-level call each time
-
-        hub = gevent.get_hub()
-        switch = gevent.getcurrent().switch
-        readable = self._watcher()
-        readable.start(switch, 0)
-        timer = None
-        try:
-            while True:
-                if timer is None:  # PROGRESS may have moved the deadline on
-                    timer = hub.loop.timer(max(0.0, self._deadline - time.monotonic()))
-                    timer.start(switch, -1)
-                token = hub.switch()
-                if token == -1:
-                    timer.close()
-                    timer = None
-                    expired = self._deadline <= time.monotonic()
-                elif token == 0:
-                    expired = False
-                else:
-                    continue
-                response = self._take()  # past the deadline, a reply already there is still taken (M-ERR-2)
-                if response is not None:
-                    return response
-                if expired:
-                    raise self._timed_out()
-        finally:
-            readable.stop()
-            if timer is not None:
-                timer.close()
-            self.waited += time.monotonic() - started
+        """:meth:`collect` with ``wait_first``: the same replies, timeouts (P-SM-12, M-ERR-2) and errors."""
+        return self.collect(letter, wait_first=True)
 
     # ------------------------------------------------------------------ reading without waiting
 

@@ -13,9 +13,8 @@ to see (P-NEG-8 step 4).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from functools import partial
 
-from .codec import CommandDecoder, Decoder
+from .codec import CommandDecoder
 from .flags import MAX_DATA_SIZE_1M
 from .messages import Command, Negotiate, Reply
 from .negotiation import Options
@@ -71,11 +70,7 @@ class MilterConnection:
         mistakes.
         """
         state = self.state
-        decoder = self.decoder
-        if type(decoder).__iter__ is Decoder.__iter__:
-            next_command = decoder.next_message  # read directly: no generator of the decoder's resumed per command
-        else:  # a decoder with an iteration of its own (one that records what it reads) is iterated
-            next_command = partial(next, iter(decoder), None)
+        next_command = self.decoder.next_message  # read directly: no generator resumed per command
         while True:
             command = next_command()
             if command is None:

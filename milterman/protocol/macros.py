@@ -107,8 +107,7 @@ class MacroStore:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The newest value of ``name`` (with or without braces)."""
-        if name[:1] == "{" and name[-1:] == "}" and name[2:]:  # strip_braces, inline
-            name = name[1:-1]
+        name = strip_braces(name)
         packets = self._packets
         needle = None
         for stage in _NEWEST_FIRST:

@@ -56,7 +56,7 @@ def _strings(data: bytes, what: str, rule: str, strict: bool) -> list[str]:
             raise MalformedPacket(f"{what} has {len(data) - last - 1} bytes after its last NUL", "P-BAD-13")
         data = data[: last + 1]
     # decoded once, then split: UTF-8 never hides a NUL inside a sequence, so this is to_str per part
-    return data[:-1].decode("utf-8", "surrogateescape").split("\0")
+    return to_str(data[:-1]).split("\0")
 
 
 def _no_data(cls: type, data: bytes, strict: bool, rule: str) -> None:
@@ -215,13 +215,13 @@ def _macro_pairs(rest: bytes) -> tuple[tuple[tuple[str, str], ...], str]:
     if last != len(rest) - 1:
         dropped = "unterminated tail"
         rest = rest[: last + 1]
-    # decoded once, then split (as _strings); names lose their braces as strip_braces does it, inline
-    strings = rest[:-1].decode("utf-8", "surrogateescape").split("\0") if rest else []
+    # decoded once, then split (as _strings)
+    strings = to_str(rest[:-1]).split("\0") if rest else []
     if len(strings) % 2:
         dropped = "name without a value"
         strings.pop()
-    return tuple([(name[1:-1] if name[:1] == "{" and name[-1:] == "}" and name[2:] else name, value)
-                  for name, value in zip(strings[0::2], strings[1::2], strict=True)]), dropped
+    pairs = tuple([(strip_braces(name), value) for name, value in zip(strings[0::2], strings[1::2], strict=True)])
+    return pairs, dropped
 
 
 class ReceivedMacro(Macro):
@@ -239,7 +239,7 @@ class ReceivedMacro(Macro):
     def __init__(self, wire: bytes) -> None:
         """``wire``: one complete ``D`` packet with at least its stage byte (the decoder checked P-BAD-17)."""
         object.__setattr__(self, "wire", wire)
-        object.__setattr__(self, "stage", wire[5:6].decode("utf-8", "surrogateescape"))  # to_str, inline
+        object.__setattr__(self, "stage", to_str(wire[5:6]))
         object.__setattr__(self, "_pairs", None)
 
     @property
@@ -426,7 +426,7 @@ class Header(Command):
             raise MalformedPacket("HEADER without data", "P-BAD-10")
         if data[-1:] != NUL:
             raise MalformedPacket("HEADER value lacks its NUL", "P-BAD-14")
-        parts = data[:-1].decode("utf-8", "surrogateescape").split("\0")  # as _strings: to_str per part
+        parts = to_str(data[:-1]).split("\0")  # decoded once, then split (as _strings)
         if len(parts) < 2:
             raise MalformedPacket("HEADER has a name but no value", "P-BAD-14")
         if len(parts) > 2 and strict:

@@ -70,16 +70,21 @@ def test_sessions_one_at_a_time_give_nothing_back(start_client):
     assert GIVE_BACK_LINE not in server.log()
 
 
+def recording_give_back(**options) -> tuple[GiveBack, list[tuple[float, object]]]:
+    """A GiveBack whose scheduled runs are recorded (delay, function) instead of run later."""
+    scheduled: list[tuple[float, object]] = []
+    give_back = GiveBack(lambda delay, function: scheduled.append((delay, function)), **options)
+    if give_back._trim is None:  # Debian's glibc has it: under CI a missing one is a failure, not a skip
+        assert os.environ.get("CI") != "true", "this C library has no malloc_trim"
+        pytest.skip("this C library has no malloc_trim")
+    return give_back, scheduled
+
+
 def test_give_back_waits_for_the_interval_and_for_sessions_to_end():
     """At most one run per interval; a run due while sessions are back in progress is left to the next
     burst's end (the caller's clock and scheduler, no sockets)."""
     now = [100.0]
-    scheduled: list[tuple[float, object]] = []
-    give_back = GiveBack(lambda delay, function: scheduled.append((delay, function)), burst=2, interval=5.0,
-                         settle=0.2, clock=lambda: now[0])
-    if give_back._trim is None:  # Debian's glibc has it: under CI a missing one is a failure, not a skip
-        assert os.environ.get("CI") != "true", "this C library has no malloc_trim"
-        pytest.skip("this C library has no malloc_trim")
+    give_back, scheduled = recording_give_back(burst=2, interval=5.0, settle=0.2, clock=lambda: now[0])
     for _ in range(3):
         give_back.started()
     for _ in range(3):
@@ -113,22 +118,9 @@ def test_give_back_empties_the_type_attribute_cache():
     before = sys.getrefcount(name)
     getattr(Watched(), name)
     assert sys.getrefcount(name) > before  # the cache holds it
-    give_back = GiveBack(lambda delay, function: None, burst=1)
-    if give_back._trim is None:  # Debian's glibc has it: under CI a missing one is a failure, not a skip
-        assert os.environ.get("CI") != "true", "this C library has no malloc_trim"
-        pytest.skip("this C library has no malloc_trim")
+    give_back, _ = recording_give_back(burst=1)
     give_back._run()
     assert sys.getrefcount(name) == before
-
-
-def recording_give_back(**options) -> tuple[GiveBack, list[tuple[float, object]]]:
-    """A GiveBack whose scheduled runs are recorded (delay, function) instead of run later."""
-    scheduled: list[tuple[float, object]] = []
-    give_back = GiveBack(lambda delay, function: scheduled.append((delay, function)), **options)
-    if give_back._trim is None:  # Debian's glibc has it: under CI a missing one is a failure, not a skip
-        assert os.environ.get("CI") != "true", "this C library has no malloc_trim"
-        pytest.skip("this C library has no malloc_trim")
-    return give_back, scheduled
 
 
 def sessions_through(give_back: GiveBack, count: int) -> None:

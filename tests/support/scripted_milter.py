@@ -148,12 +148,13 @@ class RecordingDecoder(CommandDecoder):
         self.record.raw += data
         super().feed(data)
 
-    def __iter__(self):
-        for command in super().__iter__():
-            # The previous packet (a macro packet included) was fully handled before we resume,
-            # so the stage macros of this command are already stored.
+    def next_message(self):
+        command = super().next_message()
+        if command is not None:
+            # The previous packet (a macro packet included) was fully handled before the next is
+            # asked for, so the stage macros of this command are already stored.
             self.record.on_command(command)
-            yield command
+        return command
 
 
 class ScriptedSession(MilterSession):

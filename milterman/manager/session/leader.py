@@ -17,8 +17,8 @@ from collections.abc import Mapping
 
 from ...log import DEBUG, STATISTICS
 from ...net import MilterHandler, MilterSession, Wanted
-from ...protocol import (ACCEPT, CONTINUE, DATA, DISCARD, REJECT, SKIP, TEMPFAIL, Continue, EndOfMessage,
-                         Header, Macro, Mail, Negotiate, Reply, strip_braces)
+from ...protocol import (CONTINUE, DATA, Continue, Discard, EndOfMessage, Header, Macro, Mail, Negotiate, Reply,
+                         strip_braces)
 from ...protocol.stages import BY_LETTER, STAGE_NAMES, STAGES
 from ..child import Child
 from ..context import ManagerContext
@@ -31,8 +31,6 @@ from .pipeline import MessagePipeline
 
 #: stages where the MTA must not get discard (P-RPL-6)
 _NO_DISCARD = frozenset(stage.letter for stage in STAGES if not stage.discard_allowed)
-#: the status nick of a plain final reply by its letter (what status_of(reply).nick gives for it)
-_LETTER_NICKS = {reply.LETTER: status_of(reply).nick for reply in (CONTINUE, ACCEPT, REJECT, TEMPFAIL, DISCARD, SKIP)}
 class StageMacros(Mapping):
     """One stage's macros in the MTA's macro store, read on first use (never empty)."""
 
@@ -209,12 +207,9 @@ class Leader(MilterHandler):
         """The MTA's reply from ``combined`` (P-RPL-6: no discard at connect, helo, unknown), recorded for the
         session's end line."""
         reply = combined.reply(self.logger, self._reply_context)
-        letter = reply.LETTER
-        if letter == "d" and self.session.current in _NO_DISCARD:  # "d": Discard
+        if isinstance(reply, Discard) and self.session.current in _NO_DISCARD:
             reply = CONTINUE  # P-RPL-6: discard is meaningless there; children were already quitted
-            letter = "c"
-        # status_of(reply).nick, by the letter where it says it (all but a reply code): no call for it
-        self.last_status = _LETTER_NICKS[letter] if letter in _LETTER_NICKS else status_of(reply).nick
+        self.last_status = status_of(reply).nick
         return reply
 
     def _connection_stage(self, command, letter: str) -> Reply:
@@ -477,10 +472,7 @@ class Leader(MilterHandler):
         for child in self.children:
             if child.macros_extra:
                 child.macros_extra.pop(letter, None)  # M-MAC-4: macros set for the previous command of the stage
-        manager = self.manager
-        if manager.rule_evaluator is None:  # no rule chain: what apply_rules answers, without the call
-            return None
-        outcome = manager.apply_rules(self.facts, letter, command)
+        outcome = self.manager.apply_rules(self.facts, letter, command)
         if outcome is None:
             return None
         if outcome.terminal is None:
