@@ -170,3 +170,33 @@ def median_result(results: Sequence[dict]) -> dict:
     combined["latency"] = {name: statistics.median(result["latency"][name] for result in results)
                            for name in LATENCIES}
     return combined
+
+
+class Scraper:
+    """Reads the metrics endpoint every ``interval`` seconds in a thread, as Prometheus would."""
+
+    def __init__(self, url: str, interval: float = 1.0) -> None:
+        import threading
+
+        self.url = url
+        self.interval = interval
+        self.scrapes = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(self.interval):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as answer:
+                    answer.read()
+                self.scrapes += 1
+            except OSError:
+                self.failures += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)

@@ -14,8 +14,11 @@ session and its peak RSS (VmHWM). The parts (``--only``, repeatable; all by defa
 - python-child: a Python child in the manager's process vs over a unix socket.
 
 Where a ratio is printed the two set-ups are measured in alternating rounds (``--rounds``) and the
-medians are compared. The summary at the end prints each row of the performance issue's table with
-its target and whether it is met; ``--json`` prints every figure as one JSON object.
+medians are compared. The manager and latency parts also measure the floor relay (bench/floor_relay.py:
+the same packets to the same children with no logic at all), the least a manager in Python on gevent
+can cost on this machine, so that the targets can be read against it. The summary at the end
+prints each row of the performance issue's table with its target and whether it is met; ``--json``
+prints every figure as one JSON object.
 """
 
 from __future__ import annotations
@@ -31,40 +34,11 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 
-from harness import HERE, ROOT, build_c_milter, measure, median_result, start_milter, stop, wait_for_path
+from floor_relay import measure_floor
+from harness import HERE, ROOT, Scraper, build_c_milter, measure, median_result, start_milter, stop, wait_for_path
 
 # the other measuring helpers, which this module defined before bench/harness.py: parts may use them from here
 from harness import cpu_seconds, driver_command, peak_rss_kb, process_tree  # noqa: F401
-
-
-class Scraper:
-    """Reads the metrics endpoint every ``interval`` seconds in a thread, as Prometheus would."""
-
-    def __init__(self, url: str, interval: float = 1.0) -> None:
-        import threading
-
-        self.url = url
-        self.interval = interval
-        self.scrapes = 0
-        self.failures = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import urllib.request
-
-        while not self._stop.wait(self.interval):
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as answer:
-                    answer.read()
-                self.scrapes += 1
-            except OSError:
-                self.failures += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def free_port() -> int:
@@ -390,6 +364,13 @@ def children_note(result: dict, alone: dict) -> str:
     return f"children behind the manager: {each:.3f} ms CPU per session each ({compared})"
 
 
+def floor_note(ours: list[dict], floor: list[dict], figure: str, name: str) -> str:
+    """Ours against the floor relay (bench/floor_relay.py: the same packets with no logic) in the same rounds."""
+    value = statistics.median(result[figure] for result in floor)
+    return (f"floor relay (no logic, same children): {value:.3f} ms {name}; "
+            f"ours/floor {number(ratio([result[figure] for result in ours], [result[figure] for result in floor]))}")
+
+
 def body_options(kilobytes: int) -> list[str]:
     """``--body`` options for a body of ``kilobytes`` KiB in chunks of at most 65535 bytes (the protocol's)."""
     size = kilobytes * 1024
@@ -428,6 +409,7 @@ def manager_part(bench: Bench) -> None:
                 bench.directory, 3, n_workers, sessions, concurrency, children_kind=kind))
     setups["c0reuse"] = lambda: measure_manager(bench.directory, 3, 0, sessions, concurrency, children_kind="c",
                                                 reuse=True)
+    setups["floor"] = lambda: measure_floor(bench.directory, 3, sessions, concurrency)
     rounds = bench.alternate(setups)
     once = [measure_manager(bench.directory, 1, n_workers, sessions, concurrency) for n_workers in (0, 2)]
     bench.measurements += once
@@ -436,12 +418,14 @@ def manager_part(bench: Bench) -> None:
                 f"1 child once", [result for results in rounds.values() for result in results] + once)
     alone = median_result(rounds["alone"])
     for name in setups:
-        if name == "alone":
+        if name in ("alone", "floor"):
             continue
         ours = median_result(rounds[name])
         ratios = round_ratios(rounds[name], rounds["alone"])
         notes = [children_note(ours, alone)] if name.startswith("c") and name[1:2].isdigit() else [
             f"children: {ours['helper_cpu_ms_per_session'] / 3:.3f} ms CPU per session each"]
+        if name.startswith("c") and name[1:2].isdigit():  # the floor relay has C children too
+            notes.append(floor_note(rounds[name], rounds["floor"], "cpu_ms_per_session", "CPU per session"))
         bench.add_row("small", ours["label"], ours=ours, peer=alone, ratios=ratios,
                       figure="manager CPU per session", value=ours["cpu_ms_per_session"], target=0.8,
                       target_text="manager CPU per session <= 0.8 ms", notes=notes,
@@ -455,10 +439,14 @@ def latency_part(bench: Bench) -> None:
     rounds = bench.alternate({
         "alone": lambda: measure_alone(bench, "c", sessions, 1),
         "manager": lambda: measure_manager(bench.directory, 1, 0, sessions, 1, children_kind="c"),
-        "reuse": lambda: measure_manager(bench.directory, 1, 0, sessions, 1, children_kind="c", reuse=True)})
+        "reuse": lambda: measure_manager(bench.directory, 1, 0, sessions, 1, children_kind="c", reuse=True),
+        "floor": lambda: measure_floor(bench.directory, 1, sessions, 1)})
     print_table(f"\n1 child, one session at a time, alternated {options.rounds} times: --n-sessions {sessions} "
-                "--concurrency 1", rounds["alone"] + rounds["manager"] + rounds["reuse"])
+                "--concurrency 1", rounds["alone"] + rounds["manager"] + rounds["reuse"] + rounds["floor"])
     alone = median_result(rounds["alone"])
+    floor_added = statistics.median(1000 * (relayed["latency"]["p50"] - theirs["latency"]["p50"])
+                                    for relayed, theirs in zip(rounds["floor"], rounds["alone"], strict=True))
+    print(f"  floor relay: added median latency {floor_added:.3f} ms (median of {options.rounds} rounds)")
     for name in ("manager", "reuse"):
         added = [1000 * (mine["latency"]["p50"] - theirs["latency"]["p50"])
                  for mine, theirs in zip(rounds[name], rounds["alone"], strict=True)]
@@ -469,7 +457,9 @@ def latency_part(bench: Bench) -> None:
                               [result["latency"]["p50"] for result in rounds["alone"]])
         bench.add_row("latency", ours["label"], ours=ours, peer=alone, ratios=ratios,
                       figure="added median latency", value=statistics.median(added), target=1.0,
-                      target_text="added median latency <= 1.0 ms", notes=[children_note(ours, alone)],
+                      target_text="added median latency <= 1.0 ms",
+                      notes=[children_note(ours, alone),
+                             f"the floor relay (no logic, 1 C child) adds {floor_added:.3f} ms"],
                       before="+2.7 ms (C milter manager 2.3.2: +10.9 ms)" if name == "manager" else "")
 
 

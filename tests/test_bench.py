@@ -83,6 +83,14 @@ def test_make_bench_parts_print_every_row_with_peer_ratio_and_target(tmp_path):
         assert row["peer"]["label"] == "libmilter C milter (bench/cmilter)"
         assert row["ratios"]["sessions_per_second"] > 0
     assert rows["latency"]["ours"]["concurrency"] == 1 and rows["latency"]["met"] in (True, False)
+    # the floor relay (bench/floor_relay.py) is measured in the same rounds, and every session passed through it
+    floor = [measurement for measurement in figures["measurements"]
+             if measurement["label"] == "floor relay (no logic), 1 libmilter C child"]
+    assert [measurement["round"] for measurement in floor] == [0, 1]
+    assert all(measurement["statuses"] == {"pass": 10} and measurement["helper_cpu_ms_per_session"] >= 0
+               for measurement in floor)
+    assert any(note.startswith("the floor relay (no logic, 1 C child) adds ") for note in rows["latency"]["notes"])
+    assert "floor relay: added median latency" in run.stdout
     # a CPU ratio needs the peer's CPU time above the clock tick; with tiny counts it may be n/a (None)
     client = rows["client"]
     assert client["met"] == (None if client["value"] is None else client["value"] <= 1.0)
