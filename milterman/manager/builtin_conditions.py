@@ -334,13 +334,26 @@ def _gethostbyname_ex(name: str) -> tuple[str, ...] | None:
         return None
 
 
+def wait_at_most(jobs: Sequence, timeout: float) -> None:
+    """Wait for ``jobs`` until all are done or ``timeout`` seconds of real time have passed (M-AC-B7).
+
+    gevent's wait timer counts from the loop's cached time, set when the hub last polled, unless it is started
+    from the hub's own callback run. A worker that ran (or blocked) longer than ``timeout`` since its last
+    poll would see the wait end at once, every zone unanswered; refreshing the loop's time first prevents it.
+    """
+    import gevent
+
+    gevent.get_hub().loop.update_now()
+    gevent.wait(jobs, timeout=timeout)
+
+
 def system_resolver(names: Sequence[str], timeout: float) -> dict[str, tuple[str, ...]]:
     """The system resolver, each name in a thread of gevent's pool, all waited for at most ``timeout``."""
     import gevent
 
     pool = gevent.get_hub().threadpool
     jobs = [(name, pool.spawn(_gethostbyname_ex, name)) for name in names]
-    gevent.wait([job for _name, job in jobs], timeout=timeout)
+    wait_at_most([job for _name, job in jobs], timeout)
     return {name: job.value for name, job in jobs
             if job.ready() and job.successful() and job.value is not None}
 
@@ -421,7 +434,7 @@ def name_server_resolver(servers: Sequence[str], port: int = 53) -> Resolver:
 
         deadline = time.monotonic() + timeout
         jobs = [(name, gevent.spawn(ask, name, deadline)) for name in names]
-        gevent.joinall([job for _name, job in jobs], timeout=timeout)
+        wait_at_most([job for _name, job in jobs], timeout)
         result = {}
         for name, job in jobs:
             if job.ready() and job.successful() and job.value is not None:

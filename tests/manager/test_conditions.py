@@ -6,8 +6,10 @@ fakes of :mod:`conditions_support`, DNS answers come from a fake resolver.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import time
 
 import pytest
 
@@ -650,14 +652,15 @@ def test_m_ac_b7_dns_packets():
     assert parse_dns_reply(b"\x12", 0x1234) is None
 
 
-def test_m_ac_b7_name_server_resolver_over_loopback():
-    """[dnsbl] name_servers: a fake DNS server on 127.0.0.1 answers; silence means no answer in time."""
+@contextlib.contextmanager
+def loopback_name_server():
+    """A fake DNS server greenlet on 127.0.0.1 (its port is yielded): it answers 127.0.0.2 for any name but
+    ignores those under ``silence.``."""
     import gevent
     from gevent import socket as gsocket
 
     server = gsocket.socket(gsocket.AF_INET, gsocket.SOCK_DGRAM)
     server.bind(("127.0.0.1", 0))
-    port = server.getsockname()[1]
 
     def serve():
         while True:
@@ -670,13 +673,39 @@ def test_m_ac_b7_name_server_resolver_over_loopback():
 
     job = gevent.spawn(serve)
     try:
+        yield server.getsockname()[1]
+    finally:
+        job.kill()
+        server.close()
+
+
+def test_m_ac_b7_name_server_resolver_over_loopback():
+    """[dnsbl] name_servers: a fake DNS server on 127.0.0.1 answers; silence means no answer in time."""
+    with loopback_name_server() as port:
         resolve = builtin_module.name_server_resolver(["127.0.0.1"], port=port)
         # 1 s: a bound the answering server meets on a loaded machine (the silent query waits it out)
         answers = resolve(["1.0.0.127.bl.example", "x.silence.example"], 1.0)
         assert answers == {"1.0.0.127.bl.example": ("127.0.0.2",)}
-    finally:
-        job.kill()
-        server.close()
+
+
+def test_m_ac_b7_resolver_waits_its_timeout_after_the_worker_ran_without_yielding():
+    """M-AC-B7 waits ``[dnsbl] timeout`` of real time even when the worker ran longer than that without yielding.
+
+    A gevent loop timer started outside the hub's callback run counts from the loop's cached time, set when the
+    hub last polled; after a worker ran (or blocked) for longer than the timeout without yielding, a wait bounded
+    by such a timer ended at once: no answer, and "not listed" cached for every zone.
+    """
+    import gevent
+
+    with loopback_name_server() as port:
+        resolve = builtin_module.name_server_resolver(["127.0.0.1"], port=port)
+        gevent.sleep(0.001)  # the hub last ran a timer's callback (not its callback run): its time is not refreshed
+        time.sleep(1.2)  # the worker busy without yielding for longer than the timeout below
+        started = time.monotonic()
+        answers = resolve(["1.0.0.127.bl.example", "x.silence.example"], 1.0)
+        waited = time.monotonic() - started
+    assert answers == {"1.0.0.127.bl.example": ("127.0.0.2",)}
+    assert waited >= 0.95, f"the silent name was given up after {waited:.3f} s instead of 1 s"
 
 
 RESTRICT = r"""
