@@ -29,25 +29,38 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from greenlet import getcurrent
+
 ENVELOPE = frozenset(b"CHMRT")
 MESSAGE = frozenset(b"LNB")
 NO_REPLY = frozenset(b"AQK")
 
 
 class Peer:
-    """One connection: whole packets out of a byte stream, each read waited for on the event loop."""
+    """One connection: whole packets out of a byte stream; a read that finds nothing waits on the event loop.
 
-    __slots__ = ("sock", "pending", "readable", "hub")
+    As in the manager, a read is tried before any wait, and the socket's read watcher stays started for the
+    connection's life (its callback wakes the greenlet only when one waits): starting and stopping a watcher
+    between loop iterations would cost an ``epoll_ctl`` per wait, which the manager does not pay either.
+    """
+
+    __slots__ = ("sock", "pending", "readable", "hub", "waiter")
 
     def __init__(self, sock: socket.socket, hub) -> None:
-        sock.setblocking(False)
         self.sock = sock
         self.pending = b""
         self.hub = hub
+        self.waiter = None
         self.readable = hub.loop.io(sock.fileno(), 1)
+        self.readable.start(self._ready)
 
-    def packet(self, wait_first: bool) -> bytes:
-        """The next whole packet (length prefix included); ``wait_first``: nothing can be there yet."""
+    def _ready(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            waiter.switch()
+
+    def packet(self) -> bytes:
+        """The next whole packet, length prefix included."""
         while True:
             pending = self.pending
             if len(pending) >= 4:
@@ -55,17 +68,15 @@ class Peer:
                 if len(pending) >= end:
                     self.pending = pending[end:]
                     return pending[:end]
-            if wait_first:
-                self.hub.wait(self.readable)
             try:
                 data = self.sock.recv(65536)
             except BlockingIOError:
-                wait_first = True
+                self.waiter = getcurrent()
+                self.hub.switch()
                 continue
             if not data:
                 raise EOFError
             self.pending = pending + data if pending else data
-            wait_first = False
 
     def close(self) -> None:
         self.readable.close()
@@ -74,41 +85,42 @@ class Peer:
 
 def relay(mta_socket: socket.socket, child_paths: Sequence[str], hub) -> None:
     """One MTA session, relayed to a fresh connection per child."""
+    mta_socket.setblocking(False)
     mta = Peer(mta_socket, hub)
     children: list[Peer] = []
     replay: list[bytes] = []
     try:
         while True:
-            packet = mta.packet(wait_first=True)
+            packet = mta.packet()
             letter = packet[4]
             if letter == ord("D"):  # macros: they leave in the same write as their command
-                command = mta.packet(wait_first=False)
+                command = mta.packet()
                 letter = command[4]
                 packet += command
             if letter == ord("O"):
                 for path in child_paths:
-                    child_socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    child_socket.connect(path)
+                    child_socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                    child_socket.connect(path)  # a unix socket's listener takes it at once or refuses
                     children.append(Peer(child_socket, hub))
                 letter = ord("C")  # the negotiation goes to every child, as the envelope does
             if letter in ENVELOPE:
                 for child in children:
                     child.sock.send(packet)
-                replies = [child.packet(wait_first=True) for child in children]
+                replies = [child.packet() for child in children]
                 mta.sock.send(replies[0])
             elif letter in MESSAGE:
                 replay.append(packet)
                 children[0].sock.send(packet)
-                mta.sock.send(children[0].packet(wait_first=True))
+                mta.sock.send(children[0].packet())
             elif letter == ord("E"):
                 children[0].sock.send(packet)
-                reply = children[0].packet(wait_first=True)
+                reply = children[0].packet()
                 for child in children[1:]:
                     for earlier in replay:
                         child.sock.send(earlier)
-                        child.packet(wait_first=True)
+                        child.packet()
                     child.sock.send(packet)
-                    child.packet(wait_first=True)
+                    child.packet()
                 replay.clear()
                 mta.sock.send(reply)
             elif letter in NO_REPLY:
