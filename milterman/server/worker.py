@@ -267,7 +267,6 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
 
     def finish(timeout: float) -> None:
         try:
-            server.close()
             if live and timeout > 0:
                 drained.wait(timeout)
             if live:
@@ -283,6 +282,10 @@ def serve(listener: socket.socket, handle: Callable[[object, object], None], *,
                 end_sessions()
             return
         stopping.append(graceful)
+        # Accepting ends here, not when finish() runs: until then the loop may still serve the rest of this
+        # turn, and a connection accepted after the last session ended (``drained`` already set) would be cut
+        # at once instead of finishing (D-5: a reload cuts no session).
+        server.close()
         logger.info(f"[server][stop] {'graceful' if graceful else 'fast'} stop: {reason}")
         if on_stop is not None:
             on_stop()

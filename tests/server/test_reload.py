@@ -8,14 +8,15 @@ so both the MTA side (``--output-message``) and the log show which configuration
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 
 import pytest
 
-from server_support import (CONFIG_APP, PYTHON, RUN_DIR, Load, clean_env, failures, parse_log, run_driver, wait_until,
-                            x_config_values)
+from server_support import (CONFIG_APP, PYTHON, RUN_DIR, Load, clean_env, failures, parse_log, run_driver, signal_mask,
+                            wait_until, x_config_values)
 
 END_OF_MESSAGE = re.compile(r"^\[(\d+)\] \[config-app\]\[end-of-message\] value=<([^>]*)>")
 
@@ -162,3 +163,50 @@ def test_master_loads_configuration_without_gevent(start_app, servers, workdir):
     assert all(entry == {"pid": app.master_pid, "gevent": False, "greenlet": False} for entry in loads), loads
     assert app.master_pid not in {line.pid for line in parse_log(app.log())
                                   if "[config-app][end-of-message]" in line.message}
+
+
+def test_d5_reload_cuts_no_session_the_old_worker_accepts_while_it_stops(start_app, servers, workdir):
+    """D-5: no session is cut during a reload, also one the old worker accepts in the loop turn of its SIGTERM.
+
+    The old worker handles its SIGTERM, its last session's end and a connection waiting in the backlog in
+    one turn of its loop: it is frozen (SIGSTOP) while a session quits, connections wait in the backlog and
+    the master's SIGTERM arrives, so all three are there at once when it goes on. The first new worker
+    cannot start (boot plan "F"), so no other process takes those connections before it. Every one of
+    them must be served to its end, by whichever worker accepts it.
+    """
+    import gevent
+
+    from milterman.net import MtaClient, Timeouts, parse_spec
+    from milterman.testing.engine import ServerSettings, build_transaction, make_offer
+    from milterman.testing.transaction import play_transaction
+
+    app = start_app(n_workers=1, milter={"header_value": "v1"})
+    [old_worker] = app.workers()
+    spec = parse_spec(app.spec)
+    timeouts = Timeouts(connection=10, writing=10, reading=10, end_of_message=10)
+    offer = make_offer(6)
+    last = MtaClient.open(spec, offer, timeouts=timeouts)
+    last.negotiate()  # a session in progress in the old worker
+    waiting = []
+    os.kill(old_worker, signal.SIGSTOP)
+    try:
+        # first the connections, then the QUIT: the loop handles the events of one turn latest first
+        waiting = [MtaClient.open(spec, offer, timeouts=timeouts) for _ in range(3)]  # in the backlog
+        last.close()  # QUIT: the old worker's last session ends
+        servers.write_config(app.config_path, app.server_table,
+                             {"header_value": "v2", "boot_plan": "F", "boot_count_file": str(workdir / "boots")})
+        app.signal(signal.SIGHUP)
+        term = 1 << (signal.SIGTERM - 1)
+        wait_until(lambda: (signal_mask(old_worker, "ShdPnd") | signal_mask(old_worker, "SigPnd")) & term, 15,
+                   "the master's SIGTERM to the old worker")
+    finally:
+        os.kill(old_worker, signal.SIGCONT)
+    transaction = build_transaction(ServerSettings(spec=spec))
+    try:
+        results = [job.get(timeout=30) for job in [gevent.spawn(play_transaction, client, transaction)
+                                                   for client in waiting]]
+    finally:
+        for client in waiting:
+            client.close(send_quit=False)
+    assert [(result.status, result.error) for result in results] == [("pass", None)] * 3
+    app.wait_log(r"\[server\]\[worker\]\[boot-error\] .*boot plan: boot 1 fails")
