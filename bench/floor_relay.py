@@ -4,7 +4,8 @@
 A relay with no logic at all, run by ``make bench`` as a peer in the same alternated rounds as
 milter-manager, so that the manager's CPU and latency figures can be read against what the bytes'
 journey alone costs here: accepting the MTA's connection, a connection per child, every packet
-written to each child that gets it and every reply read, one wait per reply, one reply to the MTA.
+written to each child that gets it, every reply read (waiting on the event loop only when it is not
+there yet), one reply to the MTA.
 It does what the manager does with the packets, in the same order, and nothing else:
 
 - the envelope commands (connect, HELO, MAIL, RCPT, DATA) go to every child at once, and the
