@@ -162,14 +162,14 @@ def serve(listen_path: str, child_paths: Sequence[str]) -> None:
 
 def measure_floor(directory: str, n_children: int, sessions: int, concurrency: int) -> dict:
     """The floor relay with ``n_children`` libmilter C children, measured as the manager is (bench/harness.py)."""
-    from harness import HERE, measure, start_milter, stop, wait_for_path
+    from harness import child_command, measure, start_milter, stop, wait_for_path
 
     place = tempfile.mkdtemp(prefix=f"floor-{n_children}-", dir=directory)
     children, paths = [], []
     try:
         for number in range(n_children):
             path = f"{place}/child{number}.sock"
-            children.append(start_milter([os.path.join(HERE, "cmilter"), "-p", f"unix:{path}"], path))
+            children.append(start_milter(child_command("c", path), path))
             paths.append(path)
         listen = f"{place}/relay.sock"
         label = f"floor relay (no logic), {n_children} libmilter C child{'ren' if n_children > 1 else ''}"

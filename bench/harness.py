@@ -76,6 +76,13 @@ def driver_command(target: str, sessions: int, concurrency: int, extra: Sequence
             "--n-sessions", str(sessions), "--concurrency", str(concurrency), "--report=json", *extra]
 
 
+def child_command(kind: str, path: str) -> list[str]:
+    """A child milter serving ``unix:path``: milter-test-client (``client``) or the libmilter C milter (``c``)."""
+    if kind == "c":
+        return [os.path.join(HERE, "cmilter"), "-p", f"unix:{path}"]
+    return [sys.executable, "-m", "milterman.cli.test_client", "--no-report-request", "-q", "-s", f"unix:{path}"]
+
+
 def wait_for_path(path: str, process: subprocess.Popen, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -26,7 +26,7 @@ import tempfile
 import time
 
 import psutil
-from harness import wait_for_path  # bench/harness.py, beside this file
+from harness import child_command, wait_for_path  # bench/harness.py, beside this file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -167,12 +167,6 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=5)
 
 
-def child_command(kind: str, path: str) -> list[str]:
-    if kind == "cmilter":
-        return [os.path.join(HERE, "cmilter"), "-p", f"unix:{path}"]
-    return [sys.executable, "-m", "milterman.cli.test_client", "--no-report-request", "-q", "-s", f"unix:{path}"]
-
-
 def measure_memory(directory: str, n_workers: int, held_count: int, *, n_children: int = 3, kind: str = "cmilter",
                    warm_up: int = 50, settle: float = 7.0) -> dict:
     """One manager: idle, peak with ``held_count`` sessions held, and after they closed (RSS in KiB)."""
@@ -185,8 +179,8 @@ def measure_memory(directory: str, n_workers: int, held_count: int, *, n_childre
     try:
         for number in range(n_children):
             path = f"{config}/child{number}.sock"
-            children.append(subprocess.Popen(child_command(kind, path), stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL, cwd=config))
+            command = child_command("c" if kind == "cmilter" else "client", path)
+            children.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=config))
             wait_for_path(path, children[-1])
             lines += ["[[milter]]", f'name = "child{number}"', f'connection_spec = "unix:{path}"']
         with open(f"{config}/milter-manager.toml", "w") as handle:

@@ -35,7 +35,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from floor_relay import measure_floor
-from harness import HERE, ROOT, Scraper, build_c_milter, measure, median_result, start_milter, stop, wait_for_path
+from harness import (ROOT, Scraper, build_c_milter, child_command, measure, median_result, start_milter, stop,
+                     wait_for_path)
 
 # the other measuring helpers, which this module defined before bench/harness.py: parts may use them from here
 from harness import cpu_seconds, driver_command, peak_rss_kb, process_tree  # noqa: F401
@@ -47,13 +48,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def child_command(kind: str, path: str) -> list[str]:
-    """A child milter serving ``unix:path``: milter-test-client (``client``) or the libmilter C milter (``c``)."""
-    if kind == "c":
-        return [os.path.join(HERE, "cmilter"), "-p", f"unix:{path}"]
-    return [sys.executable, "-m", "milterman.cli.test_client", "--no-report-request", "-q", "-s", f"unix:{path}"]
 
 
 CHILD_NAMES = {"client": "milter-test-client", "c": "libmilter C"}
@@ -422,10 +416,11 @@ def manager_part(bench: Bench) -> None:
             continue
         ours = median_result(rounds[name])
         ratios = round_ratios(rounds[name], rounds["alone"])
-        notes = [children_note(ours, alone)] if name.startswith("c") and name[1:2].isdigit() else [
-            f"children: {ours['helper_cpu_ms_per_session'] / 3:.3f} ms CPU per session each"]
-        if name.startswith("c") and name[1:2].isdigit():  # the floor relay has C children too
-            notes.append(floor_note(rounds[name], rounds["floor"], "cpu_ms_per_session", "CPU per session"))
+        if name.startswith("c") and name[1:2].isdigit():  # C children, as the floor relay has
+            notes = [children_note(ours, alone),
+                     floor_note(rounds[name], rounds["floor"], "cpu_ms_per_session", "CPU per session")]
+        else:
+            notes = [f"children: {ours['helper_cpu_ms_per_session'] / 3:.3f} ms CPU per session each"]
         bench.add_row("small", ours["label"], ours=ours, peer=alone, ratios=ratios,
                       figure="manager CPU per session", value=ours["cpu_ms_per_session"], target=0.8,
                       target_text="manager CPU per session <= 0.8 ms", notes=notes,
@@ -444,19 +439,22 @@ def latency_part(bench: Bench) -> None:
     print_table(f"\n1 child, one session at a time, alternated {options.rounds} times: --n-sessions {sessions} "
                 "--concurrency 1", rounds["alone"] + rounds["manager"] + rounds["reuse"] + rounds["floor"])
     alone = median_result(rounds["alone"])
-    floor_added = statistics.median(1000 * (relayed["latency"]["p50"] - theirs["latency"]["p50"])
-                                    for relayed, theirs in zip(rounds["floor"], rounds["alone"], strict=True))
+    def added(name: str) -> list[float]:
+        """The median latency ``name`` adds over the child alone, ms, per round."""
+        return [1000 * (mine["latency"]["p50"] - theirs["latency"]["p50"])
+                for mine, theirs in zip(rounds[name], rounds["alone"], strict=True)]
+
+    floor_added = statistics.median(added("floor"))
     print(f"  floor relay: added median latency {floor_added:.3f} ms (median of {options.rounds} rounds)")
     for name in ("manager", "reuse"):
-        added = [1000 * (mine["latency"]["p50"] - theirs["latency"]["p50"])
-                 for mine, theirs in zip(rounds[name], rounds["alone"], strict=True)]
-        print(f"  {name}: added median latency per round: " + ", ".join(f"{value:.3f} ms" for value in added))
+        per_round = added(name)
+        print(f"  {name}: added median latency per round: " + ", ".join(f"{value:.3f} ms" for value in per_round))
         ours = median_result(rounds[name])
         ratios = round_ratios(rounds[name], rounds["alone"])
         ratios["p50"] = ratio([result["latency"]["p50"] for result in rounds[name]],
                               [result["latency"]["p50"] for result in rounds["alone"]])
         bench.add_row("latency", ours["label"], ours=ours, peer=alone, ratios=ratios,
-                      figure="added median latency", value=statistics.median(added), target=1.0,
+                      figure="added median latency", value=statistics.median(per_round), target=1.0,
                       target_text="added median latency <= 1.0 ms",
                       notes=[children_note(ours, alone),
                              f"the floor relay (no logic, 1 C child) adds {floor_added:.3f} ms"],
